@@ -1,0 +1,53 @@
+"""Packaging for tb-rsync-plugin: a TensorBoard plugin and CLI that sync logs with rsync."""
+
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def frontend_files():
+    """Ship the top-level frontend/ folder inside the package (served from there)."""
+    return [name for name in sorted(os.listdir(os.path.join(HERE, "frontend")))
+            if name.endswith((".js", ".css", ".html"))]
+
+
+setup(
+    name="tb-rsync-plugin",
+    version="0.1.0",
+    description="TensorBoard 'Sync' tab: rsync remote training logs into a live logdir "
+                "without going stale.",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["tb_rsync_plugin", "tb_rsync_plugin.frontend"],
+    package_dir={"tb_rsync_plugin.frontend": "frontend"},
+    package_data={"tb_rsync_plugin.frontend": frontend_files()},
+    install_requires=[
+        "tensorboard>=2.10",
+        "werkzeug>=1.0",
+        "protobuf>=3.19",
+        "setuptools",
+        "google-crc32c>=1.5",
+        "tomli>=1.1; python_version < '3.11'",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "playwright>=1.40",
+            "build",
+        ],
+    },
+    entry_points={
+        "tensorboard_plugins": ["rsync = tb_rsync_plugin.plugin:RsyncPluginLoader"],
+        "console_scripts": ["tb-rsync = tb_rsync_plugin.cli:main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,6 @@
+"""Shared fixtures; each fixtures_*.py module owns one kind of real part."""
+
+pytest_plugins = [
+    "tests.fixtures_servers",      # sshd and rsync --daemon on 127.0.0.1
+    "tests.fixtures_tensorboard",  # real tensorboard processes
+]
