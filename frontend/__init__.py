@@ -1,0 +1,1 @@
+"""Lets the frontend/ folder ship inside the wheel as package data (no Python here)."""

@@ -1,0 +1,596 @@
+// Pure view builders for the Sync tab.
+//
+// Every builder takes plain data (the `status` JSON of docs/API.md, or parts of it) and the
+// server's clock `nowS` (status.server_unix_s: ages are never computed from the browser's
+// clock, which may be skewed from the TensorBoard host), and returns fresh DOM nodes. Text is
+// only ever set with textContent: run names, source strings and stderr are user data.
+//
+// Buttons carry `data-action` (+ `data-source`) and sort headers `data-sort`; index.js
+// handles them by event delegation, so nothing here holds state or listeners. Nodes that
+// should keep focus or an open <details> across rebuilds carry a stable `data-key`.
+// Ages are printed into elements with `data-age-unix` so refreshAges() can update them in
+// place between rebuilds.
+
+export const FRESH_MAX_S = 300; // newest event under 5 min old: the job is writing
+export const RECENT_MAX_S = 3600; // under an hour: maybe paused, evaluating, flushing slowly
+
+const RUN_STATE_LABELS = {
+  live: 'live',
+  waiting: 'waiting for reload',
+  restart_needed: 'restart needed',
+  error: 'error',
+  unknown: '\u2014',
+};
+
+const SOURCE_STATE_LABELS = {
+  idle: 'idle',
+  queued: 'queued',
+  syncing: 'syncing\u2026',
+  error: 'error',
+};
+
+const LOADER_LABELS = {
+  legacy: 'legacy loader (--load_fast=false)',
+  fast: 'fast loader (data server)',
+  none: 'no TensorBoard',
+};
+
+const RUN_COLUMNS = [
+  {key: 'name', label: 'Run', sortable: true},
+  {key: 'source', label: 'Source', sortable: true},
+  {key: 'age', label: 'Newest event', sortable: true},
+  {key: 'step', label: 'Step', sortable: true, numeric: true},
+  {key: 'published', label: 'Published', sortable: false},
+  {key: 'state', label: 'TensorBoard', sortable: true},
+  {key: 'detail', label: 'Detail', sortable: false},
+];
+
+export const DEFAULT_SORT = Object.freeze({key: 'name', dir: 'asc'});
+
+const collator = new Intl.Collator(undefined, {numeric: true, sensitivity: 'base'});
+
+// ---------------------------------------------------------------------------------------
+// Formatting helpers (pure, no DOM).
+
+function isNum(x) {
+  return typeof x === 'number' && Number.isFinite(x);
+}
+
+/** "12 s", "3 min", "2 h", "4 d", "2 y" for a non-negative number of seconds. */
+export function formatDuration(seconds) {
+  if (!isNum(seconds)) return '\u2014';
+  const s = Math.max(0, seconds);
+  if (s < 60) return `${Math.floor(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h`;
+  if (s < 365 * 86400) return `${Math.floor(s / 86400)} d`;
+  return `${Math.floor(s / (365 * 86400))} y`;
+}
+
+/** "just now", "12 s ago", "3 min ago"; "—" when unknown. Small negative ages are skew. */
+export function formatAge(seconds) {
+  if (!isNum(seconds)) return '\u2014';
+  if (seconds < 1) return 'just now';
+  return `${formatDuration(seconds)} ago`;
+}
+
+/** "in 12 s", "due now" for a time ahead; "—" when unknown. */
+export function formatIn(seconds) {
+  if (!isNum(seconds)) return '\u2014';
+  if (seconds < 1) return 'due now';
+  return `in ${formatDuration(seconds)}`;
+}
+
+/** Binary units: "0 B", "512 B", "1.5 KiB", "12 MiB"; "—" when unknown. */
+export function formatBytes(bytes) {
+  if (!isNum(bytes) || bytes < 0) return '\u2014';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  if (unit === 0) return `${Math.round(value)} B`;
+  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
+}
+
+/** "5.0 MiB/s"; "—" when unknown. */
+export function formatRate(bytesPerSecond) {
+  if (!isNum(bytesPerSecond) || bytesPerSecond < 0) return '\u2014';
+  return `${formatBytes(bytesPerSecond)}/s`;
+}
+
+/** 'fresh' | 'recent' | 'stale' for the age of a run's newest event (unknown: stale). */
+export function freshnessClass(ageSeconds) {
+  if (!isNum(ageSeconds)) return 'stale';
+  if (ageSeconds < FRESH_MAX_S) return 'fresh';
+  if (ageSeconds < RECENT_MAX_S) return 'recent';
+  return 'stale';
+}
+
+/** Exact local time for hover titles, e.g. "2025-11-26 10:40:00 (local time)". */
+export function formatLocalTime(unixS) {
+  if (!isNum(unixS)) return '';
+  const d = new Date(unixS * 1000);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+      `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} (local time)`;
+}
+
+export function runStateLabel(state) {
+  return Object.prototype.hasOwnProperty.call(RUN_STATE_LABELS, state) ?
+      RUN_STATE_LABELS[state] : RUN_STATE_LABELS.unknown;
+}
+
+export function sourceStateLabel(state) {
+  return Object.prototype.hasOwnProperty.call(SOURCE_STATE_LABELS, state) ?
+      SOURCE_STATE_LABELS[state] : String(state ?? '\u2014');
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Filtering and sorting (pure, no DOM).
+
+/** Runs whose name or source contains `text` (case-insensitive); all runs for ''. */
+export function filterRuns(runs, text) {
+  const needle = String(text ?? '').trim().toLowerCase();
+  if (!needle) return runs.slice();
+  return runs.filter((r) =>
+    String(r.run ?? '').toLowerCase().includes(needle) ||
+    String(r.source ?? '').toLowerCase().includes(needle));
+}
+
+const SORT_VALUE = {
+  name: (r) => String(r.run ?? ''),
+  source: (r) => String(r.source ?? ''),
+  // Ascending age means newest first, i.e. descending wall time.
+  age: (r) => (isNum(r.source_wall_time) ? -r.source_wall_time : null),
+  step: (r) => (isNum(r.source_step) ? r.source_step : null),
+  state: (r) => runStateLabel(r.state),
+};
+
+/** A sorted copy; unknown values (null) always last; ties broken by run name. */
+export function sortRuns(runs, sort = DEFAULT_SORT) {
+  const value = SORT_VALUE[sort.key] || SORT_VALUE.name;
+  const sign = sort.dir === 'desc' ? -1 : 1;
+  const keyed = runs.map((r) => ({r, v: value(r), n: String(r.run ?? '')}));
+  keyed.sort((a, b) => {
+    if (a.v === null || b.v === null) {
+      if (a.v !== b.v) return a.v === null ? 1 : -1;
+    } else {
+      const c = typeof a.v === 'number' ? a.v - b.v : collator.compare(a.v, b.v);
+      if (c !== 0) return sign * c;
+    }
+    return collator.compare(a.n, b.n);
+  });
+  return keyed.map((k) => k.r);
+}
+
+/** The next sort after clicking header `key`: same key flips, another key starts ascending. */
+export function nextSort(sort, key) {
+  if (sort.key === key) return {key, dir: sort.dir === 'asc' ? 'desc' : 'asc'};
+  return {key, dir: 'asc'};
+}
+
+// ---------------------------------------------------------------------------------------
+// DOM helpers.
+
+/** createElement with a class, text (textContent) and plain attributes. */
+export function el(tag, {cls, text, attrs} = {}, children = []) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (attrs) {
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+  for (const child of children) {
+    if (child) node.append(child);
+  }
+  return node;
+}
+
+/** A span showing the age of `unixS` that refreshAges() keeps current; exact time on hover. */
+export function ageSpan(unixS, nowS, {mode = 'ago', fresh = false} = {}) {
+  if (!isNum(unixS)) return el('span', {cls: 'muted', text: '\u2014'});
+  const span = el('span', {cls: 'age', attrs: {'data-age-unix': unixS, 'data-age-mode': mode,
+    'title': formatLocalTime(unixS)}});
+  if (fresh) span.setAttribute('data-fresh', '');
+  setAge(span, unixS, nowS, mode, fresh);
+  return span;
+}
+
+function setAge(span, unixS, nowS, mode, fresh) {
+  const text = mode === 'in' ? formatIn(unixS - nowS) : formatAge(nowS - unixS);
+  if (span.textContent !== text) span.textContent = text;
+  if (fresh) {
+    const cls = `age fresh-${freshnessClass(nowS - unixS)}`;
+    if (span.className !== cls) span.className = cls;
+  }
+}
+
+/** Update every age under `root` for the new server clock; touches only what changed. */
+export function refreshAges(root, nowS) {
+  for (const span of root.querySelectorAll('[data-age-unix]')) {
+    setAge(span, Number(span.getAttribute('data-age-unix')), nowS,
+        span.getAttribute('data-age-mode'), span.hasAttribute('data-fresh'));
+  }
+}
+
+function syncButton(label, {source, disabled, busyLabel, cls}) {
+  const attrs = {'type': 'button', 'data-action': 'sync',
+    'data-key': source === undefined ? 'sync-all' : `sync:${source}`};
+  if (source !== undefined) {
+    attrs['data-source'] = source;
+    attrs['aria-label'] = `Sync ${source}`;
+  }
+  if (disabled) attrs['disabled'] = true;
+  return el('button', {cls: cls || 'btn', text: disabled && busyLabel ? busyLabel : label, attrs});
+}
+
+// ---------------------------------------------------------------------------------------
+// Header.
+
+/**
+ * Title, loader note, rsync error, connection line and "Sync all".
+ *
+ * @param {object} status the status JSON (may be null before the first answer)
+ * @param {{allBusy?: boolean, message?: string|null}} ui allBusy disables "Sync all"
+ *     (every source is syncing/queued, or a "sync all" request is in flight); message is a
+ *     one-line notice from index.js (a refused POST)
+ */
+export function buildHeader(status, ui = {}) {
+  const header = el('header', {cls: 'rs-header'});
+  const titleRow = el('div', {cls: 'rs-title-row'});
+  titleRow.append(el('h1', {text: 'Sync'}));
+  const sources = (status && status.sources) || [];
+  if (sources.length) {
+    titleRow.append(syncButton('Sync all', {disabled: !!ui.allBusy, busyLabel: 'Syncing\u2026',
+      cls: 'btn btn-primary'}));
+  }
+  header.append(titleRow);
+
+  if (status) {
+    const meta = el('p', {cls: 'rs-meta'});
+    if (status.logdir) {
+      meta.append(el('span', {text: 'Logdir '}), el('code', {text: status.logdir}));
+    }
+    if (status.loader) {
+      meta.append(el('span', {cls: 'sep', text: ' \u00b7 '}),
+          el('span', {text: LOADER_LABELS[status.loader] || String(status.loader)}));
+    }
+    if (isNum(status.interval_s)) {
+      meta.append(el('span', {cls: 'sep', text: ' \u00b7 '}), el('span', {text:
+        status.interval_s > 0 ? `automatic sync every ${formatDuration(status.interval_s)}` :
+          'automatic sync off'}));
+    }
+    header.append(meta);
+    if (status.reload_note) {
+      header.append(el('p', {cls: 'rs-note', text: status.reload_note,
+        attrs: {'data-role': 'reload-note'}}));
+    }
+    if (status.rsync_error) {
+      header.append(el('div', {cls: 'rs-alert', text: status.rsync_error,
+        attrs: {'role': 'alert', 'data-role': 'rsync-error'}}));
+    }
+  }
+  if (ui.message) {
+    header.append(el('div', {cls: 'rs-alert rs-alert-soft', text: ui.message,
+      attrs: {'role': 'status', 'data-role': 'message'}}));
+  }
+  return header;
+}
+
+/**
+ * The connection line: "Updated 3 s ago" or "TensorBoard not reachable — retrying in 8 s".
+ *
+ * @param {{ok: boolean, failures?: number, retryInMs?: number, error?: string}} conn
+ */
+export function buildConnection(conn) {
+  if (!conn || conn.ok) return el('div', {cls: 'rs-conn', attrs: {'data-role': 'connection'}});
+  const box = el('div', {cls: 'rs-conn rs-alert', attrs: {'role': 'alert', 'data-role': 'connection'}});
+  box.append(el('strong', {text: 'TensorBoard not reachable'}));
+  const retry = isNum(conn.retryInMs) ? ` \u2014 retrying in ${formatDuration(conn.retryInMs / 1000)}` : '';
+  box.append(el('span', {text: `${conn.error ? ` (${conn.error})` : ''}${retry}. `}));
+  box.append(el('button', {cls: 'btn btn-small', text: 'Retry now',
+    attrs: {'type': 'button', 'data-action': 'retry', 'data-key': 'retry'}}));
+  return box;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sources.
+
+/** Shown instead of the tables when nothing is configured. */
+export function buildNoSources() {
+  const box = el('section', {cls: 'rs-empty', attrs: {'data-role': 'no-sources'}});
+  box.append(el('h2', {text: 'No sources configured'}));
+  const p = el('p');
+  p.append('Start TensorBoard with ', el('code', {text: '--rsync_source NAME=SOURCE'}),
+      ' (repeatable) or ', el('code', {text: '--rsync_config FILE'}),
+      '. NAME becomes a folder under the logdir; SOURCE is anything rsync accepts. For example:');
+  box.append(p);
+  box.append(el('pre', {text: 'tensorboard --logdir ~/logs \\\n' +
+    '    --rsync_source gpu1=gpu1:/scratch/me/logs/ \\\n' +
+    '    --rsync_interval 30'}));
+  box.append(el('p', {text: 'A config file holds one [[source]] table per source:'}));
+  box.append(el('pre', {text: '[[source]]\nname = "gpu1"\nsource = "gpu1:/scratch/me/logs/"\n' +
+    'ssh = "ssh -p 2222 -J login"'}));
+  return box;
+}
+
+function stateCell(source) {
+  const td = el('td', {cls: 'col-state'});
+  const state = source.state;
+  td.append(el('span', {cls: `badge src-${state}`, text: sourceStateLabel(state),
+    attrs: {'data-role': 'source-state'}}));
+  const p = source.progress;
+  if (state === 'syncing' && p) {
+    const wrap = el('div', {cls: 'progress', attrs: {'data-role': 'progress'}});
+    const bar = el('progress', {attrs: {'max': 100, 'aria-label': `Progress of ${source.name}`}});
+    if (isNum(p.percent)) bar.value = Math.max(0, Math.min(100, p.percent));
+    wrap.append(bar);
+    const parts = [];
+    if (p.phase) parts.push(String(p.phase));
+    if (isNum(p.bytes_done)) parts.push(formatBytes(p.bytes_done));
+    if (isNum(p.percent)) parts.push(`${Math.round(p.percent)}%`);
+    if (isNum(p.rate_bytes_s)) parts.push(formatRate(p.rate_bytes_s));
+    wrap.append(el('div', {cls: 'small muted', text: parts.join(' \u00b7 ')}));
+    td.append(wrap);
+  }
+  return td;
+}
+
+function lastResultCell(source) {
+  const td = el('td', {cls: 'col-result'});
+  const r = source.last_result;
+  if (!r) {
+    td.append(el('span', {cls: 'muted', text: '\u2014'}));
+    return td;
+  }
+  const main = [];
+  if (isNum(r.files_transferred)) main.push(plural(r.files_transferred, 'file'));
+  if (isNum(r.bytes_received)) main.push(`${formatBytes(r.bytes_received)} received`);
+  td.append(el('div', {text: main.join(', ') || '\u2014'}));
+  const sub = [];
+  if (isNum(r.files_published) || isNum(r.bytes_published)) {
+    sub.push(`published ${isNum(r.files_published) ? plural(r.files_published, 'file') : ''}` +
+      `${isNum(r.bytes_published) ? ` (${formatBytes(r.bytes_published)})` : ''}`);
+  }
+  if (isNum(r.runs_updated)) sub.push(`${plural(r.runs_updated, 'run')} updated`);
+  if (isNum(r.duration_s)) sub.push(`${r.duration_s < 10 ? r.duration_s.toFixed(1) : Math.round(r.duration_s)} s`);
+  if (sub.length) td.append(el('div', {cls: 'small muted', text: sub.join(' \u00b7 ')}));
+  return td;
+}
+
+function errorCell(source, nowS) {
+  const td = el('td', {cls: 'col-error'});
+  const err = source.error;
+  if (err) {
+    td.append(el('div', {cls: 'err-message', text: err.message || 'Sync failed.',
+      attrs: {'data-role': 'source-error'}}));
+    if (err.details) {
+      const details = el('details', {attrs: {'data-key': `details:${source.name}`}});
+      const summary = el('summary', {text: 'Details'});
+      if (isNum(err.unix_s)) summary.append(' \u00b7 ', ageSpan(err.unix_s, nowS));
+      details.append(summary);
+      details.append(el('pre', {cls: 'err-details', text: err.details}));
+      td.append(details);
+    } else if (isNum(err.unix_s)) {
+      td.append(el('div', {cls: 'small muted'}, [ageSpan(err.unix_s, nowS)]));
+    }
+  }
+  for (const w of source.warnings || []) {
+    td.append(el('div', {cls: 'warn', text: typeof w === 'string' ? w : JSON.stringify(w),
+      attrs: {'data-role': 'source-warning'}}));
+  }
+  if (!td.childNodes.length) td.append(el('span', {cls: 'muted', text: '\u2014'}));
+  return td;
+}
+
+/**
+ * One row per source.
+ *
+ * @param {Array<object>} sources status.sources
+ * @param {number} nowS status.server_unix_s
+ * @param {{pending?: Set<string>}} ui names whose Sync was clicked and not yet confirmed
+ */
+export function buildSourcesTable(sources, nowS, ui = {}) {
+  const pending = ui.pending || new Set();
+  const section = el('section', {cls: 'rs-section', attrs: {'aria-labelledby': 'rs-sources-h'}});
+  section.append(el('h2', {text: 'Sources', attrs: {id: 'rs-sources-h'}}));
+  const wrap = el('div', {cls: 'table-wrap'});
+  const table = el('table', {cls: 'rs-table', attrs: {'data-role': 'sources'}});
+  const headRow = el('tr');
+  for (const label of ['Source', 'State', 'Last sync', 'Last result', 'Next sync', 'Error', '']) {
+    headRow.append(el('th', {text: label, attrs: {scope: 'col'}}));
+  }
+  table.append(el('thead', {}, [headRow]));
+  const tbody = el('tbody');
+  for (const s of sources) {
+    const tr = el('tr', {attrs: {'data-source': s.name}});
+    const nameCell = el('td', {cls: 'col-name'});
+    nameCell.append(el('div', {cls: 'name', text: s.name}));
+    nameCell.append(el('code', {cls: 'small muted src-string', text: s.source}));
+    tr.append(nameCell);
+    tr.append(stateCell(s));
+
+    const last = el('td', {cls: 'col-last'});
+    if (s.state === 'syncing' && isNum(s.last_start_unix_s)) {
+      last.append(el('span', {text: 'started '}), ageSpan(s.last_start_unix_s, nowS));
+    } else if (isNum(s.last_end_unix_s)) {
+      last.append(ageSpan(s.last_end_unix_s, nowS));
+      if (isNum(s.last_ok_unix_s) && s.last_ok_unix_s !== s.last_end_unix_s) {
+        const ok = el('div', {cls: 'small muted'});
+        ok.append('last success ', ageSpan(s.last_ok_unix_s, nowS));
+        last.append(ok);
+      }
+    } else {
+      last.append(el('span', {cls: 'muted', text: 'never'}));
+    }
+    tr.append(last);
+    tr.append(lastResultCell(s));
+
+    const next = el('td', {cls: 'col-next'});
+    if (isNum(s.interval_s) && s.interval_s > 0 && isNum(s.next_sync_unix_s)) {
+      next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
+      next.append(el('div', {cls: 'small muted', text: `every ${formatDuration(s.interval_s)}`}));
+    } else {
+      next.append(el('span', {cls: 'muted', text: 'on request'}));
+    }
+    tr.append(next);
+    tr.append(errorCell(s, nowS));
+
+    const busy = s.state === 'syncing' || s.state === 'queued' || pending.has(s.name);
+    const action = el('td', {cls: 'col-action'});
+    action.append(syncButton('Sync', {source: s.name, disabled: busy,
+      busyLabel: s.state === 'queued' ? 'Queued' : 'Syncing\u2026'}));
+    tr.append(action);
+    tbody.append(tr);
+  }
+  table.append(tbody);
+  wrap.append(table);
+  section.append(wrap);
+  return section;
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs.
+
+/**
+ * The runs section skeleton: heading with count, filter box, table with sortable headers
+ * and an empty tbody. index.js builds it once and keeps it (so the filter keeps its focus
+ * and selection); it fills the body with buildRunRows() and the count with runsCountText().
+ */
+export function buildRunsSection(sort = DEFAULT_SORT, filterText = '') {
+  const section = el('section', {cls: 'rs-section', attrs: {'aria-labelledby': 'rs-runs-h'}});
+  const head = el('div', {cls: 'rs-runs-head'});
+  const h2 = el('h2', {attrs: {id: 'rs-runs-h'}});
+  h2.append('Runs ', el('span', {cls: 'muted count', attrs: {'data-role': 'runs-count'}}));
+  head.append(h2);
+  const filter = el('input', {cls: 'filter', attrs: {'type': 'search', 'placeholder': 'Filter runs',
+    'aria-label': 'Filter runs by name or source', 'data-role': 'filter', 'spellcheck': 'false',
+    'autocomplete': 'off'}});
+  filter.value = filterText;
+  head.append(filter);
+  section.append(head);
+
+  const wrap = el('div', {cls: 'table-wrap'});
+  const table = el('table', {cls: 'rs-table rs-runs', attrs: {'data-role': 'runs'}});
+  const headRow = el('tr');
+  for (const col of RUN_COLUMNS) {
+    const th = el('th', {attrs: {scope: 'col'}, cls: col.numeric ? 'num' : ''});
+    if (col.sortable) {
+      th.append(el('button', {cls: 'sort', attrs: {'type': 'button', 'data-sort': col.key,
+        'data-key': `sort:${col.key}`}}, [
+        el('span', {text: col.label}),
+        el('span', {cls: 'arrow', attrs: {'aria-hidden': 'true'}}),
+      ]));
+    } else {
+      th.textContent = col.label;
+    }
+    headRow.append(th);
+  }
+  table.append(el('thead', {}, [headRow]));
+  table.append(el('tbody', {attrs: {'data-role': 'runs-body'}}));
+  wrap.append(table);
+  section.append(wrap);
+  applySort(table, sort);
+  return section;
+}
+
+/** Mark the sorted column: aria-sort on its <th>, an arrow in its button. */
+export function applySort(table, sort) {
+  for (const button of table.querySelectorAll('button[data-sort]')) {
+    const th = button.parentElement;
+    const active = button.getAttribute('data-sort') === sort.key;
+    if (active) th.setAttribute('aria-sort', sort.dir === 'desc' ? 'descending' : 'ascending');
+    else th.removeAttribute('aria-sort');
+    button.querySelector('.arrow').textContent = active ? (sort.dir === 'desc' ? ' \u25bc' : ' \u25b2') : '';
+  }
+}
+
+/** "(12)" or "(3 of 12)". */
+export function runsCountText(shown, total) {
+  return shown === total ? `(${total})` : `(${shown} of ${total})`;
+}
+
+function runRow(r, nowS) {
+  const tr = document.createElement('tr');
+  tr.setAttribute('data-run', r.run);
+
+  const name = document.createElement('td');
+  name.className = 'col-run';
+  name.textContent = r.run;
+  tr.appendChild(name);
+
+  const source = document.createElement('td');
+  source.textContent = r.source ?? '\u2014';
+  tr.appendChild(source);
+
+  const age = document.createElement('td');
+  age.className = 'col-age';
+  age.appendChild(ageSpan(r.source_wall_time, nowS, {fresh: true}));
+  tr.appendChild(age);
+
+  const step = document.createElement('td');
+  step.className = 'num';
+  step.setAttribute('data-role', 'step');
+  step.textContent = isNum(r.source_step) ? String(r.source_step) : '\u2014';
+  tr.appendChild(step);
+
+  const published = document.createElement('td');
+  published.appendChild(ageSpan(r.published_unix_s, nowS));
+  tr.appendChild(published);
+
+  const state = document.createElement('td');
+  const badge = document.createElement('span');
+  const stateKey = Object.prototype.hasOwnProperty.call(RUN_STATE_LABELS, r.state) ? r.state : 'unknown';
+  badge.className = `badge run-${stateKey}`;
+  badge.setAttribute('data-role', 'run-state');
+  badge.setAttribute('data-state', stateKey);
+  badge.textContent = runStateLabel(r.state);
+  if (isNum(r.loaded_wall_time)) {
+    badge.title = `TensorBoard has events up to ${formatLocalTime(r.loaded_wall_time)}`;
+  }
+  state.appendChild(badge);
+  tr.appendChild(state);
+
+  const detail = document.createElement('td');
+  detail.className = 'col-detail small';
+  if (r.state_detail) detail.appendChild(document.createTextNode(r.state_detail));
+  if (isNum(r.rewritten_unix_s)) {
+    const w = document.createElement('div');
+    w.className = 'muted';
+    w.append('source rewrote a file ', ageSpan(r.rewritten_unix_s, nowS));
+    detail.appendChild(w);
+  }
+  tr.appendChild(detail);
+  return tr;
+}
+
+/**
+ * Table rows for runs already filtered and sorted, as one DocumentFragment (one reflow).
+ *
+ * @param {Array<object>} runs
+ * @param {number} nowS server clock
+ * @param {{total?: number, filterText?: string}} info to word the empty row
+ */
+export function buildRunRows(runs, nowS, info = {}) {
+  const fragment = document.createDocumentFragment();
+  if (!runs.length) {
+    const tr = el('tr', {cls: 'empty-row'});
+    const text = info.total ?
+      `No runs match \u201c${info.filterText || ''}\u201d.` :
+      'No runs published yet; click Sync.';
+    tr.append(el('td', {text, attrs: {'colspan': RUN_COLUMNS.length, 'data-role': 'no-runs'}}));
+    fragment.append(tr);
+    return fragment;
+  }
+  for (const r of runs) fragment.appendChild(runRow(r, nowS));
+  return fragment;
+}

@@ -1,0 +1,168 @@
+"""The TensorBoard side: flags, the `rsync` plugin and its HTTP routes.
+
+Routes only read state or ask the service; they never run rsync and never block on it.
+Request values are only ever keys into the configured sources: nothing from a request
+reaches a command line or a filesystem path (static files are served from a fixed list).
+"""
+
+import importlib.resources
+import json
+import mimetypes
+
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import service as service_lib
+from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.errors import ConfigError
+
+PLUGIN_NAME = "rsync"
+CSRF_HEADER = "X-TB-Rsync"
+MAX_BODY_BYTES = 4096
+STATIC_FILES = ("index.js", "model.js", "views.js", "style.css")
+
+
+class RsyncPluginLoader(base_plugin.TBLoader):
+    """Adds the `rsync` flag group and builds the plugin when sources are configured."""
+
+    def define_flags(self, parser):
+        group = parser.add_argument_group("rsync")
+        group.add_argument(
+            "--rsync_source", action="append", default=[], metavar="NAME=SOURCE",
+            help="Sync rsync SOURCE (/dir/, host:dir/, user@host:/dir/, rsync://host/mod/dir/) "
+                 "into LOGDIR/NAME. Repeatable.")
+        group.add_argument(
+            "--rsync_config", default="", metavar="FILE",
+            help="TOML file with [[source]] tables (name, source, ssh, bwlimit, include, "
+                 "exclude, interval, timeout).")
+        group.add_argument(
+            "--rsync_interval", default="0", metavar="SECONDS",
+            help="Sync every SECONDS; 0 (default) syncs only when asked from the Sync tab.")
+        group.add_argument(
+            "--rsync_staging", default="", metavar="DIR",
+            help="Where rsync stages files before publishing (must be outside the logdir). "
+                 "Default: a per-logdir folder under ~/.cache/tb-rsync.")
+
+    def fix_flags(self, flags):
+        try:
+            self._config = _config_from_flags(flags)
+        except ConfigError as e:
+            raise base_plugin.FlagsError(f"tb-rsync: {e}") from None
+
+    def load(self, context):
+        config = getattr(self, "_config", None) or _config_from_flags(context.flags)
+        if not config.sources:
+            return None  # no sources: nothing to show, no tab
+        return RsyncPlugin(context, config)
+
+
+def _config_from_flags(flags):
+    sources = list(getattr(flags, "rsync_source", None) or [])
+    config_file = getattr(flags, "rsync_config", "") or None
+    interval = config_lib.parse_interval(getattr(flags, "rsync_interval", "0") or "0")
+    if not sources and not config_file:
+        return config_lib.SyncConfig(logdir="", staging_root="", sources=())
+    logdir = getattr(flags, "logdir", "") or ""
+    if not logdir:
+        raise ConfigError("--rsync_source needs --logdir (a single local folder to publish "
+                          "into); --logdir_spec is not supported.")
+    return config_lib.build_config(logdir, sources, config_file,
+                                   getattr(flags, "rsync_staging", "") or None, interval)
+
+
+class RsyncPlugin(base_plugin.TBPlugin):
+    """The Sync tab. Construction is cheap: threads start, rsync does not run."""
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context, config, service=None):
+        self._config = config
+        if service is None:
+            state = state_lib.SyncState(config.sources, config.interval_for)
+            service = service_lib.SyncService(config, state, reload_lib.make_reloader(context))
+            service.start()
+        self._service = service
+
+    def get_plugin_apps(self):
+        apps = {"/status": self._status_route, "/sync": self._sync_route}
+        for name in STATIC_FILES:
+            apps["/" + name] = self._static_route
+        return apps
+
+    def is_active(self):
+        return bool(self._config.sources)
+
+    def frontend_metadata(self):
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Sync",
+                                            disable_reload=True)
+
+    # --- routes ------------------------------------------------------------------------
+    @wrappers.Request.application
+    def _status_route(self, request):
+        if request.method != "GET":
+            return _json({"error": "Use GET."}, 405)
+        return _json(self.status_impl())
+
+    @wrappers.Request.application
+    def _sync_route(self, request):
+        if request.method != "POST":
+            return _json({"error": "Use POST."}, 405)
+        if request.headers.get(CSRF_HEADER) != "1":
+            return _json({"error": f"Missing header {CSRF_HEADER}: 1."}, 403)
+        if request.mimetype != "application/json":
+            return _json({"error": "Send a JSON body (Content-Type: application/json)."}, 400)
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _json({"error": "Request body too large."}, 413)
+        try:
+            body = json.loads(request.get_data(cache=False) or b"{}")
+        except ValueError:
+            return _json({"error": "The body is not valid JSON."}, 400)
+        if not isinstance(body, dict) or set(body) - {"source"}:
+            return _json({"error": 'Send {"source": NAME} or {}.'}, 400)
+        name = body.get("source")
+        if name is not None and not isinstance(name, str):
+            return _json({"error": "'source' must be a string."}, 400)
+        try:
+            result = self.sync_impl(name)
+        except KeyError:
+            return _json({"error": "No source by that name is configured."}, 404)
+        return _json(result, 202)
+
+    @wrappers.Request.application
+    def _static_route(self, request):
+        name = request.path.rsplit("/", 1)[-1]
+        if name not in STATIC_FILES:  # exact match against the shipped list
+            return _json({"error": "Not found."}, 404)
+        try:
+            data = importlib.resources.files("tb_rsync_plugin.frontend").joinpath(name) \
+                .read_bytes()
+        except (FileNotFoundError, OSError):
+            return _json({"error": "Not found."}, 404)
+        mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if name.endswith(".js"):
+            mimetype = "text/javascript"
+        response = wrappers.Response(data, content_type=mimetype + "; charset=utf-8")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    # --- logic, testable without HTTP --------------------------------------------------
+    def status_impl(self):
+        return self._service.state.snapshot()
+
+    def sync_impl(self, name=None):
+        """Start or join syncs; raises KeyError for a name that is not configured."""
+        if name is None:
+            return self._service.request()
+        self._config.source(name)  # KeyError if unknown: a key, never a path
+        return self._service.request([name])
+
+
+def _json(data, code=200):
+    response = wrappers.Response(json.dumps(data), status=code,
+                                 content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,234 @@
+"""One sync cycle per source (rsync -> publish -> reload -> state), and its scheduling.
+
+Requests never block: `request()` queues a cycle on a small worker pool and returns what was
+started and what was joined (a source already queued or syncing is joined, so twenty clicks
+make one rsync). A timer thread requests sources whose interval has elapsed, and a monitor
+thread asks TensorBoard what it has loaded. `run_cycle()` is the same cycle, blocking, for
+the CLI.
+
+Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging root; an
+`flock` per source keeps them from syncing the same source at once.
+"""
+
+import atexit
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+import traceback
+
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import publish as publish_lib
+from tb_rsync_plugin import rsync as rsync_lib
+from tb_rsync_plugin.errors import SyncError
+
+logger = logging.getLogger(__name__)
+
+MAX_PARALLEL_SOURCES = 4
+LOADED_REFRESH_S = 2.0
+LOCK_WAIT_S = 600.0
+
+
+class SyncService:
+    """Runs sync cycles for the sources of one `SyncConfig`.
+
+    Args:
+      config: the validated `SyncConfig`.
+      state: the `SyncState` every cycle reports into.
+      reloader: from `reload.make_reloader`; tells TensorBoard about published runs.
+      clock: Unix seconds; injected for tests.
+    """
+
+    def __init__(self, config, state, reloader, clock=time.time):
+        self.config = config
+        self.state = state
+        self.reloader = reloader
+        self._clock = clock
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))),
+            thread_name_prefix="tb-rsync")
+        self._futures = {}
+        self._futures_lock = threading.Lock()
+        self._threads = []
+        self._rsync_path = None
+        state.loader = reloader.kind
+        state.logdir = config.logdir
+        state.restore(config.state_path)
+        try:
+            self._rsync_path = config_lib.find_rsync()
+        except SyncError as e:
+            state.rsync_error = str(e)
+
+    # --- asking for syncs --------------------------------------------------------------
+    def request(self, names=None):
+        """Start or join syncs for `names` (all sources when None); never blocks.
+
+        Returns:
+          {"started": [...], "joined": [...]} of source names.
+        """
+        names = [s.name for s in self.config.sources] if names is None else list(names)
+        started, joined = [], []
+        for name in names:
+            if not self.state.try_queue(name):
+                joined.append(name)
+                continue
+            with self._futures_lock:
+                self._futures[name] = self._pool.submit(self._guarded_cycle, name)
+            started.append(name)
+        return {"started": started, "joined": joined}
+
+    def wait(self, names=None, timeout_s=None):
+        """Block until the cycles in flight for `names` end (tests, CLI)."""
+        with self._futures_lock:
+            futures = [f for n, f in self._futures.items() if names is None or n in names]
+        concurrent.futures.wait(futures, timeout=timeout_s)
+
+    def run_cycle(self, name, on_progress=None):
+        """One blocking cycle for source `name`; raises `SyncError` on failure (CLI)."""
+        if not self.state.try_queue(name):
+            raise SyncError(f"Source '{name}' is already being synced; wait for it to finish.")
+        self._cycle(name, on_progress)
+
+    def _guarded_cycle(self, name):
+        try:
+            self._cycle(name)
+        except SyncError:
+            pass  # already recorded in state by _cycle
+        except Exception:  # a bug: keep the worker alive and show it
+            logger.exception("tb-rsync: sync of %r failed unexpectedly", name)
+
+    # --- one cycle ---------------------------------------------------------------------
+    def _cycle(self, name, on_progress=None):
+        source = self.config.source(name)
+        self.state.begin(name)
+
+        def progress(p):
+            self.state.progress(name, p)
+            if on_progress:
+                on_progress(name, p)
+
+        try:
+            if self._rsync_path is None:
+                self._rsync_path = config_lib.find_rsync()
+            with self._source_lock(name):
+                transfer, report = self._transfer_and_publish(source, progress)
+            notes = self.reloader.apply(self.config.logdir, report)
+            self.state.finish(name, transfer, report, notes)
+            self.state.set_loaded(self.reloader.loaded_wall_times(list(report.runs)))
+        except SyncError as e:
+            self.state.fail(name, str(e), getattr(e, "details", ""))
+            raise
+        except Exception as e:
+            self.state.fail(name, f"Internal error in tb-rsync ({type(e).__name__}: {e}); "
+                                  "please report it.", traceback.format_exc())
+            raise
+        finally:
+            self._save_state()
+            interval = self.config.interval_for(source)
+            self.state.set_next_sync(name, self._clock() + interval if interval > 0 else None)
+
+    def _transfer_and_publish(self, source, progress):
+        cfg, name = self.config, source.name
+        staging_dir = cfg.staging_dir(name)
+        for folder in (staging_dir, cfg.temp_dir):
+            os.makedirs(folder, exist_ok=True)
+        # A cycle that stopped between rsync and publish left staged files rsync will not
+        # report again; the marker makes the next publish walk the whole staging tree.
+        dirty_marker = os.path.join(cfg.staging_root, "locks", name + ".unpublished")
+        walk_all = os.path.exists(dirty_marker) or not os.path.exists(cfg.manifest_path(name))
+        with open(dirty_marker, "w"):
+            pass
+        transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
+                                       on_progress=progress, cancel=self._stop)
+        publish_args = (staging_dir, cfg.logdir, name, cfg.quarantine_dir(name),
+                        cfg.manifest_path(name))
+        changed = None if walk_all else list(transfer.changed) + list(transfer.restaged)
+        report = publish_lib.publish(*publish_args, changed=changed, restaged=transfer.restaged)
+        if report.needs_restage:
+            # New bytes that do not continue the published records: the source rewrote the
+            # file. Fetch those files whole and publish again; the publisher then decides
+            # between "rewritten" (quarantine + republish) and "corrupt at the source".
+            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir, cfg.temp_dir,
+                                            report.needs_restage, on_progress=progress,
+                                            cancel=self._stop)
+            second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
+                                         restaged=tuple(report.needs_restage))
+            report = publish_lib.merge_reports(report, second)
+            transfer = rsync_lib.merge_results(transfer, again)
+        os.unlink(dirty_marker)
+        return transfer, report
+
+    @contextlib.contextmanager
+    def _source_lock(self, name):
+        """An exclusive `flock` on the source, shared with other tb-rsync processes."""
+        path = self.config.lock_path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._stop.is_set() or time.monotonic() > deadline:
+                        raise SyncError(
+                            f"Source '{name}' is being synced by another tb-rsync process "
+                            f"(lock '{path}'); wait for it or stop that process.") from None
+                    self._stop.wait(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _save_state(self):
+        try:
+            self.state.save(self.config.state_path)
+        except OSError as e:
+            logger.warning("tb-rsync: cannot save state to %s: %s", self.config.state_path, e)
+
+    # --- background threads ------------------------------------------------------------
+    def start(self):
+        """Start the interval timer and the loaded-data monitor (daemon threads)."""
+        for target in (self._timer_loop, self._loaded_loop):
+            thread = threading.Thread(target=target, name=f"tb-rsync-{target.__name__}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        atexit.register(self.stop)
+
+    def stop(self):
+        """Cancel running rsyncs (their process groups are killed) and stop threads."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _timer_loop(self):
+        now = self._clock()
+        due = {}
+        for source in self.config.sources:
+            interval = self.config.interval_for(source)
+            if interval > 0:
+                due[source.name] = now  # first sync right away
+                self.state.set_next_sync(source.name, now)
+        while due and not self._stop.is_set():
+            now = self._clock()
+            for name, when in due.items():
+                if now >= when:
+                    self.request([name])
+                    interval = self.config.interval_for(self.config.source(name))
+                    due[name] = now + interval
+                    self.state.set_next_sync(name, due[name])
+            self._stop.wait(max(0.05, min(due.values()) - self._clock()))
+
+    def _loaded_loop(self):
+        while not self._stop.wait(LOADED_REFRESH_S):
+            runs = self.state.runs()
+            if not runs:
+                continue
+            try:
+                self.state.set_loaded(self.reloader.loaded_wall_times(runs))
+            except Exception:
+                logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")

@@ -1,0 +1,265 @@
+"""Per-source and per-run freshness: the one place the rest of the program writes status.
+
+Writers (sync workers, the loaded-data monitor) call the methods below; readers (HTTP, the
+CLI) take `snapshot()`, a plain dict matching docs/API.md. One lock guards everything, and
+snapshots are built under it, so a reader never sees half an update. The state is also saved
+to `state.json` in the staging root so `tb-rsync status` can show it without TensorBoard.
+"""
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from typing import Optional
+
+from tb_rsync_plugin import __version__
+
+STATE_FORMAT = 1
+LOADER_NOTES = {
+    "legacy": "Runs are reloaded right after each publish (--load_fast=false).",
+    "fast": ("TensorBoard's fast loader has no reload API: new points show at its next "
+             "reload (every --reload_interval seconds)."),
+    "none": "No TensorBoard attached: publishing only.",
+}
+
+
+@dataclasses.dataclass
+class SourceStatus:
+    name: str
+    source: str
+    interval_s: float
+    state: str = "idle"  # idle | queued | syncing | error
+    next_sync_unix_s: Optional[float] = None
+    last_start_unix_s: Optional[float] = None
+    last_end_unix_s: Optional[float] = None
+    last_ok_unix_s: Optional[float] = None
+    progress: Optional[dict] = None
+    last_result: Optional[dict] = None
+    error: Optional[dict] = None
+    warnings: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RunFreshness:
+    run: str
+    source: str
+    source_wall_time: Optional[float] = None
+    source_step: Optional[int] = None
+    published_unix_s: Optional[float] = None
+    loaded_wall_time: Optional[float] = None
+    rewritten_unix_s: Optional[float] = None
+    restart_reason: Optional[str] = None
+    error: Optional[str] = None
+
+
+class SyncState:
+    """Lock-guarded status of every source and run.
+
+    Args:
+      sources: the configured `Source`s, in display order.
+      interval_for: maps a `Source` to its automatic sync period (0 = on request only).
+      clock: returns Unix seconds; injected so tests control time.
+    """
+
+    def __init__(self, sources, interval_for, clock=time.time):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sources = {s.name: SourceStatus(s.name, s.source, interval_for(s)) for s in sources}
+        self._runs = {}
+        self.loader = "none"
+        self.logdir = ""
+        self.rsync_error = None
+
+    # --- sources -----------------------------------------------------------------------
+    def try_queue(self, name):
+        """Mark `name` queued unless a sync is already queued or running; True if marked."""
+        with self._lock:
+            status = self._sources[name]
+            if status.state in ("queued", "syncing"):
+                return False
+            status.state = "queued"
+            return True
+
+    def begin(self, name):
+        with self._lock:
+            status = self._sources[name]
+            status.state = "syncing"
+            status.last_start_unix_s = self._clock()
+            status.progress = {"bytes_done": 0, "percent": 0, "rate_bytes_s": 0.0,
+                               "phase": "connecting"}
+
+    def progress(self, name, progress):
+        with self._lock:
+            self._sources[name].progress = dataclasses.asdict(progress)
+
+    def finish(self, name, transfer, report, reload_notes):
+        """Record a successful cycle: the source's result and every run it touched."""
+        now = self._clock()
+        with self._lock:
+            status = self._sources[name]
+            status.state = "idle"
+            status.progress = None
+            status.error = None
+            status.last_end_unix_s = status.last_ok_unix_s = now
+            status.warnings = list(transfer.warnings)
+            status.last_result = {
+                "bytes_received": transfer.bytes_received,
+                "bytes_published": report.bytes_published,
+                "files_transferred": transfer.files_transferred,
+                "files_published": sum(1 for a in report.actions
+                                       if a.action in ("append", "create", "replace", "rewrite")),
+                "runs_updated": len(report.runs),
+                "duration_s": round(now - (status.last_start_unix_s or now), 3),
+            }
+            errors_by_run = _errors_by_run(name, report)
+            for run, update in report.runs.items():
+                fresh = self._runs.setdefault(run, RunFreshness(run, name))
+                if update.newest_wall_time is not None:
+                    fresh.source_wall_time = max(fresh.source_wall_time or 0.0,
+                                                 update.newest_wall_time)
+                if update.newest_step is not None:
+                    fresh.source_step = max(fresh.source_step or 0, update.newest_step)
+                    if update.rewritten:
+                        fresh.source_step = update.newest_step
+                fresh.published_unix_s = now
+                if update.rewritten:
+                    fresh.rewritten_unix_s = now
+                    fresh.source_wall_time = update.newest_wall_time
+                fresh.restart_reason = reload_notes.get(run)
+                fresh.error = errors_by_run.get(run)
+            for run, message in errors_by_run.items():
+                self._runs.setdefault(run, RunFreshness(run, name)).error = message
+
+    def fail(self, name, message, details=""):
+        with self._lock:
+            status = self._sources[name]
+            status.state = "error"
+            status.progress = None
+            status.last_end_unix_s = self._clock()
+            status.error = {"message": message, "details": details,
+                            "unix_s": status.last_end_unix_s}
+
+    def set_next_sync(self, name, unix_s):
+        with self._lock:
+            self._sources[name].next_sync_unix_s = unix_s
+
+    # --- runs --------------------------------------------------------------------------
+    def runs(self):
+        with self._lock:
+            return list(self._runs)
+
+    def set_loaded(self, loaded_wall_times):
+        """What TensorBoard serves: {run: newest loaded wall time or None}."""
+        with self._lock:
+            for run, wall_time in loaded_wall_times.items():
+                if run in self._runs:
+                    self._runs[run].loaded_wall_time = wall_time
+
+    # --- readers -----------------------------------------------------------------------
+    def snapshot(self):
+        """Everything as the JSON-ready dict of docs/API.md."""
+        with self._lock:
+            runs = [self._run_json(r) for r in sorted(self._runs.values(), key=lambda r: r.run)]
+            return {
+                "server_unix_s": self._clock(),
+                "version": __version__,
+                "logdir": self.logdir,
+                "loader": self.loader,
+                "reload_note": LOADER_NOTES[self.loader],
+                "rsync_error": self.rsync_error,
+                "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
+                "sources": [dataclasses.asdict(s) for s in self._sources.values()],
+                "runs": runs,
+            }
+
+    def _run_json(self, fresh):
+        state, detail = self._run_state(fresh)
+        return {
+            "run": fresh.run,
+            "source": fresh.source,
+            "source_wall_time": fresh.source_wall_time,
+            "source_step": fresh.source_step,
+            "published_unix_s": fresh.published_unix_s,
+            "loaded_wall_time": fresh.loaded_wall_time,
+            "state": state,
+            "state_detail": detail,
+            "rewritten_unix_s": fresh.rewritten_unix_s,
+        }
+
+    def _run_state(self, fresh):
+        if fresh.error:
+            return "error", fresh.error
+        if fresh.restart_reason:
+            return "restart_needed", fresh.restart_reason
+        if self.loader == "none":
+            return "unknown", "Published; no TensorBoard attached to ask what it shows."
+        if fresh.source_wall_time is None:
+            return "waiting", "Published; no events with a time yet."
+        if fresh.loaded_wall_time is not None and \
+                fresh.loaded_wall_time >= fresh.source_wall_time - 1e-3:
+            return "live", "TensorBoard shows the newest published event."
+        if self.loader == "fast":
+            return "waiting", "Published; TensorBoard's fast loader shows it at its next reload."
+        return "waiting", "Published; TensorBoard is reloading this run."
+
+    # --- persistence -------------------------------------------------------------------
+    def save(self, path):
+        """Write the snapshot atomically (temp file + rename) for `tb-rsync status`."""
+        data = self.snapshot()
+        data["format"] = STATE_FORMAT
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(temp, path)
+
+    def restore(self, path):
+        """Load runs and last results saved by an earlier process, if any (best effort)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return
+        if data.get("format") != STATE_FORMAT:
+            return
+        with self._lock:
+            for saved in data.get("sources", []):
+                status = self._sources.get(saved.get("name"))
+                if status is None:
+                    continue
+                for key in ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
+                            "last_result", "error"):
+                    setattr(status, key, saved.get(key))
+                if status.error:
+                    status.state = "error"
+            for saved in data.get("runs", []):
+                if saved.get("source") not in self._sources:
+                    continue
+                fresh = RunFreshness(saved["run"], saved["source"])
+                for key in ("source_wall_time", "source_step", "published_unix_s",
+                            "rewritten_unix_s"):
+                    setattr(fresh, key, saved.get(key))
+                # "restart_needed" is not restored: this process is the restart.
+                if saved.get("state") == "error":
+                    fresh.error = saved.get("state_detail")
+                self._runs[fresh.run] = fresh
+
+
+def load_snapshot(path):
+    """The saved snapshot for `tb-rsync status`, or None if no sync has run yet."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _errors_by_run(name, report):
+    """Map per-file publish errors to the run (folder) that holds the file."""
+    errors = {}
+    for path, message in report.errors:
+        folder = os.path.dirname(path)
+        run = name if folder in ("", ".") else f"{name}/{folder}"
+        errors.setdefault(run, message)
+    return errors
