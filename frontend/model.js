@@ -83,6 +83,16 @@ export async function requestSync(name = null, {fetchImpl = fetch} = {}) {
       `${text ? `: ${text}` : '.'}`, response.status);
 }
 
+/**
+ * True when nobody can see the tab: a hidden browser tab, or TensorBoard showing another
+ * dashboard (it keeps our iframe but collapses it to max-height 0, and the document stays
+ * "visible", so the iframe's own height is the signal).
+ */
+export function pageHidden() {
+  if (typeof document === 'undefined') return false;
+  return document.visibilityState === 'hidden' || window.innerHeight === 0;
+}
+
 /** True while any source is syncing or queued: the poller then asks every second. */
 export function isBusy(status) {
   return !!(status && Array.isArray(status.sources) &&
@@ -97,7 +107,7 @@ export function isBusy(status) {
  * after a newer one (or after stop()) is dropped. While a request is in flight, poll() only
  * marks that another is wanted; it is sent when the current one settles.
  *
- * Delays: FAST_POLL_MS while busy, SLOW_POLL_MS otherwise (and while the page is hidden);
+ * Delays: FAST_POLL_MS while busy, SLOW_POLL_MS otherwise (and while pageHidden());
  * after failures 1 s, 2 s, 4 s ... up to MAX_BACKOFF_MS.
  */
 export class Poller {
@@ -118,8 +128,7 @@ export class Poller {
     this.timers = options.timers || {setTimeout: (f, ms) => setTimeout(f, ms),
       clearTimeout: (id) => clearTimeout(id)};
     this.now = options.now || (() => Date.now());
-    this.isHidden = options.isHidden ||
-      (() => typeof document !== 'undefined' && document.visibilityState === 'hidden');
+    this.isHidden = options.isHidden || pageHidden;
     this.seq = 0;
     this.appliedSeq = 0;
     this.appliedServerS = -Infinity;
@@ -130,6 +139,8 @@ export class Poller {
     this.busy = false;
     this.running = false;
     this.fastUntilMs = 0;
+    this.inFlightCount = 0;
+    this.staleStreak = 0;
     this.stats = {requests: 0, dropped: 0, maxInFlight: 0};
   }
 
@@ -192,7 +203,8 @@ export class Poller {
     const seq = ++this.seq;
     const requestedAtMs = this.now();
     this.stats.requests += 1;
-    this.stats.maxInFlight = Math.max(this.stats.maxInFlight, 1);
+    this.inFlightCount += 1;
+    this.stats.maxInFlight = Math.max(this.stats.maxInFlight, this.inFlightCount);
     let status = null;
     let error = null;
     try {
@@ -201,6 +213,7 @@ export class Poller {
       error = e || new Error('request failed');
     }
     this.inFlight = false;
+    this.inFlightCount -= 1;
     if (!this.running || seq !== this.seq) {
       // stop() ran meanwhile: drop the answer.
       this.stats.dropped += 1;
@@ -216,9 +229,15 @@ export class Poller {
       return;
     }
     const serverS = status && typeof status.server_unix_s === 'number' ? status.server_unix_s : null;
-    if (seq <= this.appliedSeq || (serverS !== null && serverS < this.appliedServerS)) {
-      this.stats.dropped += 1; // out of order: a newer answer is already on screen
+    const older = seq <= this.appliedSeq ||
+      (serverS !== null && serverS < this.appliedServerS && this.staleStreak < 2);
+    if (older) {
+      // Out of order: a newer answer is already on screen. (A server clock that went back
+      // for good, e.g. set by NTP, is accepted after a few answers instead of freezing.)
+      this.stats.dropped += 1;
+      this.staleStreak += 1;
     } else {
+      this.staleStreak = 0;
       this.appliedSeq = seq;
       if (serverS !== null) this.appliedServerS = serverS;
       this.failures = 0;

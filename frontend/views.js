@@ -406,9 +406,10 @@ export function buildSourcesTable(sources, nowS, ui = {}) {
   const wrap = el('div', {cls: 'table-wrap'});
   const table = el('table', {cls: 'rs-table', attrs: {'data-role': 'sources'}});
   const headRow = el('tr');
-  for (const label of ['Source', 'State', 'Last sync', 'Last result', 'Next sync', 'Error', '']) {
+  for (const label of ['Source', 'State', 'Last sync', 'Last result', 'Next sync', 'Error']) {
     headRow.append(el('th', {text: label, attrs: {scope: 'col'}}));
   }
+  headRow.append(el('th', {attrs: {scope: 'col'}}, [el('span', {cls: 'sr-only', text: 'Action'})]));
   table.append(el('thead', {}, [headRow]));
   const tbody = el('tbody');
   for (const s of sources) {

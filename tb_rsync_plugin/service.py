@@ -13,6 +13,7 @@ Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging ro
 import atexit
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -146,7 +147,7 @@ class SyncService:
                                        on_progress=progress, cancel=self._stop)
         publish_args = (staging_dir, cfg.logdir, name, cfg.quarantine_dir(name),
                         cfg.manifest_path(name))
-        changed = None if walk_all else list(transfer.changed) + list(transfer.restaged)
+        changed = None if walk_all else list(transfer.changed)
         report = publish_lib.publish(*publish_args, changed=changed, restaged=transfer.restaged)
         if report.needs_restage:
             # New bytes that do not continue the published records: the source rewrote the
@@ -157,8 +158,8 @@ class SyncService:
                                             cancel=self._stop)
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
-            report = publish_lib.merge_reports(report, second)
-            transfer = rsync_lib.merge_results(transfer, again)
+            report = _merge_reports(report, second)
+            transfer = _merge_transfers(transfer, again)
         os.unlink(dirty_marker)
         return transfer, report
 
@@ -232,3 +233,32 @@ class SyncService:
                 self.state.set_loaded(self.reloader.loaded_wall_times(runs))
             except Exception:
                 logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
+
+
+def _merge_reports(first, second):
+    """`first` with the files `second` republished replaced by `second`'s outcome."""
+    redone = {a.path for a in second.actions}
+    runs = dict(first.runs)
+    for run, update in second.runs.items():
+        old = runs.get(run)
+        if old is not None:
+            update = dataclasses.replace(
+                update, rewritten=update.rewritten or old.rewritten,
+                files=tuple(sorted(set(old.files) | set(update.files))))
+        runs[run] = update
+    return dataclasses.replace(
+        second,
+        actions=tuple(a for a in first.actions if a.path not in redone) + second.actions,
+        runs=runs,
+        errors=tuple(e for e in first.errors if e[0] not in redone) + second.errors)
+
+
+def _merge_transfers(first, second):
+    return dataclasses.replace(
+        first,
+        changed=tuple(sorted(set(first.changed) | set(second.changed))),
+        restaged=tuple(sorted(set(first.restaged) | set(second.changed))),
+        bytes_received=first.bytes_received + second.bytes_received,
+        files_transferred=first.files_transferred + second.files_transferred,
+        warnings=first.warnings + second.warnings,
+        duration_s=first.duration_s + second.duration_s)

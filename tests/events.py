@@ -55,3 +55,36 @@ def append_scalars(path, steps, tag="loss", wall_time0=1_700_000_000.0):
 
 def event_file_name(host="node1", stamp=1700000000, pid=1234):
     return f"events.out.tfevents.{stamp}.{host}.{pid}.0"
+
+
+def loaded_events(path):
+    """Every event TensorBoard's own EventFileLoader reads from `path`, serialized.
+
+    Uses the loader TensorBoard falls back to without TensorFlow; it stops at a truncated
+    record exactly like a live TensorBoard waiting for the rest of it.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    return [event.SerializeToString() for event in EventFileLoader(path).Load()]
+
+
+def record_ends(data):
+    """Offsets where TFRecords end in `data` (framing only, no CRC check): the aligned cuts."""
+    import struct
+    ends, offset = [], 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        end = offset + 12 + length + 4
+        if end > len(data):
+            break
+        ends.append(end)
+        offset = end
+    return ends
+
+
+def big_event_bytes(step, size, wall_time0=1_700_000_000.0):
+    """One record of about `size` bytes (a text-like tensor), for chunk-straddling tests."""
+    from tensorboard.compat.proto import tensor_pb2
+    value = summary_pb2.Summary.Value(
+        tag="blob", tensor=tensor_pb2.TensorProto(dtype=7, string_val=[b"x" * size]))
+    return event_bytes([event_pb2.Event(wall_time=wall_time0 + step, step=step,
+                                        summary=summary_pb2.Summary(value=[value]))])

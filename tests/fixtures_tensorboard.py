@@ -27,11 +27,11 @@ def free_port():
 class TensorBoardProcess:
     """A running tensorboard; `get_json` / `post_json` talk to it over loopback HTTP."""
 
-    def __init__(self, logdir, flags, log_path, env=None):
+    def __init__(self, logdir, flags, log_path, env=None, executable=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        tensorboard = shutil.which("tensorboard") or os.path.join(
+        tensorboard = executable or shutil.which("tensorboard") or os.path.join(
             os.path.dirname(sys.executable), "tensorboard")
         self.argv = [tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1",
                      "--port", str(self.port), *map(str, flags)]

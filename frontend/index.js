@@ -1,0 +1,304 @@
+// The Sync tab: wires model.js (status polling, sync requests) to views.js (pure builders).
+//
+// TensorBoard loads this module inside its plugin iframe (base href "plugin/rsync/") and
+// calls render(). UI state that must survive refreshes lives here: sort, filter (also kept in
+// sessionStorage), open <details>, buttons clicked but not yet confirmed by the server.
+// Each part of the page is rebuilt only when its data changed; ages tick in place.
+
+import {Poller, pageHidden, requestSync} from './model.js';
+import * as views from './views.js';
+
+const STORAGE_KEY = 'tb-rsync.ui.v1';
+const TICK_MS = 1000;
+
+function loadUiState() {
+  try {
+    const saved = JSON.parse(window.sessionStorage.getItem(STORAGE_KEY) || '{}');
+    const sort = saved.sort && typeof saved.sort.key === 'string' ?
+      {key: saved.sort.key, dir: saved.sort.dir === 'desc' ? 'desc' : 'asc'} : views.DEFAULT_SORT;
+    return {sort, filter: typeof saved.filter === 'string' ? saved.filter : ''};
+  } catch (e) {
+    return {sort: views.DEFAULT_SORT, filter: ''};
+  }
+}
+
+function ensureStylesheet() {
+  if (document.querySelector('link[data-tb-rsync-style]')) return;
+  const link = document.createElement('link');
+  link.rel = 'stylesheet';
+  link.href = './style.css';
+  link.setAttribute('data-tb-rsync-style', '');
+  document.head.appendChild(link);
+}
+
+/**
+ * Replace a slot's content, keeping keyboard focus on the "same" element (by data-key).
+ *
+ * A button that is disabled while its sync runs cannot hold focus; `memo.key` remembers it
+ * and focus goes back to it once it is enabled again, unless the user focused something else
+ * meanwhile. Keyboard users then press Enter on "Sync" and stay where they were.
+ */
+function replaceSlot(slot, node, memo) {
+  const active = document.activeElement;
+  let key = active && slot.contains(active) ? active.getAttribute('data-key') : null;
+  if (!key && memo.key && (!active || active === document.body)) key = memo.key;
+  slot.replaceChildren(node);
+  if (!key) return;
+  const target = slot.querySelector(`[data-key="${CSS.escape(key)}"]`);
+  if (!target) return;
+  if (target.disabled) {
+    memo.key = key;
+  } else {
+    memo.key = null;
+    target.focus();
+  }
+}
+
+class SyncTab {
+  constructor(root) {
+    this.root = root;
+    this.status = null;
+    this.receivedAtMs = 0;
+    this.conn = {ok: true};
+    this.message = null;
+    // Sync requests not yet reflected by a status answer: name ('*' = all) -> the time the
+    // POST answered (Infinity while it is in flight). A status requested after that time
+    // shows the sync itself (syncing/queued) or its result, so the entry can go.
+    this.pending = new Map();
+    this.openDetails = new Set();
+    this.focusMemo = {key: null};
+    this.keys = {};
+    this.runsJson = '';
+    this.stats = {runsRenders: 0, lastRunsRenderMs: 0, statusUpdates: 0};
+    Object.assign(this, loadUiState());
+
+    this.headerSlot = views.el('div', {attrs: {'data-slot': 'header'}});
+    this.connSlot = views.el('div', {attrs: {'data-slot': 'connection'}});
+    this.bodySlot = views.el('div', {attrs: {'data-slot': 'body'}});
+    this.sourcesSlot = views.el('div', {attrs: {'data-slot': 'sources'}});
+    this.runsSection = views.buildRunsSection(this.sort, this.filter);
+    this.runsTable = this.runsSection.querySelector('table');
+    this.runsBody = this.runsSection.querySelector('[data-role="runs-body"]');
+    this.runsCount = this.runsSection.querySelector('[data-role="runs-count"]');
+    this.filterInput = this.runsSection.querySelector('[data-role="filter"]');
+    this.loading = views.el('p', {cls: 'muted', text: 'Loading sync status\u2026',
+      attrs: {'data-role': 'loading'}});
+
+    const app = views.el('div', {cls: 'tb-rsync'}, [this.headerSlot, this.connSlot, this.bodySlot]);
+    this.bodySlot.append(this.loading);
+    root.append(app);
+    this.app = app;
+
+    app.addEventListener('click', (e) => this.onClick(e));
+    // <details> "toggle" does not bubble; capture it to remember what the user opened.
+    app.addEventListener('toggle', (e) => {
+      const key = e.target && e.target.getAttribute && e.target.getAttribute('data-key');
+      if (!key) return;
+      if (e.target.open) this.openDetails.add(key);
+      else this.openDetails.delete(key);
+    }, true);
+    this.filterInput.addEventListener('input', () => {
+      this.filter = this.filterInput.value;
+      this.saveUiState();
+      this.scheduleRunsRender();
+    });
+
+    this.poller = new Poller({
+      onStatus: (status, info) => this.onStatus(status, info),
+      onError: (info) => this.onError(info),
+    });
+    this.renderAll();
+  }
+
+  start() {
+    this.poller.start();
+    this.tick();
+    // Coming back into view (browser tab, or TensorBoard switching back to Sync): ask now
+    // instead of waiting out the slow hidden-page delay.
+    let hidden = pageHidden();
+    const onViewChange = () => {
+      const now = pageHidden();
+      if (hidden && !now) this.poller.poll();
+      hidden = now;
+    };
+    document.addEventListener('visibilitychange', onViewChange);
+    window.addEventListener('resize', onViewChange);
+  }
+
+  saveUiState() {
+    try {
+      window.sessionStorage.setItem(STORAGE_KEY, JSON.stringify({sort: this.sort, filter: this.filter}));
+    } catch (e) { /* storage disabled: state just does not survive a reload */ }
+  }
+
+  /** The server's clock now, estimated from the last answer (ages use the server clock). */
+  nowS() {
+    if (!this.status || typeof this.status.server_unix_s !== 'number') return Date.now() / 1000;
+    return this.status.server_unix_s + (Date.now() - this.receivedAtMs) / 1000;
+  }
+
+  tick() {
+    if (!pageHidden()) views.refreshAges(this.app, this.nowS());
+    setTimeout(() => this.tick(), TICK_MS);
+  }
+
+  onStatus(status, {requestedAtMs}) {
+    this.status = status;
+    this.receivedAtMs = Date.now();
+    this.conn = {ok: true};
+    this.stats.statusUpdates += 1;
+    for (const [name, answeredAtMs] of this.pending) {
+      if (requestedAtMs >= answeredAtMs) this.pending.delete(name);
+    }
+    this.runsJson = JSON.stringify(status.runs || []);
+    this.renderAll();
+  }
+
+  onError(info) {
+    this.conn = {ok: false, failures: info.failures, retryInMs: info.retryInMs,
+      error: info.status ? info.error : ''};
+    this.renderConnection();
+  }
+
+  isPending(name) {
+    return this.pending.has(name) || this.pending.has('*');
+  }
+
+  async onClick(e) {
+    const target = e.target.closest('button');
+    if (!target || !this.app.contains(target) || target.disabled) return;
+    const action = target.getAttribute('data-action');
+    if (action === 'sync') {
+      const name = target.hasAttribute('data-source') ? target.getAttribute('data-source') : null;
+      await this.sync(name, target);
+    } else if (action === 'retry') {
+      this.poller.poll();
+    } else if (target.hasAttribute('data-sort')) {
+      this.sort = views.nextSort(this.sort, target.getAttribute('data-sort'));
+      this.saveUiState();
+      this.renderRuns();
+    }
+  }
+
+  async sync(name, button) {
+    const key = name === null ? '*' : name;
+    if (document.activeElement === button) this.focusMemo.key = button.getAttribute('data-key');
+    button.disabled = true; // at once: a second click must not wait for a round trip
+    button.textContent = 'Syncing\u2026';
+    this.pending.set(key, Infinity);
+    this.message = null;
+    this.renderHeader();
+    this.renderSources();
+    try {
+      await requestSync(name);
+      this.pending.set(key, Date.now());
+    } catch (err) {
+      this.pending.delete(key);
+      this.message = err.message;
+    }
+    this.poller.hurry();
+    this.poller.poll();
+    this.renderAll();
+  }
+
+  renderAll() {
+    this.renderHeader();
+    this.renderConnection();
+    this.renderBody();
+    views.refreshAges(this.app, this.nowS());
+  }
+
+  changed(name, key) {
+    if (this.keys[name] === key) return false;
+    this.keys[name] = key;
+    return true;
+  }
+
+  renderHeader() {
+    const st = this.status;
+    const sources = (st && st.sources) || [];
+    const allBusy = this.pending.has('*') || (sources.length > 0 && sources.every(
+        (s) => s.state === 'syncing' || s.state === 'queued' || this.pending.has(s.name)));
+    const key = JSON.stringify([st && [st.logdir, st.loader, st.reload_note, st.rsync_error,
+      st.interval_s, sources.length], allBusy, this.message]);
+    if (!this.changed('header', key)) return;
+    replaceSlot(this.headerSlot, views.buildHeader(st, {allBusy, message: this.message}),
+        this.focusMemo);
+  }
+
+  renderConnection() {
+    const key = JSON.stringify(this.conn);
+    if (!this.changed('conn', key)) return;
+    replaceSlot(this.connSlot, views.buildConnection(this.conn), this.focusMemo);
+  }
+
+  renderBody() {
+    const st = this.status;
+    if (!st) return;
+    const sources = st.sources || [];
+    const mode = sources.length ? 'tables' : 'empty';
+    if (this.changed('mode', mode)) {
+      if (mode === 'empty') {
+        this.bodySlot.replaceChildren(views.buildNoSources());
+      } else {
+        this.bodySlot.replaceChildren(this.sourcesSlot, this.runsSection);
+      }
+    }
+    if (mode === 'tables') {
+      this.renderSources();
+      this.renderRuns();
+    }
+  }
+
+  renderSources() {
+    const st = this.status;
+    if (!st) return;
+    const sources = st.sources || [];
+    const pending = new Set(sources.map((s) => s.name).filter((n) => this.isPending(n)));
+    if (!this.changed('sources', JSON.stringify([sources, [...pending]]))) return;
+    replaceSlot(this.sourcesSlot, views.buildSourcesTable(sources, this.nowS(), {pending}),
+        this.focusMemo);
+    for (const details of this.sourcesSlot.querySelectorAll('details[data-key]')) {
+      if (this.openDetails.has(details.getAttribute('data-key'))) details.open = true;
+    }
+  }
+
+  scheduleRunsRender() {
+    if (this.runsFrame) return;
+    this.runsFrame = requestAnimationFrame(() => {
+      this.runsFrame = 0;
+      this.renderRuns();
+    });
+  }
+
+  /** Rebuild the runs tbody only when the runs, the sort or the filter changed. */
+  renderRuns() {
+    const st = this.status;
+    if (!st) return;
+    const key = `${this.sort.key}|${this.sort.dir}|${this.filter}|${this.runsJson}`;
+    if (!this.changed('runs', key)) return;
+    const t0 = performance.now();
+    const runs = st.runs || [];
+    const shown = views.sortRuns(views.filterRuns(runs, this.filter), this.sort);
+    this.runsBody.replaceChildren(views.buildRunRows(shown, this.nowS(),
+        {total: runs.length, filterText: this.filter.trim()}));
+    this.runsCount.textContent = views.runsCountText(shown.length, runs.length);
+    views.applySort(this.runsTable, this.sort);
+    if (this.filterInput.value !== this.filter) this.filterInput.value = this.filter;
+    this.stats.runsRenders += 1;
+    this.stats.lastRunsRenderMs = performance.now() - t0;
+  }
+}
+
+let instance = null;
+
+/** Entry point called by TensorBoard's plugin_entry.html. */
+export async function render() {
+  if (instance) return instance;
+  ensureStylesheet();
+  instance = new SyncTab(document.body);
+  instance.start();
+  // For tests and debugging from the console.
+  window.__tbRsync = instance;
+  return instance;
+}

@@ -1,0 +1,130 @@
+"""`tb-rsync` end to end in subprocesses: exit codes, messages, status output."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tensorboard.backend.event_processing import event_file_loader
+
+from tests.events import append_scalars, event_file_name
+
+EVENTS = event_file_name()
+
+
+def tb_rsync(*args, timeout=60, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tb_rsync_plugin.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def steps_in(path):
+    loader = event_file_loader.EventFileLoader(str(path))
+    return [e.step for e in loader.Load() if e.summary.value]
+
+
+def make_remote(tmp_path):
+    remote = tmp_path / "remote"
+    (remote / "run 1").mkdir(parents=True)
+    append_scalars(str(remote / "run 1" / EVENTS), range(4))
+    (remote / "run 1" / "notes.txt").write_text("hello")
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    return remote, logdir
+
+
+def test_help_lists_commands():
+    result = tb_rsync("--help")
+    assert result.returncode == 0
+    for command in ("sync", "watch", "status"):
+        assert command in result.stdout
+
+
+def test_sync_then_status(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    staging = tmp_path / "staging"
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"n1={remote}/",
+                      "--staging", staging)
+    assert result.returncode == 0, result.stderr
+    assert "n1:" in result.stdout and "1 run(s) updated" in result.stdout
+    published = logdir / "n1" / "run 1" / EVENTS
+    assert steps_in(published) == [0, 1, 2, 3]
+    assert (logdir / "n1" / "run 1" / "notes.txt").read_text() == "hello"
+
+    append_scalars(str(remote / "run 1" / EVENTS), range(4, 6))
+    inode = os.stat(published).st_ino
+    assert tb_rsync("sync", "--logdir", logdir, "--source", f"n1={remote}/",
+                    "--staging", staging).returncode == 0
+    assert steps_in(published) == [0, 1, 2, 3, 4, 5]
+    assert os.stat(published).st_ino == inode, "event files must grow in place"
+
+    status = tb_rsync("status", "--logdir", logdir, "--staging", staging)
+    assert status.returncode == 0, status.stderr
+    assert "n1/run 1" in status.stdout
+    line = next(l for l in status.stdout.splitlines() if l.startswith("n1/run 1"))
+    assert " 5 " in line and "unknown" in line
+
+
+def test_status_before_any_sync(tmp_path):
+    result = tb_rsync("status", "--logdir", tmp_path, "--staging", tmp_path.parent / "st-none")
+    assert result.returncode == 0
+    assert "No sync has run" in result.stdout
+
+
+def test_failure_is_one_error_line_and_exit_1(tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"gone={tmp_path}/missing/",
+                      "--staging", tmp_path / "staging")
+    assert result.returncode == 1
+    error_lines = [l for l in result.stderr.splitlines() if "error:" in l and not l.startswith(" ")]
+    assert len(error_lines) == 1 and "gone" in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(logdir) == []
+    status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
+    assert status.returncode == 1 and "error:" in status.stdout
+
+
+def test_bad_arguments(tmp_path):
+    no_source = tb_rsync("sync", "--logdir", tmp_path)
+    assert no_source.returncode == 1 and "No sources given" in no_source.stderr
+    bad_pair = tb_rsync("sync", "--logdir", tmp_path, "--source", "oops")
+    assert bad_pair.returncode == 1 and "NAME=SOURCE" in bad_pair.stderr
+    inside = tb_rsync("sync", "--logdir", tmp_path, "--source", "a=/x/",
+                      "--staging", tmp_path / "st")
+    assert inside.returncode == 1 and "outside the logdir" in inside.stderr
+    usage = tb_rsync("frobnicate")
+    assert usage.returncode == 2
+
+
+def test_missing_rsync_is_a_sentence(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # python, but no rsync
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"n1={remote}/",
+                      "--staging", tmp_path / "staging", env=env)
+    assert result.returncode == 1
+    assert "rsync is not installed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_watch_syncs_until_ctrl_c(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
+         "--source", f"n1={remote}/", "--staging", str(tmp_path / "staging"),
+         "--interval", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    published = logdir / "n1" / "run 1" / EVENTS
+    try:
+        deadline = time.time() + 30
+        while not (published.exists() and steps_in(published) == [0, 1, 2, 3]):
+            assert time.time() < deadline, "watch did not publish"
+            time.sleep(0.2)
+        append_scalars(str(remote / "run 1" / EVENTS), range(4, 8))
+        while steps_in(published) != list(range(8)):
+            assert time.time() < deadline, "watch did not publish the growth"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

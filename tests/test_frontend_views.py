@@ -1,0 +1,679 @@
+"""The Sync tab's JavaScript in a real headless Chromium, without TensorBoard.
+
+A loopback static server serves frontend/ twice: at the root for pages that import the pure
+modules (views.js, model.js), and under /plugin/rsync/ behind a copy of TensorBoard's
+plugin_entry.html, where `status` and `sync` are answered from fixtures this test controls.
+"""
+
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+FRONTEND = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "frontend")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+HOSTILE = "<img src=x onerror=alert(1)>"
+NOW = 1_764_150_000.0
+
+TEST_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"></head><body>
+<script type="module">
+import * as views from '/views.js';
+import * as model from '/model.js';
+window.views = views; window.model = model; window.ready = true;
+</script></body></html>"""
+
+# TensorBoard's /data/plugin_entry.html, with the base href it uses.
+ENTRY_PAGE = b"""<!doctype html><head><base href="plugin/rsync/" /></head><body>
+<script type="module">import("./index.js").then((m) => void m.render());</script></body>"""
+
+
+def make_status(runs=None, sources=None, now=NOW, **extra):
+    status = {
+        "server_unix_s": now,
+        "version": "0.1.0",
+        "logdir": "/home/me/logs",
+        "loader": "legacy",
+        "reload_note": "Runs are reloaded right after each publish.",
+        "rsync_error": None,
+        "interval_s": 30.0,
+        "sources": sources if sources is not None else [source_fixture()],
+        "runs": runs if runs is not None else [run_fixture("train/a", now - 12)],
+    }
+    status.update(extra)
+    return status
+
+
+def source_fixture(name="train", state="idle", **extra):
+    source = {
+        "name": name, "source": "gpu1:/scratch/logs/", "state": state, "interval_s": 30.0,
+        "next_sync_unix_s": NOW + 30, "last_start_unix_s": NOW - 40, "last_end_unix_s": NOW - 39,
+        "last_ok_unix_s": NOW - 39, "progress": None,
+        "last_result": {"bytes_received": 1048576, "bytes_published": 1048000,
+                        "files_transferred": 3, "files_published": 3, "runs_updated": 2,
+                        "duration_s": 0.8},
+        "error": None, "warnings": [],
+    }
+    source.update(extra)
+    return source
+
+
+def run_fixture(name, wall_time, step=100, state="live", source="train", **extra):
+    run = {"run": name, "source": source, "source_wall_time": wall_time, "source_step": step,
+           "published_unix_s": wall_time + 1 if wall_time else None,
+           "loaded_wall_time": wall_time, "state": state,
+           "state_detail": "TensorBoard shows the newest published event.",
+           "rewritten_unix_s": None}
+    run.update(extra)
+    return run
+
+
+class FakePlugin:
+    """What the fake /plugin/rsync/ routes answer, and what they were asked."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.status = make_status()
+        self.status_code = 200
+        self.sync_code = 202
+        self.sync_requests = []
+        self.status_requests = 0
+
+    def set_status(self, status):
+        with self.lock:
+            self.status = status
+
+
+@pytest.fixture(scope="module")
+def fake_plugin():
+    return FakePlugin()
+
+
+@pytest.fixture(scope="module")
+def server(fake_plugin):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=FRONTEND, **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def end_headers(self):
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def _send(self, code, body, ctype="application/json"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            path = urllib.parse.urlparse(self.path).path
+            if path == "/test.html":
+                return self._send(200, TEST_PAGE, "text/html")
+            if path == "/entry.html":
+                return self._send(200, ENTRY_PAGE, "text/html")
+            if path == "/plugin/rsync/status":
+                with fake_plugin.lock:
+                    fake_plugin.status_requests += 1
+                    body = json.dumps(fake_plugin.status).encode()
+                    code = fake_plugin.status_code
+                return self._send(code, body if code == 200 else b"unavailable", "application/json")
+            if path.startswith("/plugin/rsync/"):
+                self.path = path[len("/plugin/rsync"):]
+            return super().do_GET()
+
+        def do_POST(self):
+            path = urllib.parse.urlparse(self.path).path
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if path != "/plugin/rsync/sync":
+                return self._send(404, b"{}")
+            with fake_plugin.lock:
+                fake_plugin.sync_requests.append({
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": json.loads(body or b"null"),
+                })
+                code = fake_plugin.sync_code
+            if code != 202:
+                return self._send(code, json.dumps({"error": "Unknown source."}).encode())
+            return self._send(202, json.dumps({"started": ["train"], "joined": []}).encode())
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no Chromium at /usr/bin/chromium")
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.dialogs = []
+    page.console_errors = []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.goto(server + "/test.html")
+    page.wait_for_function("window.ready === true")
+    yield page
+    context.close()
+
+
+def test_formatters(page):
+    got = page.evaluate("""() => {
+      const v = window.views;
+      return {
+        ages: [null, -0.4, 0, 0.9, 12, 59.9, 180, 7200, 3 * 86400, 800 * 86400].map(v.formatAge),
+        ins: [30, 0, null, 125].map(v.formatIn),
+        bytes: [0, 512, 1536, 12 * 2 ** 20, 3.5 * 2 ** 30, -1, null].map(v.formatBytes),
+        rate: [5 * 2 ** 20, null].map(v.formatRate),
+        fresh: [0, 10, 299, 300, 3599, 3600, null].map(v.freshnessClass),
+        labels: ['live', 'waiting', 'restart_needed', 'error', 'unknown', 'bogus', null]
+          .map(v.runStateLabel),
+        time: v.formatLocalTime(1764150000),
+      };
+    }""")
+    assert got["ages"] == ["\u2014", "just now", "just now", "just now", "12 s ago", "59 s ago",
+                           "3 min ago", "2 h ago", "3 d ago", "2 y ago"]
+    assert got["ins"] == ["in 30 s", "due now", "\u2014", "in 2 min"]
+    assert got["bytes"] == ["0 B", "512 B", "1.5 KiB", "12 MiB", "3.5 GiB", "\u2014", "\u2014"]
+    assert got["rate"] == ["5.0 MiB/s", "\u2014"]
+    assert got["fresh"] == ["fresh", "fresh", "fresh", "recent", "recent", "stale", "stale"]
+    assert got["labels"] == ["live", "waiting for reload", "restart needed", "error",
+                             "\u2014", "\u2014", "\u2014"]
+    assert got["time"].startswith("2025-11-26 ") and got["time"].endswith("(local time)")
+
+
+def test_user_data_is_text_never_markup(page):
+    status = make_status(
+        runs=[run_fixture(HOSTILE, NOW - 5, source=HOSTILE, state_detail=HOSTILE)],
+        sources=[source_fixture(HOSTILE, state="error", source=HOSTILE, error={
+            "message": HOSTILE, "details": "<script>alert(2)</script>", "unix_s": NOW - 3})],
+        reload_note=HOSTILE, rsync_error=HOSTILE)
+    got = page.evaluate("""(st) => {
+      const v = window.views;
+      document.body.append(v.buildHeader(st), v.buildSourcesTable(st.sources, st.server_unix_s));
+      const section = v.buildRunsSection();
+      section.querySelector('tbody').append(v.buildRunRows(st.runs, st.server_unix_s));
+      document.body.append(section);
+      return {
+        imgs: document.querySelectorAll('img').length,
+        scripts: document.querySelectorAll('body script').length,
+        runCell: document.querySelector('.col-run').textContent,
+        runAttr: document.querySelector('tr[data-run]').getAttribute('data-run'),
+        error: document.querySelector('[data-role=source-error]').textContent,
+        details: document.querySelector('.err-details').textContent,
+        note: document.querySelector('[data-role=reload-note]').textContent,
+      };
+    }""", status)
+    page.wait_for_timeout(200)  # an onerror handler would have fired by now
+    assert got["imgs"] == 0
+    assert got["scripts"] == 1  # only the test page's own module script
+    assert got["runCell"] == got["runAttr"] == got["error"] == got["note"] == HOSTILE
+    assert got["details"] == "<script>alert(2)</script>"
+    assert page.dialogs == []
+    assert page.console_errors == []
+
+
+def test_header_and_empty_states(page):
+    got = page.evaluate("""(st) => {
+      const v = window.views;
+      const header = v.buildHeader(st, {allBusy: false});
+      const busy = v.buildHeader(st, {allBusy: true});
+      const none = v.buildNoSources();
+      const noRuns = document.createElement('tbody');
+      noRuns.append(v.buildRunRows([], st.server_unix_s, {total: 0}));
+      const noMatch = document.createElement('tbody');
+      noMatch.append(v.buildRunRows([], st.server_unix_s, {total: 5, filterText: 'xyz'}));
+      const down = v.buildConnection({ok: false, failures: 3, retryInMs: 4000, error: ''});
+      return {
+        alert: header.querySelector('[data-role=rsync-error]').textContent,
+        alertRole: header.querySelector('[data-role=rsync-error]').getAttribute('role'),
+        note: header.querySelector('[data-role=reload-note]').textContent,
+        syncAll: header.querySelector('button[data-action=sync]').textContent,
+        syncAllDisabled: busy.querySelector('button[data-action=sync]').disabled,
+        none: none.textContent,
+        noRuns: noRuns.textContent,
+        noMatch: noMatch.textContent,
+        down: down.textContent,
+        upEmpty: v.buildConnection({ok: true}).textContent,
+      };
+    }""", make_status(rsync_error="rsync is not installed: install it with your package manager."))
+    assert got["alert"].startswith("rsync is not installed") and got["alertRole"] == "alert"
+    assert got["note"] == "Runs are reloaded right after each publish."
+    assert got["syncAll"] == "Sync all" and got["syncAllDisabled"] is True
+    assert "--rsync_source NAME=SOURCE" in got["none"] and "--rsync_config FILE" in got["none"]
+    assert "gpu1=gpu1:/scratch/me/logs/" in got["none"]
+    assert got["noRuns"] == "No runs published yet; click Sync."
+    assert got["noMatch"] == "No runs match \u201cxyz\u201d."
+    assert "TensorBoard not reachable" in got["down"] and "retrying in 4 s" in got["down"]
+    assert got["upEmpty"] == ""
+
+
+def test_sources_table(page):
+    sources = [
+        source_fixture("train", state="syncing", progress={
+            "bytes_done": 1048576, "percent": 42, "rate_bytes_s": 5242880.0, "phase": "transfer"}),
+        source_fixture("eval", state="idle", interval_s=0, next_sync_unix_s=None),
+        source_fixture("bad", state="error", last_result=None, error={
+            "message": "The source directory /nonexistent/ does not exist.",
+            "details": "rsync: change_dir \"/nonexistent\" failed: No such file or directory (2)\n"
+                       "command: rsync -a ...", "unix_s": NOW - 2}),
+        source_fixture("waiting", state="queued"),
+        source_fixture("clicked", state="idle"),
+    ]
+    got = page.evaluate("""(sources) => {
+      const v = window.views;
+      const table = v.buildSourcesTable(sources, %r, {pending: new Set(['clicked'])});
+      document.body.append(table);
+      const row = (n) => table.querySelector(`tr[data-source="${n}"]`);
+      const out = {};
+      for (const s of sources) {
+        const r = row(s.name);
+        const button = r.querySelector('button[data-action=sync]');
+        out[s.name] = {
+          text: r.textContent,
+          state: r.querySelector('[data-role=source-state]').textContent,
+          disabled: button.disabled,
+          button: button.textContent,
+          buttonSource: button.getAttribute('data-source'),
+          progress: r.querySelector('progress') ? r.querySelector('progress').value : null,
+          details: r.querySelector('details') ? r.querySelector('details pre').textContent : null,
+          titles: [...r.querySelectorAll('[title]')].map((e) => e.title),
+        };
+      }
+      return out;
+    }""" % NOW, sources)
+    train = got["train"]
+    assert train["disabled"] and train["state"] == "syncing\u2026" and train["progress"] == 42
+    assert "1.0 MiB" in train["text"] and "42%" in train["text"] and "5.0 MiB/s" in train["text"]
+    assert "in 30 s" in train["text"] and "started 40 s ago" in train["text"]
+    assert got["eval"]["disabled"] is False and got["eval"]["buttonSource"] == "eval"
+    assert "on request" in got["eval"]["text"] and "39 s ago" in got["eval"]["text"]
+    assert "3 files, 1.0 MiB received" in got["eval"]["text"]
+    assert any(t.endswith("(local time)") for t in got["eval"]["titles"])
+    bad = got["bad"]
+    assert bad["state"] == "error" and bad["disabled"] is False
+    assert "The source directory /nonexistent/ does not exist." in bad["text"]
+    assert bad["details"].startswith("rsync: change_dir")
+    assert got["waiting"]["disabled"] and got["waiting"]["button"] == "Queued"
+    assert got["clicked"]["disabled"]
+
+
+def test_run_rows_states_freshness_and_hover(page):
+    runs = [
+        run_fixture("fresh", NOW - 12, step=1200),
+        run_fixture("recent", NOW - 600, state="waiting"),
+        run_fixture("stale", NOW - 7200, state="restart_needed", rewritten_unix_s=NOW - 60,
+                    state_detail="The source rewrote events.out.tfevents.1; restart TensorBoard."),
+        run_fixture("broken", None, step=None, state="error", published_unix_s=None),
+        run_fixture("cli", NOW - 1, state="unknown"),
+    ]
+    got = page.evaluate("""(runs) => {
+      const v = window.views;
+      const tbody = document.createElement('tbody');
+      tbody.append(v.buildRunRows(runs, %r));
+      return [...tbody.rows].map((tr) => ({
+        run: tr.getAttribute('data-run'),
+        age: tr.querySelector('.col-age').textContent,
+        ageClass: (tr.querySelector('.col-age .age') || {}).className || null,
+        ageTitle: (tr.querySelector('.col-age .age') || {}).title || null,
+        step: tr.querySelector('[data-role=step]').textContent,
+        state: tr.querySelector('[data-role=run-state]').textContent,
+        stateClass: tr.querySelector('[data-role=run-state]').className,
+        text: tr.textContent,
+      }));
+    }""" % NOW, runs)
+    by = {r["run"]: r for r in got}
+    assert by["fresh"]["age"] == "12 s ago" and by["fresh"]["ageClass"] == "age fresh-fresh"
+    assert by["fresh"]["step"] == "1200" and by["fresh"]["state"] == "live"
+    assert by["fresh"]["ageTitle"].endswith("(local time)")
+    assert "13 s ago" not in by["fresh"]["text"] and "11 s ago" in by["fresh"]["text"]  # published
+    assert by["recent"]["ageClass"] == "age fresh-recent"
+    assert by["recent"]["state"] == "waiting for reload"
+    assert by["stale"]["ageClass"] == "age fresh-stale" and by["stale"]["state"] == "restart needed"
+    assert "restart TensorBoard" in by["stale"]["text"] and "1 min ago" in by["stale"]["text"]
+    assert by["broken"]["age"] == "\u2014" and by["broken"]["step"] == "\u2014"
+    assert by["broken"]["stateClass"] == "badge run-error"
+    assert by["cli"]["state"] == "\u2014"
+
+
+def test_sort_and_filter_are_pure(page):
+    runs = [run_fixture("run_10", NOW - 5), run_fixture("run_2", NOW - 50),
+            run_fixture("Run_1", None), run_fixture("eval/x", NOW - 1, source="eval")]
+    got = page.evaluate("""(runs) => {
+      const v = window.views;
+      const names = (rs) => rs.map((r) => r.run);
+      return {
+        name: names(v.sortRuns(runs, {key: 'name', dir: 'asc'})),
+        nameDesc: names(v.sortRuns(runs, {key: 'name', dir: 'desc'})),
+        age: names(v.sortRuns(runs, {key: 'age', dir: 'asc'})),
+        ageDesc: names(v.sortRuns(runs, {key: 'age', dir: 'desc'})),
+        filter: names(v.filterRuns(runs, '  RUN_ ')),
+        filterSource: names(v.filterRuns(runs, 'EVAL')),
+        untouched: names(runs),
+        next: [v.nextSort({key: 'name', dir: 'asc'}, 'name'), v.nextSort({key: 'name', dir: 'desc'}, 'age')],
+      };
+    }""", runs)
+    assert got["name"] == ["eval/x", "Run_1", "run_2", "run_10"]
+    assert got["nameDesc"] == ["run_10", "run_2", "Run_1", "eval/x"]
+    assert got["age"] == ["eval/x", "run_10", "run_2", "Run_1"]  # newest first, unknown last
+    assert got["ageDesc"] == ["run_2", "run_10", "eval/x", "Run_1"]
+    assert got["filter"] == ["run_10", "run_2", "Run_1"]
+    assert got["filterSource"] == ["eval/x"]
+    assert got["untouched"] == ["run_10", "run_2", "Run_1", "eval/x"]
+    assert got["next"] == [{"key": "name", "dir": "desc"}, {"key": "age", "dir": "asc"}]
+
+
+def test_thousand_runs_render_filter_sort(page):
+    timings = page.evaluate("""(now) => {
+      const v = window.views;
+      const runs = [];
+      for (let i = 0; i < 1000; i++) {
+        runs.push({run: `node${i % 7}/exp ${i} lr=0.${i % 10}`, source: `node${i % 7}`,
+          source_wall_time: now - i * 37, source_step: i * 100, published_unix_s: now - i * 37 + 1,
+          loaded_wall_time: now - i * 37, state: ['live', 'waiting', 'error'][i % 3],
+          state_detail: 'TensorBoard shows the newest published event.', rewritten_unix_s: null});
+      }
+      const section = v.buildRunsSection();
+      document.body.append(section);
+      const tbody = section.querySelector('tbody');
+      const table = section.querySelector('table');
+      const t = (f) => { const t0 = performance.now(); f(); document.body.offsetHeight; return performance.now() - t0; };
+      const out = {};
+      out.render = t(() => tbody.replaceChildren(v.buildRunRows(runs, now)));
+      out.rows = tbody.rows.length;
+      out.filter = t(() => tbody.replaceChildren(v.buildRunRows(v.filterRuns(runs, 'EXP 99'), now)));
+      out.filtered = tbody.rows.length;
+      out.sortAge = t(() => {
+        tbody.replaceChildren(v.buildRunRows(v.sortRuns(runs, {key: 'age', dir: 'desc'}), now));
+        v.applySort(table, {key: 'age', dir: 'desc'});
+      });
+      out.first = tbody.rows[0].getAttribute('data-run');
+      out.ariaSort = table.querySelector('th[aria-sort]').textContent + ':' +
+        table.querySelector('th[aria-sort]').getAttribute('aria-sort');
+      out.sortName = t(() => tbody.replaceChildren(v.buildRunRows(v.sortRuns(runs, {key: 'name', dir: 'asc'}), now)));
+      out.refreshAges = t(() => v.refreshAges(tbody, now + 30));
+      return out;
+    }""", NOW)
+    print("1,000 runs, ms:", {k: round(v, 1) for k, v in timings.items() if isinstance(v, float)})
+    assert timings["rows"] == 1000
+    assert timings["filtered"] == 11  # "exp 99" and "exp 990".."exp 999"
+    assert timings["first"] == "node5/exp 999 lr=0.9"  # oldest first when age descends
+    assert timings["ariaSort"].startswith("Newest event") and timings["ariaSort"].endswith(":descending")
+    for key in ("render", "filter", "sortAge", "sortName", "refreshAges"):
+        assert timings[key] < 3000, (key, timings[key])
+
+
+POLLER_HARNESS = """() => {
+  const {Poller} = window.model;
+  const h = {log: [], timers: [], nowMs: 0, pending: [], statuses: [], errors: []};
+  h.poller = new Poller({
+    fetch: () => new Promise((resolve, reject) => h.pending.push({resolve, reject})),
+    onStatus: (st, info) => h.statuses.push([st.server_unix_s, info.seq]),
+    onError: (e) => h.errors.push(e.retryInMs),
+    timers: {setTimeout: (f, ms) => { h.timers.push({f, ms}); return h.timers.length; },
+             clearTimeout: (id) => { if (h.timers[id - 1]) h.timers[id - 1].cancelled = true; }},
+    now: () => h.nowMs,
+    isHidden: () => false,
+  });
+  h.live = () => h.timers.filter((t) => !t.cancelled && !t.fired);
+  h.fire = () => { const t = h.live()[0]; t.fired = true; t.f(); return t.ms; };
+  h.flush = () => new Promise((r) => setTimeout(r, 0));
+  window.h = h;
+}"""
+
+
+def test_poller_single_flight_intervals_backoff_and_stale_drops(page):
+    page.evaluate(POLLER_HARNESS)
+    got = page.evaluate("""async () => {
+      const h = window.h, p = h.poller, out = {};
+      const busy = (t) => ({server_unix_s: t, sources: [{state: 'syncing'}]});
+      const idle = (t) => ({server_unix_s: t, sources: [{state: 'idle'}]});
+      p.start();
+      p.poll(); p.poll();                      // asked again while one is in flight
+      out.inFlightAfterBurst = h.pending.length;
+      h.pending.shift().resolve(idle(10)); await h.flush();
+      out.afterFirst = {sent: h.pending.length, timers: h.live().map((t) => t.ms)};  // the queued one, at once
+      h.fire(); await h.flush();
+      out.inFlightAfterQueued = h.pending.length;
+      h.pending.shift().resolve(busy(11)); await h.flush();
+      out.busyDelay = h.live().map((t) => t.ms);
+      h.fire(); await h.flush();
+      h.pending.shift().resolve(idle(12)); await h.flush();
+      out.idleDelay = h.live().map((t) => t.ms);
+      p.hurry(5000);
+      out.hurryDelay = p.nextDelayMs();
+      h.nowMs = 6000;
+      out.afterHurry = p.nextDelayMs();
+      // Network errors back off 1, 2, 4 ... 30 s.
+      out.backoff = [];
+      for (let i = 0; i < 7; i++) {
+        h.fire(); await h.flush();
+        h.pending.shift().reject(new Error('network error')); await h.flush();
+        out.backoff.push(h.live()[0].ms);
+      }
+      // A server clock that goes back is an out-of-order answer: dropped.
+      h.fire(); await h.flush();
+      h.pending.shift().resolve(idle(20)); await h.flush();
+      h.fire(); await h.flush();
+      h.pending.shift().resolve(idle(15)); await h.flush();
+      // stop() while a request is in flight: its answer is dropped.
+      h.fire(); await h.flush();
+      p.stop();
+      h.pending.shift().resolve(idle(30)); await h.flush();
+      out.statuses = h.statuses.map((s) => s[0]);
+      out.errors = h.errors;
+      out.stats = p.stats;
+      out.timersAfterStop = h.live().length;
+      return out;
+    }""")
+    assert got["inFlightAfterBurst"] == 1
+    assert got["afterFirst"] == {"sent": 0, "timers": [0]}
+    assert got["inFlightAfterQueued"] == 1
+    assert got["busyDelay"] == [1000]
+    assert got["idleDelay"] == [5000]
+    assert got["hurryDelay"] == 1000 and got["afterHurry"] == 5000
+    assert got["backoff"] == [1000, 2000, 4000, 8000, 16000, 30000, 30000]
+    assert got["errors"] == got["backoff"]
+    assert got["statuses"] == [10, 11, 12, 20]
+    assert got["stats"]["maxInFlight"] == 1
+    assert got["stats"]["dropped"] == 2
+    assert got["timersAfterStop"] == 0
+
+
+def test_request_sync_sends_the_api_headers(page, fake_plugin):
+    fake_plugin.sync_requests.clear()
+    got = page.evaluate("""async () => {
+      const m = window.model;
+      const one = await m.requestSync('train', {fetchImpl: (u, o) => fetch('/plugin/rsync/' + u, o)});
+      const all = await m.requestSync(null, {fetchImpl: (u, o) => fetch('/plugin/rsync/' + u, o)});
+      return {one, all};
+    }""")
+    assert got["one"] == {"started": ["train"], "joined": []}
+    bodies = [r["body"] for r in fake_plugin.sync_requests]
+    assert bodies == [{"source": "train"}, {}]
+    for r in fake_plugin.sync_requests:
+        assert r["headers"]["x-tb-rsync"] == "1"
+        assert r["headers"]["content-type"] == "application/json"
+
+
+# --- index.js end to end, behind a copy of TensorBoard's plugin_entry.html --------------------
+
+
+@pytest.fixture
+def tab(browser, server, fake_plugin):
+    fake_plugin.set_status(make_status(
+        runs=[run_fixture(f"train/run {i}", NOW - 10 * i, step=i) for i in range(30)],
+        sources=[source_fixture("train"), source_fixture("bad", state="error", error={
+            "message": "The source directory does not exist.",
+            "details": "rsync: change_dir failed: No such file or directory (2)", "unix_s": NOW})]))
+    fake_plugin.status_code = 200
+    fake_plugin.sync_code = 202
+    fake_plugin.sync_requests.clear()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.console_errors = []
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.goto(server + "/entry.html")
+    page.wait_for_selector("tr[data-run='train/run 0']")
+    yield page
+    assert page.console_errors == []
+    context.close()
+
+
+def bump_status(fake_plugin, dt=1.0, **changes):
+    with fake_plugin.lock:
+        status = json.loads(json.dumps(fake_plugin.status))
+    status["server_unix_s"] += dt
+    status.update(changes)
+    fake_plugin.set_status(status)
+    return status
+
+
+def test_tab_sync_click_disables_at_once_and_posts(tab, fake_plugin):
+    button = tab.locator("button[data-source='train']")
+    assert button.is_enabled()
+    # The server will report the sync on the next status answer.
+    status = bump_status(fake_plugin)
+    status["sources"][0]["state"] = "syncing"
+    status["sources"][0]["progress"] = {"bytes_done": 10, "percent": 5, "rate_bytes_s": 100.0,
+                                        "phase": "transfer"}
+    fake_plugin.set_status(status)
+    button.click()
+    assert tab.locator("button[data-source='train']").is_disabled()
+    tab.wait_for_function("document.querySelector(\"tr[data-source='train'] progress\")")
+    assert fake_plugin.sync_requests[-1]["body"] == {"source": "train"}
+    assert fake_plugin.sync_requests[-1]["headers"]["x-tb-rsync"] == "1"
+    # Done: the button comes back, the result shows.
+    status = bump_status(fake_plugin)
+    status["sources"][0].update(state="idle", progress=None)
+    fake_plugin.set_status(status)
+    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+                          timeout=5000)
+    # Sync all posts {}.
+    tab.locator("button[data-key='sync-all']").click()
+    tab.wait_for_function("window.__tbRsync.pending.size === 0", timeout=10000)
+    assert fake_plugin.sync_requests[-1]["body"] == {}
+
+
+def test_tab_refused_sync_says_why(tab, fake_plugin):
+    fake_plugin.sync_code = 404
+    tab.locator("button[data-source='bad']").click()
+    message = tab.locator("[data-role=message]")
+    message.wait_for()
+    assert "refused (HTTP 404)" in message.text_content()
+    assert "Unknown source." in message.text_content()
+    assert tab.locator("button[data-source='bad']").is_enabled()
+
+
+def test_tab_filter_sort_details_survive_refreshes(tab, fake_plugin):
+    app = "window.__tbRsync"
+    tab.locator("details summary").click()
+    filt = tab.locator("input[data-role=filter]")
+    filt.click()
+    filt.type("RUN 2")
+    tab.wait_for_function("document.querySelectorAll('tr[data-run]').length === 11")
+    tab.evaluate("() => document.querySelector('input[data-role=filter]').setSelectionRange(1, 3)")
+    renders = tab.evaluate(f"{app}.stats.runsRenders")
+    updates = tab.evaluate(f"{app}.stats.statusUpdates")
+    # Same runs, newer clock: polled, ages refreshed, but the tbody is not rebuilt.
+    bump_status(fake_plugin, dt=5)
+    tab.wait_for_function(f"{app}.stats.statusUpdates > {updates}", timeout=10000)
+    assert tab.evaluate(f"{app}.stats.runsRenders") == renders
+    # New data: rebuilt, while the filter keeps focus, text and selection.
+    status = bump_status(fake_plugin, dt=1)
+    status["runs"].append(run_fixture("train/run 2000", NOW, step=7))
+    fake_plugin.set_status(status)
+    tab.wait_for_function("document.querySelectorAll('tr[data-run]').length === 12", timeout=10000)
+    state = tab.evaluate("""() => {
+      const f = document.querySelector('input[data-role=filter]');
+      return {focused: document.activeElement === f, value: f.value,
+              sel: [f.selectionStart, f.selectionEnd],
+              open: document.querySelector('details').open,
+              count: document.querySelector('[data-role=runs-count]').textContent};
+    }""")
+    assert state == {"focused": True, "value": "RUN 2", "sel": [1, 3], "open": True,
+                     "count": "(12 of 31)"}
+    # Keyboard sort: Tab to the "Newest event" header button and press Enter twice.
+    tab.locator("button[data-sort='age']").focus()
+    tab.keyboard.press("Enter")
+    tab.keyboard.press("Enter")
+    th = tab.locator("th:has(button[data-sort='age'])")
+    assert th.get_attribute("aria-sort") == "descending"
+    assert tab.locator("tr[data-run]").first.get_attribute("data-run") == "train/run 29"
+    # Survives a reload of the page (sessionStorage).
+    tab.reload()
+    tab.wait_for_selector("tr[data-run]")
+    assert tab.locator("input[data-role=filter]").input_value() == "RUN 2"
+    assert tab.locator("th:has(button[data-sort='age'])").get_attribute("aria-sort") == "descending"
+
+
+def test_tab_unreachable_then_back(tab, fake_plugin):
+    tab.route("**/plugin/rsync/status", lambda route: route.abort())
+    banner = tab.locator("[data-role=connection]", has_text="TensorBoard not reachable")
+    banner.wait_for(timeout=10000)
+    assert "retrying in" in banner.text_content()
+    assert tab.locator("tr[data-run]").count() == 30  # last known data stays on screen
+    tab.unroute("**/plugin/rsync/status")
+    tab.locator("button[data-action=retry]").click()
+    banner.wait_for(state="detached", timeout=10000)
+
+
+def test_tab_no_sources_explains_configuration(tab, fake_plugin):
+    fake_plugin.set_status(make_status(runs=[], sources=[]))
+    tab.locator("[data-role=no-sources]").wait_for(timeout=10000)
+    assert "--rsync_source NAME=SOURCE" in tab.locator("[data-role=no-sources]").text_content()
+
+
+def test_tab_thousand_runs_poll_smoothly(tab, fake_plugin):
+    runs = [run_fixture(f"node{i % 7}/exp {i}", NOW - 37 * i, step=i) for i in range(1000)]
+    fake_plugin.set_status(make_status(runs=runs, now=NOW + 1))
+    tab.wait_for_function("document.querySelectorAll('tr[data-run]').length === 1000",
+                          timeout=15000)
+    first_ms = tab.evaluate("window.__tbRsync.stats.lastRunsRenderMs")
+    filt = tab.locator("input[data-role=filter]")
+    t0 = time.monotonic()
+    filt.fill("exp 99")
+    tab.wait_for_function("document.querySelectorAll('tr[data-run]').length === 11")
+    filter_ms = (time.monotonic() - t0) * 1000
+    print(f"index.js with 1,000 runs: tbody build {first_ms:.0f} ms, filter round trip "
+          f"{filter_ms:.0f} ms")
+    assert first_ms < 3000 and filter_ms < 5000
+
+
+def test_tab_keyboard_sync_keeps_focus_on_the_button(tab, fake_plugin):
+    status = bump_status(fake_plugin)
+    status["sources"][0]["state"] = "syncing"
+    fake_plugin.set_status(status)
+    tab.locator("button[data-source='train']").focus()
+    tab.keyboard.press("Enter")
+    tab.wait_for_function("window.__tbRsync.pending.size === 0", timeout=10000)
+    assert tab.locator("button[data-source='train']").is_disabled()  # the server says syncing
+    status = bump_status(fake_plugin)
+    status["sources"][0]["state"] = "idle"
+    fake_plugin.set_status(status)
+    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+                          timeout=10000)
+    assert tab.evaluate("document.activeElement.getAttribute('data-key')") == "sync:train"

@@ -1,0 +1,123 @@
+"""Real `tensorboard` processes with the installed plugin, asked over their own HTTP API."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.events import append_scalars, event_file_name
+from tests.fixtures_tensorboard import wait_until
+
+EVENTS = event_file_name()
+
+
+def steps(tb, run):
+    return [point[1] for point in tb.scalars(run)]
+
+
+def rsync_plain(src, dest):
+    subprocess.run(["rsync", "-a", f"{src}/", f"{dest}/"], check=True)
+
+
+def sync_and_wait(tb, source=None):
+    body = {} if source is None else {"source": source}
+    code, answer = tb.post_json("/data/plugin/rsync/sync", body)
+    assert code == 202, answer
+    names = answer["started"] + answer["joined"]
+
+    def done():
+        sources = tb.get_json("/data/plugin/rsync/status")["sources"]
+        return all(s["state"] in ("idle", "error") for s in sources if s["name"] in names)
+
+    wait_until(done, 60, message="the sync to finish")
+    return tb.get_json("/data/plugin/rsync/status")
+
+
+def test_fast_loader_plain_rsync_goes_stale_plugin_stays_live(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    (remote / "run").mkdir(parents=True)
+    append_scalars(str(remote / "run" / EVENTS), range(5))
+    logdir = tmp_path / "logs"
+    (logdir / "plain").mkdir(parents=True)
+    rsync_plain(remote, logdir / "plain")
+    tb = tensorboard_server(logdir, "--rsync_source", f"live={remote}/",
+                            "--rsync_staging", tmp_path / "staging", "--reload_interval", "1")
+    sync_and_wait(tb, "live")
+    wait_until(lambda: len(steps(tb, "plain/run")) == 5 and len(steps(tb, "live/run")) == 5,
+               30, message="both runs to show 5 points")
+
+    append_scalars(str(remote / "run" / EVENTS), range(5, 15))
+    # The problem: plain rsync replaces the file by rename; the fast loader keeps the old inode.
+    rsync_plain(remote, logdir / "plain")
+    status = sync_and_wait(tb, "live")
+    assert status["loader"] == "fast"
+    wait_until(lambda: len(steps(tb, "live/run")) == 15, 1 + 10,
+               message="the synced growth to appear within the reload interval plus a margin")
+    assert len(steps(tb, "plain/run")) == 5, "plain rsync -a was expected to leave the run stale"
+    run = wait_until(lambda: _run(tb, "live/run", "live"), 15, message="run state 'live'")
+    assert run["source_step"] == 14
+
+
+def test_legacy_loader_shows_new_points_and_runs_without_reload(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    (remote / "a").mkdir(parents=True)
+    append_scalars(str(remote / "a" / EVENTS), range(3))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
+                            "--rsync_staging", tmp_path / "staging",
+                            "--load_fast=false", "--reload_interval", "0")
+    status = sync_and_wait(tb)
+    assert status["loader"] == "legacy"
+    assert steps(tb, "node/a") == [0, 1, 2]
+
+    append_scalars(str(remote / "a" / EVENTS), range(3, 6))
+    (remote / "b c").mkdir()
+    append_scalars(str(remote / "b c" / event_file_name(host="node2")), range(2))
+    sync_and_wait(tb)
+    # --reload_interval 0 means TensorBoard never reloads by itself: this is the plugin.
+    assert steps(tb, "node/a") == [0, 1, 2, 3, 4, 5]
+    assert steps(tb, "node/b c") == [0, 1]
+    wait_until(lambda: _run(tb, "node/b c", "live"), 10, message="new run 'live'")
+
+
+def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    (remote / "a").mkdir(parents=True)
+    path = remote / "a" / EVENTS
+    append_scalars(str(path), range(10))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
+                            "--rsync_staging", tmp_path / "staging",
+                            "--load_fast=false", "--reload_interval", "0")
+    sync_and_wait(tb)
+    assert len(steps(tb, "node/a")) == 10
+    path.unlink()  # a new training run reusing the name: shorter, different content
+    append_scalars(str(path), range(100, 103))
+    sync_and_wait(tb)
+    assert steps(tb, "node/a") == [100, 101, 102]
+    quarantined = [f for _, _, files in os.walk(tmp_path / "staging" / "quarantine")
+                   for f in files]
+    assert quarantined == [EVENTS]
+
+
+def _run(tb, name, state):
+    for run in tb.get_json("/data/plugin/rsync/status")["runs"]:
+        if run["run"] == name and run["state"] == state:
+            return run
+    return None
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--rsync_source", "oops"], "NAME=SOURCE"),
+    (["--rsync_source", "a=/x/", "--rsync_interval", "often"], "--rsync_interval"),
+])
+def test_bad_flags_stop_tensorboard(tmp_path, flags, needle):
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    result = subprocess.run([tensorboard, "--logdir", str(tmp_path), "--port", "0", *flags],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
