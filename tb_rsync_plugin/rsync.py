@@ -136,7 +136,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     if others:
         jobs.append(run.start("files", [], files=others))
     run.wait(jobs)
-    return run.result(jobs, restaged_phase="restage")
+    return run.result([listing] + jobs, restaged_phase="restage")
 
 
 def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=None,
@@ -147,7 +147,7 @@ def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=
     quick check (`--ignore-times`), so even a same-size rewrite is fetched.
     """
     run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel)
-    paths = [p for p in paths]
+    paths = list(paths)
     if not paths:
         return TransferResult()
     job = run.start("restage", ["--whole-file", "--ignore-times"], files=paths)
@@ -314,6 +314,8 @@ class _Run:
         try:
             job = _Job(self, phase, args, files_from, progress)
         except OSError as e:
+            if files_from:
+                _unlink(files_from)
             raise TransferError(
                 f"Sync of '{self.source.name}' could not start rsync '{self.rsync_path}' "
                 f"({e.strerror}); install rsync or fix the path.", shlex.join(args)) from None
@@ -363,7 +365,7 @@ class _Run:
         changed, restaged, warnings, nbytes = {}, set(), [], 0
         for job in jobs:
             for kind, _, size, path in job.items:
-                if kind.startswith(">f"):
+                if kind.startswith(">f") and job.phase != "list":  # the listing is a dry run
                     changed[path] = True
                     nbytes += size
                     if job.phase == restaged_phase:

@@ -203,20 +203,26 @@ class _Scanner:
 
 
 def event_wall_time_and_step(data, complete=True):
-    """`(wall_time, step)` of a serialized Event, reading only fields 1 and 2.
+    """`(wall_time, step)` of a serialized Event that carries a summary, else `(None, None)`.
 
-    A full `Event` parse decodes image and histogram summaries we never look at; this reads
-    the protobuf wire format until both fields are seen (writers emit them first). A parsed
-    event without `step` has step 0 (proto3 default); one without `wall_time` (or a NaN one)
-    has None. Unparsable bytes give `(None, None)`: the record still counts. With
-    `complete=False`, `data` is only the head of a huge record: what was found is kept.
+    Only events with a `summary` (field 5) count: they are what TensorBoard plots, so the
+    newest of them is what "TensorBoard has loaded the newest event" can be compared with
+    (a trailing file_version or session_log event would never show up in a plot). A full
+    `Event` parse decodes image and histogram summaries we never look at; this reads the
+    protobuf wire format tag by tag, skipping field bodies, until fields 1, 2 and 5 are
+    seen (writers emit them in that order). A summary event without `step` has step 0
+    (proto3 default); one without `wall_time` (or a NaN one) has wall time None.
+    Unparsable bytes give `(None, None)`: the record still counts. With `complete=False`,
+    `data` is only the head of a huge record: what was found is kept.
     """
     wall = step = None
+    has_summary = False
     i, n = 0, len(data)
     try:
-        while i < n and (wall is None or step is None):
+        while i < n and not (has_summary and wall is not None and step is not None):
             tag, i = _varint(data, i)
             field, wire = tag >> 3, tag & 7
+            has_summary = has_summary or (field == 5 and wire == 2)  # its body is skipped
             if wire == 0:
                 value, i = _varint(data, i)
                 if field == 2:
@@ -237,6 +243,8 @@ def event_wall_time_and_step(data, complete=True):
     except (IndexError, ValueError, struct.error):
         if complete:
             return None, None
+    if not has_summary:
+        return None, None
     if wall != wall:
         wall = None
     return wall, 0 if step is None else step

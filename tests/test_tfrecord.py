@@ -143,14 +143,23 @@ def test_records_bigger_than_a_chunk_are_streamed(chunk_bytes):
 def test_unparsable_payloads_count_without_a_time():
     data = record_bytes(b"\xff\xff\xff") + record_bytes(b"") + record_bytes(b"\x0a\x05ab")
     result = scan_records(io.BytesIO(data), 0)
-    # b"" is a valid empty Event (step 0 by proto3 default, no wall time).
-    assert (result.records, result.newest_wall_time, result.newest_step) == (3, None, 0)
+    # b"" is a valid empty Event, but without a summary it is nothing TensorBoard plots.
+    assert (result.records, result.newest_wall_time, result.newest_step) == (3, None, None)
+
+
+def test_only_summary_events_count_as_newest():
+    """A trailing file_version or session-log event must not look newer than the plots."""
+    data = scalar_bytes([1, 2], header=True) + event_bytes([file_version_event(wall_time=2e9)])
+    result = scan_records(io.BytesIO(data), 0)
+    assert result.records == 4
+    assert (result.newest_wall_time, result.newest_step) == (1_700_000_002.0, 2)
 
 
 def test_event_field_parser():
     assert event_wall_time_and_step(make_event(-5, wall_time=12.5).SerializeToString()) == \
         (12.5, -5)
-    assert event_wall_time_and_step(file_version_event(7.0).SerializeToString()) == (7.0, 0)
+    # No summary: nothing TensorBoard plots, so it never counts as the newest event.
+    assert event_wall_time_and_step(file_version_event(7.0).SerializeToString()) == (None, None)
     big = 2**40
     assert event_wall_time_and_step(make_event(big, wall_time=1.0).SerializeToString()) == \
         (1.0, big)
