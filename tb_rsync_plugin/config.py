@@ -34,7 +34,8 @@ class Source:
       source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`.
       ssh: the user's ssh command (`ssh -p 2222 -J login`); tb-rsync only adds options to it.
       bwlimit_kib: rsync `--bwlimit` in KiB/s.
-      include, exclude: rsync filter patterns, applied in that order.
+      include, exclude: rsync patterns; excludes always win, includes mean "only these files"
+        (semantics in rsync.py's module docstring).
       interval_s: automatic sync period for this source; None uses the global interval.
       timeout_s: wall-clock limit for one rsync run (rsync's own I/O timeout is derived).
     """
@@ -97,6 +98,11 @@ class SyncConfig:
     def state_path(self):
         """The freshness state shared by the plugin and `tb-rsync status`."""
         return os.path.join(self.staging_root, "state.json")
+
+    @property
+    def holding_dir(self):
+        """Where the fast-loader reload briefly parks a rewritten run's event files."""
+        return os.path.join(self.staging_root, "holding")
 
     def lock_path(self, name):
         return os.path.join(self.staging_root, "locks", name + ".lock")

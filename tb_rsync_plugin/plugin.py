@@ -81,7 +81,8 @@ class RsyncPlugin(base_plugin.TBPlugin):
         self._config = config
         if service is None:
             state = state_lib.SyncState(config.sources, config.interval_for)
-            service = service_lib.SyncService(config, state, reload_lib.make_reloader(context))
+            reloader = reload_lib.make_reloader(context, config.holding_dir)
+            service = service_lib.SyncService(config, state, reloader)
             service.start()
         self._service = service
 

@@ -7,8 +7,12 @@ Three loaders, three behaviours:
   legacy directory watcher only tails the newest file). New data shows at once, even with
   `--reload_interval 0`.
 - fast (the Rust data server): there is no reload API. Appended records show at the data
-  server's next reload. A rewritten file keeps being read through the old inode, so that run
-  needs a restart, and its state says so.
+  server's next reload. A rewritten file would keep being read through the old inode, so the
+  run is cycled: its event files are moved out of the logdir until the data server drops the
+  run, then moved back, and a new loader reads them from offset 0 (DESIGN.md). The run is
+  missing for one reload cycle. When that cannot work (`--reload_interval 0`, the holding
+  folder on another filesystem, the run never dropped) the run's state says a restart is
+  needed, and why.
 - none (the CLI): nothing to reload.
 
 All three also answer `loaded_wall_times(runs)`: the newest wall time TensorBoard serves per
@@ -17,13 +21,14 @@ run, read through the public data provider API, so the UI can tell "live" from "
 
 import logging
 import os
+import time
 
 logger = logging.getLogger(__name__)
 
 _RESTART_REASON = (
-    "The source rewrote an event file of this run; TensorBoard's fast loader keeps reading "
-    "the old copy (it never reopens a file). Restart TensorBoard, or run it with "
-    "--load_fast=false, to see the new content. The old file is in the quarantine folder."
+    "The source rewrote an event file of this run and TensorBoard's fast loader keeps "
+    "reading the old copy (it never reopens a file); restart TensorBoard to see the new "
+    "content. The old file is in the quarantine folder."
 )
 
 
@@ -41,18 +46,94 @@ class NoReloader:
 
 
 class FastLoaderReloader(NoReloader):
-    """The Rust data server reloads on its own schedule; rewritten runs need a restart."""
+    """Cycles rewritten runs through a holding folder so the data server re-reads them.
+
+    Args:
+      data_provider: TensorBoard's data provider; its run list tells when a run is gone.
+      holding_dir: outside the logdir, on the same filesystem (files are moved by rename).
+      reload_interval_s: TensorBoard's --reload_interval; 0 means it never reloads.
+      sleep: injected for tests.
+    """
 
     kind = "fast"
 
-    def __init__(self, data_provider):
+    def __init__(self, data_provider, holding_dir, reload_interval_s, sleep=time.sleep):
         self._data_provider = data_provider
+        self._holding_dir = holding_dir
+        self._reload_interval_s = reload_interval_s
+        self._sleep = sleep
 
     def apply(self, logdir, report):
-        return {run: _RESTART_REASON for run, update in report.runs.items() if update.rewritten}
+        restore_held_runs(self._holding_dir, logdir)
+        notes = {}
+        for run, update in sorted(report.runs.items()):
+            if update.rewritten:
+                reason = self._cycle_run(logdir, run)
+                if reason:
+                    notes[run] = reason
+        return notes
+
+    def _cycle_run(self, logdir, run):
+        """Move the run's event files out until TensorBoard drops the run; None on success."""
+        if self._reload_interval_s <= 0:
+            return _RESTART_REASON + " (TensorBoard runs with --reload_interval 0.)"
+        run_dir = os.path.join(logdir, run)
+        held_dir = os.path.join(self._holding_dir, run)
+        names = [n for n in os.listdir(run_dir) if "tfevents" in n
+                 and os.path.isfile(os.path.join(run_dir, n))]
+        os.makedirs(held_dir, exist_ok=True)
+        if os.stat(held_dir).st_dev != os.stat(run_dir).st_dev:
+            return _RESTART_REASON + " (The staging folder is on another filesystem.)"
+        try:
+            for name in names:
+                os.rename(os.path.join(run_dir, name), os.path.join(held_dir, name))
+            gone = self._wait_until_dropped(run)
+        finally:
+            # Always put the files back, even if waiting failed: the logdir must converge.
+            restore_held_runs(self._holding_dir, logdir)
+        if not gone:
+            return _RESTART_REASON + " (TensorBoard did not drop the run in time.)"
+        return None
+
+    def _wait_until_dropped(self, run):
+        from tensorboard import context as tb_context
+
+        # The data server sleeps --reload_interval after each full cycle; a cycle over a big
+        # logdir can take a while too, hence the margin.
+        deadline = time.monotonic() + 3 * self._reload_interval_s + 30
+        while time.monotonic() < deadline:
+            try:
+                runs = self._data_provider.list_runs(tb_context.RequestContext(),
+                                                     experiment_id="")
+            except Exception as e:
+                logger.debug("tb-rsync: list_runs failed: %s", e)
+            else:
+                if all(r.run_name != run for r in runs):
+                    return True
+            self._sleep(0.25)
+        return False
 
     def loaded_wall_times(self, runs):
         return _loaded_wall_times(self._data_provider, runs)
+
+
+def restore_held_runs(holding_dir, logdir):
+    """Move event files held out of the logdir back in (also after a crash mid-cycle).
+
+    A file is only moved back to a name that is free: the logdir is never overwritten.
+    """
+    if not os.path.isdir(holding_dir):
+        return
+    for folder, _, files in os.walk(holding_dir):
+        rel = os.path.relpath(folder, holding_dir)
+        for name in files:
+            dest = os.path.join(logdir, rel, name)
+            if not os.path.exists(dest):
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.rename(os.path.join(folder, name), dest)
+            else:
+                logger.warning("tb-rsync: %s exists; left %s in the holding folder", dest,
+                               os.path.join(folder, name))
 
 
 class LegacyReloader(NoReloader):
@@ -116,13 +197,14 @@ def _touches_only_newest(run_dir, files):
     return all(os.path.basename(f) == newest for f in files)
 
 
-def make_reloader(context):
+def make_reloader(context, holding_dir):
     """Pick the reloader for this TensorBoard: legacy when a multiplexer exists."""
     if context is None:
         return NoReloader()
     if getattr(context, "multiplexer", None) is not None:
         return LegacyReloader(context.multiplexer, context.data_provider)
-    return FastLoaderReloader(context.data_provider)
+    reload_interval_s = float(getattr(context.flags, "reload_interval", 5) or 0)
+    return FastLoaderReloader(context.data_provider, holding_dir, reload_interval_s)
 
 
 # Which list call finds which kind of data: scalars, histograms/distributions (tensors),

@@ -23,6 +23,7 @@ import traceback
 
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import publish as publish_lib
+from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
 from tb_rsync_plugin.errors import SyncError
 
@@ -59,6 +60,8 @@ class SyncService:
         state.loader = reloader.kind
         state.logdir = config.logdir
         state.restore(config.state_path)
+        # A process killed while a run's files were parked for a fast-loader reload.
+        reload_lib.restore_held_runs(config.holding_dir, config.logdir)
         try:
             self._rsync_path = config_lib.find_rsync()
         except SyncError as e:

@@ -103,6 +103,29 @@ def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
     assert quarantined == [EVENTS]
 
 
+def test_fast_loader_shows_a_rewritten_run_without_restart(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    (remote / "a").mkdir(parents=True)
+    path = remote / "a" / EVENTS
+    append_scalars(str(path), range(10))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
+                            "--rsync_staging", tmp_path / "staging", "--reload_interval", "1")
+    sync_and_wait(tb)
+    wait_until(lambda: len(steps(tb, "node/a")) == 10, 15, message="10 points")
+    path.unlink()  # a new training run reusing the name
+    append_scalars(str(path), range(100, 103))
+    status = sync_and_wait(tb)
+    assert status["sources"][0]["state"] == "idle", status["sources"][0]
+    # The run was cycled out of the logdir and back: the data server re-read it from 0.
+    wait_until(lambda: steps(tb, "node/a") == [100, 101, 102], 15,
+               message="only the rewritten run's points")
+    run = wait_until(lambda: _run(tb, "node/a", "live"), 15, message="run state 'live'")
+    assert run["rewritten_unix_s"] is not None
+    assert sorted(os.listdir(logdir / "node" / "a")) == [EVENTS]
+
+
 def _run(tb, name, state):
     for run in tb.get_json("/data/plugin/rsync/status")["runs"]:
         if run["run"] == name and run["state"] == state:
@@ -121,3 +144,22 @@ def test_bad_flags_stop_tensorboard(tmp_path, flags, needle):
     assert result.returncode != 0
     assert needle in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fast_loader_without_reloads_says_restart_needed(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    (remote / "a").mkdir(parents=True)
+    path = remote / "a" / EVENTS
+    append_scalars(str(path), range(4))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
+                            "--rsync_staging", tmp_path / "staging", "--reload_interval", "0")
+    sync_and_wait(tb)
+    path.unlink()
+    append_scalars(str(path), range(50, 52))
+    sync_and_wait(tb)
+    run = _run(tb, "node/a", "restart_needed")
+    assert run is not None, tb.get_json("/data/plugin/rsync/status")["runs"]
+    assert "restart TensorBoard" in run["state_detail"]
+    assert "--reload_interval 0" in run["state_detail"]
