@@ -39,7 +39,7 @@ setup(
             "pytest-timeout>=2",
             "hypothesis>=6",
             "playwright>=1.40",
-            "build",
+            "wheel",
         ],
     },
     entry_points={

@@ -271,7 +271,13 @@ class SyncTab {
     });
   }
 
-  /** Rebuild the runs tbody only when the runs, the sort or the filter changed. */
+  /**
+   * Update the runs tbody only when the runs, the sort or the filter changed.
+   *
+   * When the same runs show in the same order (the usual poll: a few runs got new steps),
+   * only rows whose data changed are replaced; otherwise the tbody is rebuilt from one
+   * DocumentFragment.
+   */
   renderRuns() {
     const st = this.status;
     if (!st) return;
@@ -280,8 +286,26 @@ class SyncTab {
     const t0 = performance.now();
     const runs = st.runs || [];
     const shown = views.sortRuns(views.filterRuns(runs, this.filter), this.sort);
-    this.runsBody.replaceChildren(views.buildRunRows(shown, this.nowS(),
-        {total: runs.length, filterText: this.filter.trim()}));
+    const nowS = this.nowS();
+    const jsons = shown.map((r) => JSON.stringify(r));
+    const rows = this.runRows || [];
+    const sameOrder = shown.length > 0 && rows.length === shown.length &&
+      shown.every((r, i) => rows[i].name === r.run);
+    if (sameOrder) {
+      shown.forEach((r, i) => {
+        if (rows[i].json === jsons[i]) return;
+        const tr = views.buildRunRow(r, nowS);
+        this.runsBody.replaceChild(tr, rows[i].tr);
+        rows[i] = {name: r.run, json: jsons[i], tr};
+      });
+      this.stats.lastRunsRender = 'rows';
+    } else {
+      this.runsBody.replaceChildren(views.buildRunRows(shown, nowS,
+          {total: runs.length, filterText: this.filter.trim()}));
+      const trs = this.runsBody.rows;
+      this.runRows = shown.map((r, i) => ({name: r.run, json: jsons[i], tr: trs[i]}));
+      this.stats.lastRunsRender = 'tbody';
+    }
     this.runsCount.textContent = views.runsCountText(shown.length, runs.length);
     views.applySort(this.runsTable, this.sort);
     if (this.filterInput.value !== this.filter) this.filterInput.value = this.filter;

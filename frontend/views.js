@@ -520,7 +520,8 @@ export function runsCountText(shown, total) {
   return shown === total ? `(${total})` : `(${shown} of ${total})`;
 }
 
-function runRow(r, nowS) {
+/** One runs-table row. */
+export function buildRunRow(r, nowS) {
   const tr = document.createElement('tr');
   tr.setAttribute('data-run', r.run);
 
@@ -592,6 +593,6 @@ export function buildRunRows(runs, nowS, info = {}) {
     fragment.append(tr);
     return fragment;
   }
-  for (const r of runs) fragment.appendChild(runRow(r, nowS));
+  for (const r of runs) fragment.appendChild(buildRunRow(r, nowS));
   return fragment;
 }

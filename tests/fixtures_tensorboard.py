@@ -28,12 +28,13 @@ class TensorBoardProcess:
     """A running tensorboard; `get_json` / `post_json` talk to it over loopback HTTP."""
 
     def __init__(self, logdir, flags, log_path, env=None, executable=None):
+        """`executable`: the argv prefix that starts TensorBoard (default: `tensorboard`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        tensorboard = executable or shutil.which("tensorboard") or os.path.join(
-            os.path.dirname(sys.executable), "tensorboard")
-        self.argv = [tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1",
+        tensorboard = executable or [shutil.which("tensorboard") or os.path.join(
+            os.path.dirname(sys.executable), "tensorboard")]
+        self.argv = [*tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1",
                      "--port", str(self.port), *map(str, flags)]
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,

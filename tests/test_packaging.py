@@ -57,7 +57,7 @@ def test_wheel_in_fresh_venv_serves_the_tab(wheel, tmp_path):
     env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
     tb = TensorBoardProcess(logdir, ["--rsync_source", f"r={remote}/", "--rsync_staging",
                                      tmp_path / "staging"], tmp_path / "tb.log", env=env,
-                            executable=str(venv / "bin" / "tensorboard"))
+                            executable=[str(python), "-m", "tensorboard.main"])
     try:
         tb.wait_ready()
         listing = tb.get_json("/data/plugins_listing")
