@@ -7,12 +7,18 @@ Three ways in, each safe against a crash at any instant:
   inode must stay the same or the fast loader never sees new data.
 - `create_file` / `rewrite_file`: a new or rewritten event file appears whole, by rename.
 
+`release_prefix` is the one function here that touches the staging tree: it frees the disk
+blocks of a staged event file's already-published prefix (a hole, same size), so staging
+costs about the unpublished tail instead of a second copy of every event file.
+
 Temp names are `.tb-rsync-<random>.tmp`: TensorBoard reads every file whose name contains
 `tfevents`, dot-files included, so a temp name must never contain it. OS errors the user can
 act on become `PublishError` sentences here, in `publish_errors`, and nowhere else.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import secrets
@@ -42,6 +48,10 @@ _SENTENCES = {
 _NO_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK})
 # These concern the whole filesystem: continuing with the next file cannot help.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# fallocate(2) modes (linux/falloc.h); punching a hole needs KEEP_SIZE.
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate = None  # resolved on first use: a ctypes function, or False where unavailable
 
 
 def is_temp_name(name):
@@ -190,6 +200,81 @@ def keep_file(src_path, dest_path):
             _unlink_quietly(temp)
             raise
     fsync_dir(dest_dir)
+
+
+def release_prefix(path, length, expect=None):
+    """Punch a hole over bytes `[0, length)` of `path`, keeping its size, data after it and mtime.
+
+    For staged event files whose prefix is published: rsync `--append` only looks at the
+    staged size, and the publisher re-reads only the staged tail, so the prefix's blocks
+    are dead weight. Reads of the hole return zeros, which `has_leading_hole` tells apart.
+    The mtime is put back because rsync's quick check and the manifest's staged stamp use it.
+
+    Args:
+      expect: `(st_ino, st_size, st_mtime_ns)` the file must still have; otherwise (rsync
+        replaced or grew it since) nothing is done.
+
+    Returns:
+      True if the hole was punched; False where unsupported (not Linux, a filesystem without
+      hole punching) or on any error: the staged copy then simply keeps its blocks.
+    """
+    if length <= 0:
+        return False
+    fallocate = _fallocate_function()
+    if not fallocate:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or length > st.st_size or (
+                expect is not None and list(expect) != [st.st_ino, st.st_size, st.st_mtime_ns]):
+            return False
+        if fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length) != 0:
+            return False  # EOPNOTSUPP, ENOSYS, EPERM...: not worth failing a publish for
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def has_leading_hole(path):
+    """True if `path` starts with a hole, i.e. its prefix was released by `release_prefix`.
+
+    rsync never writes holes (no `--sparse`), so a staged event file starting with one lost
+    its prefix to us and must be fetched whole before anyone reads bytes from offset 0.
+    False where the filesystem cannot tell (it then has no holes of ours either).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or not hasattr(os, "SEEK_DATA"):
+            return False
+        try:
+            return os.lseek(fd, 0, os.SEEK_DATA) > 0
+        except OSError as e:
+            return e.errno == errno.ENXIO  # no data at all: the whole file is a hole
+    finally:
+        os.close(fd)
+
+
+def _fallocate_function():
+    global _fallocate
+    if _fallocate is None:
+        _fallocate = False
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            function = getattr(libc, "fallocate64", None) or libc.fallocate
+            function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            function.restype = ctypes.c_int
+            _fallocate = function
+        except (OSError, AttributeError):
+            pass  # no libc fallocate (macOS, Windows): staged copies keep their blocks
+    return _fallocate
 
 
 def _temp_name(dest_dir):

@@ -13,6 +13,13 @@ source, possibly followed by part of the next record, which TensorBoard treats l
 still being written; the next publish checks that partial record against the staged bytes and
 completes it.
 
+Staged event files are mostly dead weight once published: after each publish the staged
+copy's prefix becomes a hole (`atomic.release_prefix`), keeping its size (all rsync
+`--append` looks at) and its last `_KEEP_STAGED_BYTES` before the published length (the tail
+check reads at most `_TAIL_CHECK_BYTES` of that). Code that reads a staged file from offset 0
+(create, rewrite, the full compare of a restaged file) first checks for that hole and asks
+for a whole fetch instead; a fetched file is a new, complete inode.
+
 Assumptions: one publisher per source at a time (the service holds `locks/<name>.lock`);
 staged event files only change by rsync appending to them or replacing them whole.
 """
@@ -38,6 +45,10 @@ _COMPARE_BYTES = 1024 * 1024
 # Before appending, the last bytes published are compared with the staged ones: a cheap
 # guard against a staged file that was replaced whole by unrelated content of equal framing.
 _TAIL_CHECK_BYTES = 4096
+# Staged bytes kept before the published length when the prefix is released: far more than
+# the tail check reads, in whole filesystem blocks.
+_KEEP_STAGED_BYTES = 64 * 1024
+_HOLE_BLOCK_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +303,9 @@ class _Publisher:
         try:
             pub_st = os.lstat(dest)
         except FileNotFoundError:
-            return self._create_event(rel, src, src_st.st_size, dest)
+            if self._prefix_released(rel, src):
+                return self._restage(rel, self.manifest.get(rel))
+            return self._create_event(rel, src, src_st, dest)
         if not stat.S_ISREG(pub_st.st_mode):
             return self._fail(rel, f"'{dest}' in the logdir is not a regular file; move it "
                                     "away to publish this event file.")
@@ -307,12 +320,14 @@ class _Publisher:
             self._note_run(rel, entry, touched=False)
             return self._act(rel, "unchanged")
         aligned, entry = self._published_state(rel, dest, pub_st)
+        if (size < published or restaged) and self._prefix_released(rel, src):
+            return self._restage(rel, entry)  # both branches below read from offset 0
         if size < published:
-            return self._rewrite(rel, src, size, dest, "shorter than the published file")
+            return self._rewrite(rel, src, src_st, dest, "shorter than the published file")
         if restaged:
             # Fetched whole: the only way to know it still extends what was published.
             if not _same_bytes(dest, src, 0, published):
-                return self._rewrite(rel, src, size, dest, "rewritten at the source")
+                return self._rewrite(rel, src, src_st, dest, "rewritten at the source")
         elif not _same_bytes(dest, src, max(0, aligned - _TAIL_CHECK_BYTES), published):
             return self._restage(rel, entry)
         try:
@@ -336,6 +351,7 @@ class _Publisher:
             # Remembered so an unchanged corrupt file is not fetched whole every sync.
             entry = dict(entry, corrupt_at=corrupt.offset, corrupt_staged_size=size)
         self._remember(rel, dict(entry, staged=_stamp(src_st)))
+        self._release_staged(src, src_st, entry["aligned_len"])
         self._note_run(rel, entry, touched=appended > 0)
         if corrupt is not None:
             self._error(rel, str(corrupt))
@@ -370,7 +386,8 @@ class _Publisher:
         self._remember(rel, entry)
         return scan.end_offset, entry
 
-    def _create_event(self, rel, src, size, dest):
+    def _create_event(self, rel, src, src_st, dest):
+        size = src_st.st_size
         try:
             scan, corrupt = scan_records(src, 0, size), None
         except CorruptRecordError as e:
@@ -386,11 +403,13 @@ class _Publisher:
         written = atomic.create_file(dest, src, 0, scan.end_offset)
         entry = _entry(written, written, os.stat(dest).st_ino, None, scan)
         self._remember(rel, entry)
+        self._release_staged(src, src_st, written)
         self._note_run(rel, entry, touched=True)
         return self._act(rel, "create", written, str(corrupt) if corrupt else "")
 
-    def _rewrite(self, rel, src, size, dest, why):
+    def _rewrite(self, rel, src, src_st, dest, why):
         """Quarantine the published file and publish the staged one's complete records."""
+        size = src_st.st_size
         try:
             scan, corrupt = scan_records(src, 0, size), None
         except CorruptRecordError as e:
@@ -408,6 +427,7 @@ class _Publisher:
         written = atomic.rewrite_file(dest, src, 0, scan.end_offset, keep_at)
         entry = _entry(written, written, os.stat(dest).st_ino, None, scan)
         self._remember(rel, entry)
+        self._release_staged(src, src_st, written)
         self._note_run(rel, entry, touched=True, rewritten=True)
         return self._act(rel, "rewrite", written, f"{why}; old file kept at '{keep_at}'")
 
@@ -417,6 +437,25 @@ class _Publisher:
             self._note_run(rel, entry, touched=False)
         return self._act(rel, "wait", 0, "does not continue the published records; "
                                          "needs a whole fetch")
+
+    def _prefix_released(self, rel, src):
+        """True if the staged prefix was released, so reading from offset 0 needs a fetch.
+
+        In a restaged file that means the whole fetch did not happen (the file vanished at
+        the source meanwhile, say); it is reported and the published file left alone.
+        """
+        if not atomic.has_leading_hole(src):
+            return False
+        if rel in self.restaged:
+            self._error(rel, f"'{rel}' could not be fetched whole again; the published copy "
+                             "stays as it is until a sync fetches it.")
+        return True
+
+    def _release_staged(self, src, src_st, published_len):
+        """Free the staged blocks TensorBoard already has; see the module docstring."""
+        end = (published_len - _KEEP_STAGED_BYTES) // _HOLE_BLOCK_BYTES * _HOLE_BLOCK_BYTES
+        if end > 0:
+            atomic.release_prefix(src, end, _stamp(src_st))
 
     def _quarantine_path(self, rel):
         folder, n = self.stamp, 1

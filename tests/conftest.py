@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures_servers",      # sshd and rsync --daemon on 127.0.0.1
     "tests.fixtures_tensorboard",  # real tensorboard processes
+    "tests.fixtures_browser",      # headless Chromium
 ]

@@ -12,6 +12,18 @@ from tests.fixtures_tensorboard import wait_until
 EVENTS = event_file_name()
 
 
+def start_node(tmp_path, tensorboard_server, first_steps, *flags):
+    """A remote with run `a`, and a TensorBoard syncing it as source `node`."""
+    path = tmp_path / "remote" / "a" / EVENTS
+    path.parent.mkdir(parents=True)
+    append_scalars(str(path), first_steps)
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={tmp_path / 'remote'}/",
+                            "--rsync_staging", tmp_path / "staging", *flags)
+    return tb, path, logdir
+
+
 def steps(tb, run):
     return [point[1] for point in tb.scalars(run)]
 
@@ -60,14 +72,9 @@ def test_fast_loader_plain_rsync_goes_stale_plugin_stays_live(tmp_path, tensorbo
 
 
 def test_legacy_loader_shows_new_points_and_runs_without_reload(tmp_path, tensorboard_server):
-    remote = tmp_path / "remote"
-    (remote / "a").mkdir(parents=True)
-    append_scalars(str(remote / "a" / EVENTS), range(3))
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
-                            "--rsync_staging", tmp_path / "staging",
-                            "--load_fast=false", "--reload_interval", "0")
+    tb, path, _ = start_node(tmp_path, tensorboard_server, range(3),
+                             "--load_fast=false", "--reload_interval", "0")
+    remote = path.parent.parent
     status = sync_and_wait(tb)
     assert status["loader"] == "legacy"
     assert steps(tb, "node/a") == [0, 1, 2]
@@ -83,15 +90,8 @@ def test_legacy_loader_shows_new_points_and_runs_without_reload(tmp_path, tensor
 
 
 def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
-    remote = tmp_path / "remote"
-    (remote / "a").mkdir(parents=True)
-    path = remote / "a" / EVENTS
-    append_scalars(str(path), range(10))
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
-                            "--rsync_staging", tmp_path / "staging",
-                            "--load_fast=false", "--reload_interval", "0")
+    tb, path, _ = start_node(tmp_path, tensorboard_server, range(10),
+                             "--load_fast=false", "--reload_interval", "0")
     sync_and_wait(tb)
     assert len(steps(tb, "node/a")) == 10
     path.unlink()  # a new training run reusing the name: shorter, different content
@@ -104,14 +104,8 @@ def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
 
 
 def test_fast_loader_shows_a_rewritten_run_without_restart(tmp_path, tensorboard_server):
-    remote = tmp_path / "remote"
-    (remote / "a").mkdir(parents=True)
-    path = remote / "a" / EVENTS
-    append_scalars(str(path), range(10))
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
-                            "--rsync_staging", tmp_path / "staging", "--reload_interval", "1")
+    tb, path, logdir = start_node(tmp_path, tensorboard_server, range(10),
+                                  "--reload_interval", "1")
     sync_and_wait(tb)
     wait_until(lambda: len(steps(tb, "node/a")) == 10, 15, message="10 points")
     path.unlink()  # a new training run reusing the name
@@ -147,14 +141,7 @@ def test_bad_flags_stop_tensorboard(tmp_path, flags, needle):
 
 
 def test_fast_loader_without_reloads_says_restart_needed(tmp_path, tensorboard_server):
-    remote = tmp_path / "remote"
-    (remote / "a").mkdir(parents=True)
-    path = remote / "a" / EVENTS
-    append_scalars(str(path), range(4))
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/",
-                            "--rsync_staging", tmp_path / "staging", "--reload_interval", "0")
+    tb, path, _ = start_node(tmp_path, tensorboard_server, range(4), "--reload_interval", "0")
     sync_and_wait(tb)
     path.unlink()
     append_scalars(str(path), range(50, 52))

@@ -14,31 +14,20 @@ import tempfile
 import time
 
 import pytest
+from playwright import sync_api as playwright_sync
 
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
 README_SHOT = os.path.join(ROOT, "docs", "sync-tab.png")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 EVENTS = event_file_name()
 PLUGIN_FRAME = "iframe[src*='name=rsync']"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("no Chromium at /usr/bin/chromium")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
