@@ -11,12 +11,12 @@ Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging ro
 """
 
 import atexit
-import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
+import queue
 import threading
 import time
 import traceback
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_PARALLEL_SOURCES = 4
 LOADED_REFRESH_S = 2.0
 LOCK_WAIT_S = 600.0
+STOP_WAIT_S = 10.0  # rsync gets TERM, then KILL after a grace period
 
 
 class SyncService:
@@ -50,12 +51,16 @@ class SyncService:
         self.reloader = reloader
         self._clock = clock
         self._stop = threading.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))),
-            thread_name_prefix="tb-rsync")
-        self._futures = {}
-        self._futures_lock = threading.Lock()
-        self._threads = []
+        # Daemon worker threads, not a ThreadPoolExecutor: the executor's workers are joined
+        # before atexit handlers run, so a TensorBoard stopped mid-sync would wait for rsync
+        # to finish instead of cancelling it in `stop()`.
+        self._queue = queue.Queue()
+        self._idle = {}  # source name -> Event set when no cycle is queued or running
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"tb-rsync-worker-{i}", daemon=True)
+            for i in range(min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))))]
+        for thread in self._threads:
+            thread.start()
         self._rsync_path = None
         state.loader = reloader.kind
         state.logdir = config.logdir
@@ -80,16 +85,28 @@ class SyncService:
             if not self.state.try_queue(name):
                 joined.append(name)
                 continue
-            with self._futures_lock:
-                self._futures[name] = self._pool.submit(self._guarded_cycle, name)
+            self._idle.setdefault(name, threading.Event()).clear()
+            self._queue.put(name)
             started.append(name)
         return {"started": started, "joined": joined}
 
     def wait(self, names=None, timeout_s=None):
         """Block until the cycles in flight for `names` end (tests, CLI)."""
-        with self._futures_lock:
-            futures = [f for n, f in self._futures.items() if names is None or n in names]
-        concurrent.futures.wait(futures, timeout=timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for name, idle in list(self._idle.items()):
+            if names is None or name in names:
+                idle.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _worker(self):
+        while True:
+            name = self._queue.get()
+            try:
+                if not self._stop.is_set():
+                    self._guarded_cycle(name)
+                else:
+                    self.state.fail(name, f"Sync of '{name}' was cancelled: tb-rsync is stopping.")
+            finally:
+                self._idle[name].set()
 
     def run_cycle(self, name, on_progress=None):
         """One blocking cycle for source `name`; raises `SyncError` on failure (CLI)."""
@@ -198,16 +215,14 @@ class SyncService:
     def start(self):
         """Start the interval timer and the loaded-data monitor (daemon threads)."""
         for target in (self._timer_loop, self._loaded_loop):
-            thread = threading.Thread(target=target, name=f"tb-rsync-{target.__name__}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=target, name=f"tb-rsync-{target.__name__}",
+                             daemon=True).start()
         atexit.register(self.stop)
 
     def stop(self):
         """Cancel running rsyncs (their process groups are killed) and stop threads."""
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.wait(timeout_s=STOP_WAIT_S)
 
     def _timer_loop(self):
         now = self._clock()

@@ -150,3 +150,36 @@ def test_fast_loader_without_reloads_says_restart_needed(tmp_path, tensorboard_s
     assert run is not None, tb.get_json("/data/plugin/rsync/status")["runs"]
     assert "restart TensorBoard" in run["state_detail"]
     assert "--reload_interval 0" in run["state_detail"]
+
+
+def test_stopping_tensorboard_stops_its_rsync(tmp_path, tensorboard_server):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "big.bin").write_bytes(os.urandom(4 << 20))
+    toml = tmp_path / "sources.toml"
+    # 4 MiB at 256 KiB/s keeps rsync busy for ~16 s: long enough to stop TensorBoard mid-way.
+    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\nbwlimit = 256\n')
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    staging = tmp_path / "staging"
+    tb = tensorboard_server(logdir, "--rsync_config", toml, "--rsync_staging", staging)
+    tb.post_json("/data/plugin/rsync/sync", {})
+    wait_until(lambda: _rsync_pids(staging), 15, message="rsync to start")
+    tb.proc.terminate()  # SIGTERM: TensorBoard runs atexit handlers, the plugin's included
+    tb.proc.wait(30)
+    wait_until(lambda: not _rsync_pids(staging), 10, message="rsync to be stopped")
+    assert not (logdir / "slow" / "big.bin").exists()
+
+
+def _rsync_pids(staging):
+    """PIDs of rsync processes whose command line names this test's staging folder."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"rsync") and any(str(staging).encode() in a for a in argv):
+            pids.append(int(pid))
+    return pids

@@ -1,0 +1,210 @@
+"""Shared pieces of the benchmarks: work folders, event data, timing, tables, the report file.
+
+Every benchmark measures its competitors side by side in one process run, interleaved
+(the order rotates each repetition), and reports medians and ratios. The machine is shared,
+so absolute times move from run to run; the ratios are what the goals are about.
+"""
+
+import contextlib
+import datetime
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+REPORT = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+PYTHON_BIN = os.path.dirname(sys.executable)
+MiB = 1024 * 1024
+
+
+def tool(name):
+    """A console script next to this Python (pyenv shims add ~0.1 s of bash per call)."""
+    path = os.path.join(PYTHON_BIN, name)
+    return path if os.path.exists(path) else shutil.which(name)
+
+
+@contextlib.contextmanager
+def work_dir(name):
+    """A fresh folder under /tmp, removed afterwards (also on Ctrl-C)."""
+    path = tempfile.mkdtemp(prefix=f"tb-rsync-bench-{name}-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- event data ------------------------------------------------------------------------
+
+def record_block(first_step=0, records=1024, wall_time0=1_700_000_000.0):
+    """About 1 MiB of valid TFRecords: alternating ~1 KiB scalar and histogram events."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tests.events import event_bytes
+    events = []
+    for i in range(records):
+        step = first_step + i
+        if i % 2:
+            histo = summary_pb2.HistogramProto(
+                min=0.0, max=1.0, num=100, sum=50.0, sum_squares=30.0,
+                bucket_limit=[j / 60 for j in range(60)], bucket=[float(j % 7) for j in range(60)])
+            value = summary_pb2.Summary.Value(tag="weights", histo=histo)
+        else:
+            value = summary_pb2.Summary.Value(tag="loss/" + "x" * 900, simple_value=float(step))
+        events.append(event_pb2.Event(wall_time=wall_time0 + step, step=step,
+                                      summary=summary_pb2.Summary(value=[value])))
+    return event_bytes(events)
+
+
+def header_bytes(wall_time0=1_700_000_000.0):
+    from tests.events import event_bytes, file_version_event
+    return event_bytes([file_version_event(wall_time0)])
+
+
+def write_event_file(path, size_bytes, block=None):
+    """An event file of about `size_bytes`: a header, then a block of records repeated."""
+    block = block or record_block()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header_bytes())
+        for _ in range(max(1, round(size_bytes / len(block)))):
+            f.write(block)
+    return os.path.getsize(path)
+
+
+# --- measuring -------------------------------------------------------------------------
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def run(args, **kwargs):
+    """Run a command; raise with its stderr if it fails."""
+    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, **kwargs)
+    if result.returncode not in (0, 24):
+        raise RuntimeError(f"{' '.join(map(str, args))} exited {result.returncode}: "
+                           f"{result.stderr.decode(errors='replace')[-2000:]}")
+    return result
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values, q):
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))]
+
+
+def rotate(items, k):
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def disk_bytes(path):
+    """Real block usage of everything under `path` (each inode once), like `du -s --bytes`."""
+    seen, total = set(), 0
+    for folder, _, names in os.walk(path):
+        for name in [""] + names:
+            st = os.lstat(os.path.join(folder, name) if name else folder)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def inodes_under(path):
+    found = set()
+    for folder, _, names in os.walk(path):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+# --- reporting -------------------------------------------------------------------------
+
+def fmt_s(seconds):
+    if seconds != seconds:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def table(header, rows):
+    """A Markdown table (also readable as plain text)."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |"]
+                     + [line(r) for r in rows])
+
+
+def environment():
+    def version(args, pattern=r"(\S+)"):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True).stdout
+        except OSError:
+            return "?"
+        match = re.search(pattern, out)
+        return match.group(1) if match else "?"
+
+    import tensorboard
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "rsync": version(["rsync", "--version"], r"version\s+(\S+)"),
+        "python": platform.python_version(),
+        "tensorboard": tensorboard.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def write_section(key, title, command, body):
+    """Replace (or add) the section between `<!-- KEY -->` markers in docs/BENCHMARKS.md."""
+    env = environment()
+    text = (f"<!-- {key} start -->\n## {title}\n\n"
+            f"`{command}` — {env['date']}, nproc {env['nproc']}, rsync {env['rsync']}, "
+            f"Python {env['python']}, TensorBoard {env['tensorboard']}, Linux {env['kernel']}, "
+            "warm page cache (dropping it is not possible here).\n\n"
+            f"{body.strip()}\n<!-- {key} end -->")
+    try:
+        with open(REPORT, encoding="utf-8") as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = HEADER
+    pattern = re.compile(rf"<!-- {key} start -->.*?<!-- {key} end -->", re.S)
+    if pattern.search(doc):
+        doc = pattern.sub(lambda _: text, doc)
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    with open(REPORT, "w", encoding="utf-8") as f:
+        f.write(doc if doc.endswith("\n") else doc + "\n")
+
+
+def command_line():
+    args = " ".join(sys.argv[1:])
+    return f"python bench/{os.path.basename(sys.argv[0])}" + (f" {args}" if args else "")
+
+
+HEADER = """# Benchmarks
+
+Measured by the scripts in `bench/` (`python bench/run_all.py`, or one script at a time;
+`--quick` uses smaller sizes). Each section is rewritten by its script with the exact command
+and the machine it ran on. Competitors run side by side in one process run, interleaved
+(order rotated each repetition), on loopback only; times are medians. The machine is shared
+by other jobs, so compare ratios within a section rather than absolute times across sections.
+"""

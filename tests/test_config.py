@@ -1,0 +1,127 @@
+"""Configuration: NAME=SOURCE pairs, TOML files and their one-sentence errors."""
+
+import os
+
+import pytest
+
+from tb_rsync_plugin import config
+from tb_rsync_plugin.errors import ConfigError
+
+
+def write_toml(tmp_path, text):
+    path = tmp_path / "sources.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_full_toml_source(tmp_path):
+    path = write_toml(tmp_path, '''
+[[source]]
+name = "gpu 1"
+source = "me@gpu1:/scratch/logs/"
+ssh = "ssh -p 2222 -i ~/.ssh/id_cluster -J login"
+bwlimit = 5000
+include = ["*tfevents*", "plugins/***"]
+exclude = ["*.ckpt"]
+interval = 15
+timeout = 120.5
+
+[[source]]
+name = "local"
+source = "/data/runs"
+''')
+    cfg = config.build_config(str(tmp_path / "logs"), ["extra=rsync://host/mod/dir/"], path,
+                              str(tmp_path / "staging"), 30)
+    extra, gpu, local = cfg.sources
+    assert (extra.name, extra.is_daemon) == ("extra", True)
+    assert gpu == config.Source(
+        name="gpu 1", source="me@gpu1:/scratch/logs/",
+        ssh="ssh -p 2222 -i ~/.ssh/id_cluster -J login", bwlimit_kib=5000,
+        include=("*tfevents*", "plugins/***"), exclude=("*.ckpt",), interval_s=15,
+        timeout_s=120.5)
+    assert gpu.is_remote_shell and not gpu.is_local
+    assert local.is_local and local.source_dir == "/data/runs/"
+    assert cfg.interval_for(gpu) == 15 and cfg.interval_for(local) == 30
+    assert cfg.staging_dir("gpu 1") == str(tmp_path / "staging" / "staging" / "gpu 1")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[[source]]\nname = "a"\nsource = "/x"\ncolour = "red"\n', "unknown key(s) ['colour']"),
+    ('[[source]]\nname = "a"\n', "'source' must be a non-empty string"),
+    ('[[source]]\nname = ""\nsource = "/x"\n', "'name' must be a non-empty string"),
+    ('[[source]]\nname = "a/b"\nsource = "/x"\n', "not a plain folder name"),
+    ('[[source]]\nname = ".."\nsource = "/x"\n', "not a plain folder name"),
+    ('[[source]]\nname = ".hidden"\nsource = "/x"\n', "not a plain folder name"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nbwlimit = "fast"\n', "'bwlimit' must be a whole number"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nbwlimit = 1.5\n', "'bwlimit' must be a whole number"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ninterval = -1\n', "'interval' must be a number"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ninterval = true\n', "'interval' must be a number"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ntimeout = 0\n', "'timeout' must be more than 0"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ninclude = "*.txt"\n', "'include' must be a list"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nssh = ""\n', "'ssh' must be a command"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nssh = "ssh \'unclosed"\n', "'ssh' cannot be parsed"),
+    ('[[source]]\nname = "a"\nsource = "/x"\n[[source]]\nname = "a"\nsource = "/y"\n',
+     "used twice"),
+    ('source = "oops"\n', "write each source as a [[source]] table"),
+    ('[server]\nport = 1\n', "unknown top-level key(s) ['server']"),
+    ('[[source]\nname = "a"', "is not valid TOML"),
+])
+def test_bad_toml_is_one_sentence(tmp_path, text, needle):
+    path = write_toml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.build_config(str(tmp_path / "logs"), [], path, str(tmp_path / "staging"))
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message and message.endswith(".")
+
+
+@pytest.mark.parametrize("pair,needle", [
+    ("justaname", "NAME=SOURCE"),
+    ("=/x/", "NAME=SOURCE"),
+    ("a=", "NAME=SOURCE"),
+    ("../a=/x/", "plain folder name"),
+])
+def test_bad_pairs(pair, needle, tmp_path):
+    with pytest.raises(ConfigError, match=needle):
+        config.build_config(str(tmp_path), [pair], staging=str(tmp_path.parent / "st"))
+
+
+def test_pairs_keep_equals_signs_in_the_source(tmp_path):
+    cfg = config.build_config(str(tmp_path), ["lr=host:/runs/lr=0.1/"],
+                              staging=str(tmp_path.parent / "st"))
+    assert cfg.sources[0].source == "host:/runs/lr=0.1/"
+
+
+def test_staging_must_not_overlap_the_logdir(tmp_path):
+    for staging in (tmp_path / "inside", tmp_path, tmp_path.parent):
+        with pytest.raises(ConfigError, match="outside the logdir"):
+            config.build_config(str(tmp_path), ["a=/x/"], staging=str(staging))
+
+
+def test_default_staging_is_per_logdir_under_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = config.build_config(str(tmp_path / "logs a"), ["a=/x/"])
+    b = config.build_config(str(tmp_path / "logs b"), ["a=/x/"])
+    assert a.staging_root.startswith(str(tmp_path / "cache" / "tb-rsync"))
+    assert a.staging_root != b.staging_root
+    assert a.staging_root == config.build_config(str(tmp_path / "logs a") + "/", []).staging_root
+
+
+def test_missing_config_file_and_remote_logdir(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; check the path"):
+        config.build_config(str(tmp_path), [], str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="not a local folder"):
+        config.build_config("gs://bucket/logs", ["a=/x/"])
+
+
+def test_interval_flag():
+    assert config.parse_interval("2.5") == 2.5
+    for bad in ("soon", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="--rsync_interval"):
+            config.parse_interval(bad)
+
+
+def test_missing_rsync_is_a_sentence(monkeypatch):
+    monkeypatch.setenv("PATH", os.devnull)
+    with pytest.raises(ConfigError, match="rsync is not installed"):
+        config.find_rsync()
