@@ -166,6 +166,9 @@ def report(results, startup_s, transport):
         speedup = med[hi]["rsync -a"] / med[hi][who]
         goals.append([f"{who}: >= 20x faster than `rsync -a` at {_size(hi)}", f"{speedup:.1f}x",
                       "met" if speedup >= 20 else "missed"])
+    growth = med[hi][PUBLISH] / med[lo][PUBLISH]
+    goals.append([f"engine's publish step: time {_size(hi)} / {_size(lo)} (no goal)",
+                  f"{growth:.2f}", ""])
     lines += [common.table(["goal", "measured", ""], goals), "",
               f"CLI start-up alone (`tb-rsync --version`, same run): {common.fmt_s(startup_s)}."]
     return "\n".join(lines)

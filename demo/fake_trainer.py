@@ -32,7 +32,8 @@ IMAGE_SIZE = 48
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Grow a TensorBoard event file like a live job.")
     parser.add_argument("run_dir", help="folder of this run (created if missing)")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (shapes the curves)")
+    parser.add_argument("--lr", type=float, default=0.1,
+                        help="peak learning rate (shapes the curves)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--period", type=float, default=0.7, help="seconds between records")
     parser.add_argument("--steps", type=int, default=0, help="stop after N records (0: never)")
@@ -79,8 +80,8 @@ class Curves:
     def event(self, record):
         step = record * STEPS_PER_RECORD
         lr = self.lr * 0.5 * (1 + math.cos(math.pi * (record % 400) / 400))
-        loss = 2.3 * math.exp(-record / self.tau) + self.floor + self.rng.gauss(0, 0.04 + 0.2 * self.lr)
-        loss = max(loss, 0.01)
+        noise = self.rng.gauss(0, 0.04 + 0.2 * self.lr)
+        loss = max(0.01, 2.3 * math.exp(-record / self.tau) + self.floor + noise)
         accuracy = min(0.99, max(0.0, 1 - loss / 2.5 + self.rng.gauss(0, 0.01)))
         values = [
             summary_pb2.Summary.Value(tag="loss", simple_value=loss),

@@ -165,6 +165,14 @@ class SyncService:
             pass
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
                                        on_progress=progress, cancel=self._stop)
+        if transfer.same_size:
+            # Changed at the source without changing size (a corrupt record fixed in place,
+            # a same-length rewrite): --append skips those, so they are fetched whole and the
+            # publisher compares them with what it published (append, or rewrite).
+            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
+                                            cfg.temp_dir, transfer.same_size,
+                                            on_progress=progress, cancel=self._stop)
+            transfer = _merge_transfers(transfer, again)
         publish_args = (staging_dir, cfg.logdir, name, cfg.quarantine_dir(name),
                         cfg.manifest_path(name))
         changed = None if walk_all else list(transfer.changed)
@@ -181,6 +189,12 @@ class SyncService:
             report = _merge_reports(report, second)
             transfer = _merge_transfers(transfer, again)
         os.unlink(dirty_marker)
+        if report.errors:
+            # Files that could not be published (corrupt record, file too large, symlink...)
+            # are also source warnings: the CLI prints warnings, and without this a
+            # `tb-rsync sync` that published nothing said "1 file(s) published" and no more.
+            transfer = dataclasses.replace(
+                transfer, warnings=transfer.warnings + tuple(m for _, m in report.errors))
         return transfer, report
 
     @contextlib.contextmanager

@@ -28,7 +28,7 @@ RUNS = {RUN, "node1/resnet lr=0.01", "node2/vit-small"}
 RUN_STATES = {"live", "waiting", "restart_needed", "error", "unknown"}
 
 # --duration is only a safety net: the test sends Ctrl-C well before it ends.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(75)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 def get_json(url, timeout_s=10):
