@@ -92,30 +92,51 @@ def cmd_watch(args):
     if args.interval <= 0:
         raise config_lib.ConfigError("--interval must be more than 0 seconds.")
     service = _service(args, args.interval)
-    print(f"tb-rsync: syncing {len(service.config.sources)} source(s) every "
-          f"{args.interval:g} s into {service.config.logdir}; Ctrl-C stops.", flush=True)
+    print(f"tb-rsync: syncing {len(service.config.sources)} source(s) into "
+          f"{service.config.logdir} every {args.interval:g} s (or each source's own "
+          "'interval'); Ctrl-C stops.", flush=True)
+    due = {source.name: time.monotonic() for source in service.config.sources}
     try:
         while True:
-            started = time.monotonic()
-            _sync_all(service)
-            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+            now = time.monotonic()
+            names = [name for name, when in due.items() if when <= now]
+            if names:
+                bug = _sync_sources(service, names)
+                if bug:
+                    raise bug
+                for name in names:
+                    due[name] = now + service.config.interval_for(service.config.source(name))
+            time.sleep(max(0.05, min(due.values()) - time.monotonic()))
     finally:
         service.stop()
 
 
 def _sync_all(service):
-    """One pass over every source, in parallel; prints one result line per source."""
+    """One pass over every source; True when all succeeded."""
+    names = [s.name for s in service.config.sources]
+    bug = _sync_sources(service, names)
+    if bug:
+        raise bug  # the error boundary in main() reports it as a bug (exit 3)
+    return all(s["state"] != "error" for s in service.state.snapshot()["sources"])
+
+
+def _sync_sources(service, names):
+    """Sync `names` in parallel, printing one result line per source and every problem.
+
+    Returns the first unexpected exception (a bug) instead of losing it in a thread.
+    """
     progress = ProgressPrinter(sys.stderr)
-    failures = []
+    failures, bugs = {}, []
 
     def run(name):
         try:
             service.run_cycle(name, on_progress=progress.update)
         except SyncError as e:
-            failures.append((name, e))
+            failures[name] = e
+        except Exception as e:  # recorded in state too; re-raised in the main thread
+            bugs.append(e)
 
-    threads = [threading.Thread(target=run, args=(s.name,), daemon=True)
-               for s in service.config.sources]
+    threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in names]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -124,19 +145,21 @@ def _sync_all(service):
     progress.clear()
     snapshot = service.state.snapshot()
     for source in snapshot["sources"]:
-        if source["state"] == "error":
+        name = source["name"]
+        if name not in names:
+            continue
+        if name in failures:
+            print(f"{name}: ", end="", file=sys.stderr)
+            _print_error(failures[name])
             continue
         result = source["last_result"] or {}
-        print(f"{source['name']}: {_bytes(result.get('bytes_received', 0))} received, "
+        print(f"{name}: {_bytes(result.get('bytes_received', 0))} received, "
               f"{result.get('files_published', 0)} file(s) published, "
               f"{result.get('runs_updated', 0)} run(s) updated "
               f"in {result.get('duration_s', 0):.1f} s", flush=True)
         for warning in source["warnings"]:
-            print(f"{source['name']}: warning: {warning}", flush=True)
-    for name, error in failures:
-        print(f"{name}: ", end="", file=sys.stderr)
-        _print_error(error)
-    return not failures
+            print(f"{name}: warning: {warning}", file=sys.stderr, flush=True)
+    return bugs[0] if bugs else None
 
 
 def cmd_status(args):
@@ -160,16 +183,22 @@ def format_status(snapshot, now):
         if s.get("error"):
             lines.append(f"  error: {s['error']['message']}")
     rows = [("RUN", "SOURCE", "NEWEST EVENT", "STEP", "PUBLISHED", "STATE")]
+    problems = []
     for r in snapshot["runs"]:
         rows.append((r["run"], r["source"], _age(r["source_wall_time"], now),
                      "-" if r["source_step"] is None else str(r["source_step"]),
                      _age(r["published_unix_s"], now), r["state"]))
+        if r["state"] in ("error", "restart_needed"):
+            problems.append(f"{r['run']}: {r['state_detail']}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines.append("")
     lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                  for row in rows)
     if len(rows) == 1:
         lines.append("(no runs published yet)")
+    if problems:
+        lines.append("")
+        lines.extend(problems)
     return "\n".join(lines)
 
 

@@ -135,7 +135,7 @@ def parse_source_pair(pair):
     if not sep or not name.strip() or not source.strip():
         raise ConfigError(
             f"Source '{pair}' is not NAME=SOURCE; write it like "
-            "'--rsync_source train=user@host:/logs/train/'."
+            "'train=user@host:/logs/train/'."
         )
     return _make_source({"name": name.strip(), "source": source.strip()}, f"source '{pair}'")
 

@@ -208,6 +208,16 @@ class SyncState:
         """Write the snapshot atomically (temp file + rename) for `tb-rsync status`."""
         data = self.snapshot()
         data["format"] = STATE_FORMAT
+        # Another process (a TensorBoard, a `tb-rsync watch`) may sync other sources into
+        # the same staging root: keep what it saved about sources this one does not have.
+        # Two processes saving at the same instant can still lose one update; the next
+        # sync of that source writes it again.
+        earlier = load_snapshot(path) or {}
+        if earlier.get("format") == STATE_FORMAT:
+            ours = set(self._sources)
+            data["sources"] += [s for s in earlier.get("sources", []) if s.get("name") not in ours]
+            data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
+            data["runs"].sort(key=lambda r: r.get("run", ""))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temp, "w", encoding="utf-8") as f:
@@ -253,6 +263,8 @@ def load_snapshot(path):
             return json.load(f)
     except FileNotFoundError:
         return None
+    except ValueError:
+        return None  # written by a crashed older version; the next sync rewrites it
 
 
 def _errors_by_run(name, report):

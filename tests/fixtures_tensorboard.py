@@ -6,7 +6,6 @@ answers, and stops it (and its children, such as the Rust data server) at teardo
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,12 +27,12 @@ class TensorBoardProcess:
     """A running tensorboard; `get_json` / `post_json` talk to it over loopback HTTP."""
 
     def __init__(self, logdir, flags, log_path, env=None, executable=None):
-        """`executable`: the argv prefix that starts TensorBoard (default: `tensorboard`)."""
+        """`executable`: the argv prefix that starts TensorBoard."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        tensorboard = executable or [shutil.which("tensorboard") or os.path.join(
-            os.path.dirname(sys.executable), "tensorboard")]
+        # This interpreter's TensorBoard: the one the plugin is installed into.
+        tensorboard = executable or [sys.executable, "-m", "tensorboard.main"]
         self.argv = [*tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1",
                      "--port", str(self.port), *map(str, flags)]
         self._log = open(log_path, "wb")

@@ -128,3 +128,32 @@ def test_watch_syncs_until_ctrl_c(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_status_keeps_sources_synced_by_other_processes(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    staging = tmp_path / "staging"
+    for name in ("n1", "n2"):
+        result = tb_rsync("sync", "--logdir", logdir, "--source", f"{name}={remote}/",
+                          "--staging", staging)
+        assert result.returncode == 0, result.stderr
+    status = tb_rsync("status", "--logdir", logdir, "--staging", staging).stdout
+    assert "source n1" in status and "source n2" in status
+    assert "n1/run 1" in status and "n2/run 1" in status
+
+
+def test_publish_problems_are_printed(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    source_file = remote / "run 1" / EVENTS
+    good = source_file.stat().st_size
+    append_scalars(str(source_file), [4])
+    data = bytearray(source_file.read_bytes())
+    data[good + 14] ^= 0xFF  # inside the new record's data: its data CRC no longer matches
+    source_file.write_bytes(bytes(data))
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"n1={remote}/",
+                      "--staging", tmp_path / "staging")
+    assert result.returncode == 0, result.stderr
+    assert "n1: warning: " in result.stderr and "corrupt record" in result.stderr
+    assert steps_in(logdir / "n1" / "run 1" / EVENTS) == [0, 1, 2, 3]
+    status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
+    assert "n1/run 1: " in status.stdout and "corrupt record" in status.stdout

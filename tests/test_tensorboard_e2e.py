@@ -132,8 +132,8 @@ def _run(tb, name, state):
     (["--rsync_source", "a=/x/", "--rsync_interval", "often"], "--rsync_interval"),
 ])
 def test_bad_flags_stop_tensorboard(tmp_path, flags, needle):
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    result = subprocess.run([tensorboard, "--logdir", str(tmp_path), "--port", "0", *flags],
+    result = subprocess.run([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path),
+                             "--port", "0", *flags],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert needle in result.stderr

@@ -1,0 +1,378 @@
+"""The docs tell the truth about the files, flags, commands and messages they name.
+
+- every relative link and image in README.md and docs/*.md points to an existing file (and
+  heading, for `#anchor` links);
+- every `--rsync_*` flag (and every TensorBoard flag with an underscore) the README names is
+  defined, and every `tb-rsync` command line it shows parses with `cli.build_parser()`;
+- the README's test command is exactly what .ci/run extracts and runs, and its demo command
+  names files that exist;
+- docs/TROUBLESHOOTING.md explains every user-facing message listed in `MESSAGES` below, and
+  each of those fragments still exists in the code (so the list cannot silently go stale).
+"""
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from tensorboard.plugins.core import core_plugin
+
+from tb_rsync_plugin import cli
+from tb_rsync_plugin.plugin import RsyncPluginLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TROUBLESHOOTING = ROOT / "docs" / "TROUBLESHOOTING.md"
+DOCS = [README] + sorted((ROOT / "docs").glob("*.md"))
+README_TEST_COMMAND = ("scripts/install-system-deps.sh && pip install -q -e '.[test]' "
+                       "&& python -m pytest -q")
+
+_FENCE_RE = re.compile(r"^```.*?^```", re.S | re.M)
+_CODE_SPAN_RE = re.compile(r"`[^`\n]*`")
+_LINK_RE = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_HEADING_RE = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
+
+
+def text_of(path):
+    return path.read_text(encoding="utf-8")
+
+
+def prose(markdown):
+    """Markdown without fenced blocks and code spans, where links cannot live."""
+    return _CODE_SPAN_RE.sub("", _FENCE_RE.sub("", markdown))
+
+
+def code_fragments(markdown):
+    """Lines of fenced blocks and the contents of code spans."""
+    fragments = []
+    for block in _FENCE_RE.findall(markdown):
+        fragments += block.splitlines()[1:-1]
+    fragments += [span[1:-1] for span in _CODE_SPAN_RE.findall(_FENCE_RE.sub("", markdown))]
+    return fragments
+
+
+def github_slug(heading):
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.replace("`", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(markdown):
+    return {github_slug(h) for h in _HEADING_RE.findall(_FENCE_RE.sub("", markdown))}
+
+
+# --- (a) links ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_and_images_exist(doc):
+    markdown = text_of(doc)
+    links = _LINK_RE.findall(prose(markdown))
+    broken = []
+    for target in links:
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if not file.exists():
+            broken.append(f"{target}: no file {file}")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(text_of(file)):
+            broken.append(f"{target}: no heading with anchor #{anchor} in {file.name}")
+    assert not broken, f"{doc.name} has broken links:\n" + "\n".join(broken)
+
+
+def test_readme_shows_the_screenshot():
+    assert "](docs/sync-tab.png)" in text_of(README)
+
+
+# --- (b) flags and commands -----------------------------------------------------------------
+
+def tensorboard_options():
+    parser = argparse.ArgumentParser(conflict_handler="resolve")
+    core_plugin.CorePluginLoader().define_flags(parser)
+    RsyncPluginLoader().define_flags(parser)
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def plugin_options():
+    parser = argparse.ArgumentParser()
+    RsyncPluginLoader().define_flags(parser)
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def test_rsync_flags_named_in_readme_exist():
+    named = set(re.findall(r"--rsync_[a-z_]+", text_of(README)))
+    assert named >= {"--rsync_source", "--rsync_config", "--rsync_interval", "--rsync_staging"}
+    assert named <= plugin_options(), named - plugin_options()
+
+
+def test_readme_documents_every_rsync_flag():
+    assert plugin_options() - {"-h", "--help"} <= set(re.findall(r"--rsync_[a-z_]+",
+                                                                 text_of(README)))
+
+
+def test_tensorboard_flags_named_in_readme_exist():
+    # TensorBoard's flags are the ones spelled with underscores (rsync's use hyphens).
+    named = set(re.findall(r"(?<![\w-])--[a-z]+(?:_[a-z]+)+", text_of(README)))
+    assert "--load_fast" in named and "--reload_interval" in named
+    assert named <= tensorboard_options(), named - tensorboard_options()
+
+
+def cli_subparsers():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, commands.choices
+
+
+def tb_rsync_command_lines(markdown):
+    """Every code line or span that is a `tb-rsync ...` command line."""
+    lines = []
+    for fragment in code_fragments(markdown):
+        fragment = fragment.strip()
+        if fragment.startswith("$ "):
+            fragment = fragment[2:]
+        if fragment.startswith("tb-rsync ") or fragment == "tb-rsync":
+            lines.append(fragment)
+    return lines
+
+
+def test_tb_rsync_commands_in_readme_exist():
+    parser, subparsers = cli_subparsers()
+    top_options = {o for a in parser._actions for o in a.option_strings}
+    lines = tb_rsync_command_lines(text_of(README))
+    shown = set()
+    problems = []
+    for line in lines:
+        words = line.split()
+        if len(words) < 2:
+            continue
+        if words[1].startswith("-"):
+            options, allowed = [words[1]], top_options
+        else:
+            command = words[1]
+            if command not in subparsers:
+                problems.append(f"{line}: no subcommand {command!r}")
+                continue
+            shown.add(command)
+            options = re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)
+            allowed = {o for a in subparsers[command]._actions for o in a.option_strings}
+        problems += [f"{line}: no option {o}" for o in options if o not in allowed]
+    assert not problems, "\n".join(problems)
+    assert shown == set(subparsers), f"README shows no command line for {set(subparsers) - shown}"
+
+
+def test_tb_rsync_options_in_readme_prose_exist():
+    """Options named after `tb-rsync` subcommands in the usage section exist somewhere."""
+    _, subparsers = cli_subparsers()
+    options = {o for p in subparsers.values() for a in p._actions for o in a.option_strings}
+    section = text_of(README).split("### The `tb-rsync` command", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w-])--[a-z]+(?:-[a-z]+)*(?![\w=])", section))
+    named = {n for n in named if "_" not in n}
+    assert named <= options, named - options
+
+
+def test_exit_codes_in_readme_match_the_cli():
+    readme = text_of(README)
+    for code in (cli.EXIT_OK, cli.EXIT_FAILED, 2, cli.EXIT_BUG, cli.EXIT_INTERRUPTED):
+        assert f"`{code}`" in readme, f"exit code {code} is not documented"
+
+
+# --- (c) the set-up commands ----------------------------------------------------------------
+
+def marked_block(name):
+    """The lines between `<!-- name -->` and `<!-- /name -->`, fences included."""
+    match = re.search(rf"^<!-- {name} -->\n(.*?)^<!-- /{name} -->$", text_of(README),
+                      re.S | re.M)
+    assert match, f"README has no <!-- {name} --> block"
+    return match.group(1)
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = text_of(ROOT / ".ci" / "run")
+    extraction = next(line for line in ci.splitlines() if line.startswith("cmd=$("))
+    script = extraction + '\nprintf %s "$cmd"'
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert result.stdout == README_TEST_COMMAND
+    assert marked_block("test-command") == f"```\n{README_TEST_COMMAND}\n```\n"
+    assert text_of(README).count("<!-- test-command -->") == 1
+
+
+def test_readme_demo_command_names_existing_files():
+    block = marked_block("demo-command")
+    lines = [l for l in block.splitlines() if not l.startswith("```")]
+    assert len(lines) == 1
+    words = [w for w in shlex.split(lines[0]) if w != "&&"]
+    paths = [w for w in words if "/" in w and not w.startswith("-")]
+    assert "demo/run_demo.py" in paths and "scripts/install-system-deps.sh" in paths
+    for path in paths:
+        assert (ROOT / path).is_file(), f"the demo command names {path}, which does not exist"
+    assert os.access(ROOT / "scripts" / "install-system-deps.sh", os.X_OK)
+    assert "pip install -e ." in lines[0] and (ROOT / "setup.py").is_file()
+
+
+def test_demo_command_lines_in_readme_parse():
+    spec = importlib.util.spec_from_file_location("run_demo", ROOT / "demo" / "run_demo.py")
+    run_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_demo)
+    lines = [f.strip() for f in code_fragments(text_of(README))
+             if f.strip().startswith("python demo/run_demo.py")]
+    assert any("--compare" in l for l in lines)
+    for line in lines:
+        args = shlex.split(line.split("&&")[0])[2:]
+        run_demo.parse_args(args)  # SystemExit (a failure) on an unknown option
+    # The options listed in the paragraph about the demo.
+    options = set(re.findall(r'add_argument\(\s*"(--[a-z-]+)"', text_of(ROOT / "demo" / "run_demo.py")))
+    paragraph = text_of(README).split("The demo starts", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w-])--[a-z]+(?:-[a-z]+)*(?![\w=])", paragraph))
+    assert "--compare" in named and named <= options, named - options
+
+
+# --- (d) troubleshooting ----------------------------------------------------------------------
+
+# (module, a literal fragment of one user-facing message). Each fragment must appear in that
+# module and in docs/TROUBLESHOOTING.md. Add a row when you add a message.
+MESSAGES = [
+    ("config.py", "is not NAME=SOURCE; write it like"),
+    ("config.py", "does not exist; check the path."),
+    ("config.py", "cannot be read ("),
+    ("config.py", "is not valid TOML:"),
+    ("config.py", "only [[source]] tables are allowed."),
+    ("config.py", "write each source as a [[source]] table."),
+    ("config.py", "unknown key(s)"),
+    ("config.py", "must be a non-empty string."),
+    ("config.py", "is not a plain folder name; use letters, digits, "),
+    ("config.py", "must be a command such as"),
+    ("config.py", "'ssh' cannot be parsed ("),
+    ("config.py", "'ssh' is empty."),
+    ("config.py", "must be a list of rsync patterns."),
+    ("config.py", "'timeout' must be more than 0 seconds."),
+    ("config.py", "a whole number"),
+    ("config.py", "must be a number of seconds, not"),
+    ("config.py", "must be 0 (only on request) or a positive number of seconds."),
+    ("config.py", "No logdir given; pass --logdir DIR."),
+    ("config.py", "is not a local folder; tb-rsync publishes into a local logdir."),
+    ("config.py", "is used twice; give each source its own name."),
+    ("config.py", "load half-copied files as runs. Choose a --rsync_staging folder outside the"),
+    ("config.py", "rsync is not installed or not on PATH; install it (for example "),
+    ("plugin.py", "--rsync_source needs --logdir (a single local folder to publish "),
+    ("cli.py", "No sources given; add --source NAME=SOURCE or --config FILE."),
+    ("cli.py", "--interval must be more than 0 seconds."),
+    ("cli.py", "Run 'tb-rsync sync' first."),
+    ("cli.py", "interrupted"),
+    ("cli.py", "error: this is a bug in tb-rsync; please report it with the traceback above."),
+    ("rsync.py", "cannot create the {what} folder"),
+    ("rsync.py", "install rsync or fix the path."),
+    ("rsync.py", "was cancelled."),
+    ("rsync.py", "the source is slow or unreachable "),
+    ("rsync.py", "file(s) vanished "),
+    ("rsync.py", "the source and were skipped (first: "),
+    ("rsync.py", "the host key of the server is unknown or changed; "),
+    ("rsync.py", "the host key of the server changed; "),
+    ("rsync.py", "ssh could not log in non-interactively; set up a key or agent "),
+    ("rsync.py", "the host name could not be resolved; check its spelling"),
+    ("rsync.py", "the host is unreachable (connection refused); check the host, "),
+    ("rsync.py", "the host is unreachable (connection timed out); check the host, "),
+    ("rsync.py", "the host is unreachable (no route to host); check the network"),
+    ("rsync.py", "the host is unreachable (network unreachable)"),
+    ("rsync.py", "the rsync daemon has no such module; check the module name "),
+    ("rsync.py", "the rsync daemon refused the login; tb-rsync cannot type a "),
+    ("rsync.py", "the disk holding the staging folder is full; free space "),
+    ("rsync.py", "the disk quota of the staging folder is exceeded; free space"),
+    ("rsync.py", "rsync is not installed on the remote host; install it there"),
+    ("rsync.py", "the connection stalled (no data for too long); "),
+    ("rsync.py", "the connection closed unexpectedly; check that "),
+    ("rsync.py", "there is no such directory at the source; check the path"),
+    ("rsync.py", "permission was denied reading the source or writing the staging folder"),
+    ("rsync.py", "rsync rejected its arguments"),
+    ("rsync.py", "the rsync versions are incompatible"),
+    ("rsync.py", "the rsync daemon refused the session"),
+    ("rsync.py", "the connection to the source failed"),
+    ("rsync.py", "rsync was killed"),
+    ("rsync.py", "the rsync daemon did not answer in time"),
+    ("rsync.py", "ssh failed"),
+    ("rsync.py", "rsync failed with exit code"),
+    ("service.py", "is already being synced; wait for it to finish."),
+    ("service.py", "is being synced by another tb-rsync process "),
+    ("service.py", "please report it."),
+    ("errors.py", "nothing after it is published until the file is fixed or rewritten at the source."),
+    ("tfrecord.py", "bad length checksum"),
+    ("tfrecord.py", "bad data checksum"),
+    ("publish.py", "does not exist; create it or fix --logdir."),
+    ("publish.py", "is not writable by this user; fix its permissions or "),
+    ("publish.py", "is a file, not a folder; move it away so source"),
+    ("publish.py", "is a symlink leading out of the logdir; replace it with a folder "),
+    ("publish.py", "TensorBoard would load its "),
+    ("publish.py", "does not exist; sync the source before publishing."),
+    ("publish.py", "is a symlink at the source; symlinks are never "),
+    ("publish.py", "lies in a symlinked folder at the source; symlinks are never followed"),
+    ("publish.py", "is outside the staging folder; it is not published"),
+    ("publish.py", "tb-rsync never writes outside it."),
+    ("publish.py", "in the logdir is a file where the source has a "),
+    ("publish.py", "in the logdir is a symlink; tb-rsync never writes "),
+    ("publish.py", "is a folder in the logdir where the source "),
+    ("publish.py", "in the logdir is not a regular file; move it "),
+    ("publish.py", "fix the file or folder in the logdir and sync again."),
+    ("publish.py", "could not be fetched whole again; the published copy "),
+    ("publish.py", "the next sync rescans the "),
+    ("publish.py", "writes outside the logdir, so replace the symlink with a folder."),
+    ("atomic.py", "is full; free space and sync again."),
+    ("atomic.py", "is used up; free space or raise the quota "),
+    ("atomic.py", "would grow past the largest file its filesystem allows; move the "),
+    ("atomic.py", "tb-rsync is not allowed to write '{path}'; give this user write "),
+    ("atomic.py", "is on a read-only filesystem; remount it read-write or choose "),
+    ("reload.py", "restart TensorBoard to see the new "),
+    ("reload.py", "(TensorBoard runs with --reload_interval 0.)"),
+    ("reload.py", "(The staging folder is on another filesystem.)"),
+    ("reload.py", "(TensorBoard did not drop the run in time.)"),
+    ("reload.py", "left %s in the holding folder"),
+    ("reload.py", "reloading run %r failed"),
+    ("service.py", "sync of %r failed unexpectedly"),
+    ("service.py", "cannot save state to"),
+    ("service.py", "asking TensorBoard what it has loaded failed"),
+    ("state.py", "TensorBoard shows the newest published event."),
+    ("state.py", "Published; no events with a time yet."),
+    ("state.py", "Published; TensorBoard's fast loader shows it at its next reload."),
+    ("state.py", "Published; TensorBoard is reloading this run."),
+    ("state.py", "Published; no TensorBoard attached to ask what it shows."),
+    ("state.py", "No TensorBoard attached: publishing only."),
+    ("state.py", "Runs are reloaded right after each publish (--load_fast=false)."),
+    ("plugin.py", "Missing header {CSRF_HEADER}: 1."),
+    ("plugin.py", "Send a JSON body (Content-Type: application/json)."),
+    ("plugin.py", "The body is not valid JSON."),
+    ("plugin.py", "'source' must be a string."),
+    ("plugin.py", "Request body too large."),
+    ("plugin.py", "No source by that name is configured."),
+    ("plugin.py", "Use GET."),
+    ("plugin.py", "Use POST."),
+]
+
+
+def test_troubleshooting_fragments_are_current():
+    """Each fragment still exists in the code (a renamed message must update the doc)."""
+    stale = []
+    for module, fragment in MESSAGES:
+        source = text_of(ROOT / "tb_rsync_plugin" / module)
+        if fragment not in source:
+            stale.append(f"{module}: {fragment!r}")
+    assert not stale, "messages no longer in the code:\n" + "\n".join(stale)
+
+
+def doc_form(fragment):
+    """How a code fragment reads in the doc: placeholders and %-formats become text."""
+    fragment = fragment.replace("{CSRF_HEADER}", "X-TB-Rsync")
+    fragment = fragment.replace("'{path}'", "'…'").replace("{what}", "staging")
+    return re.sub(r"%[rs]", "…", fragment)
+
+
+def test_troubleshooting_explains_every_message():
+    doc = text_of(TROUBLESHOOTING)
+    missing = [f"{m}: {doc_form(f)!r}" for m, f in MESSAGES if doc_form(f) not in doc]
+    assert not missing, "docs/TROUBLESHOOTING.md does not mention:\n" + "\n".join(missing)
+
+
+def test_readme_links_troubleshooting():
+    assert "](docs/TROUBLESHOOTING.md)" in text_of(README)
