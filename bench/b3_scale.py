@@ -10,7 +10,6 @@
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -146,7 +145,7 @@ def report(runs, reps, noop, noop_work, changed, work):
              common.table(["sync", "time", "vs `rsync -a` no-op"], rows), "",
              f"Publish step of a no-op engine sync: {noop_work[0]} files looked at, "
              f"{noop_work[1]} opened.", "",
-             f"### One run changed (event file +5 records, one small file rewritten)", "",
+             "### One run changed (event file +5 records, one small file rewritten)", "",
              common.table(["sync", "time", "publish: files looked at", "publish: files opened"],
                           [[n, common.fmt_s(common.median(t)),
                             *(work[n] if n in work else ("-", "-"))]

@@ -103,9 +103,10 @@ def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=No
         already published stay consistent.
     """
     dest_root = _check_folders(staging_dir, logdir, name, quarantine_dir)
-    publisher = _Publisher(staging_dir, dest_root, name, quarantine_dir,
-                           _load_manifest(manifest_path), frozenset(restaged))
     paths = _walk(staging_dir) if changed is None else _listed(staging_dir, changed)
+    # Nothing to look at (a no-op sync): skip reading a manifest of every event file.
+    publisher = _Publisher(staging_dir, dest_root, name, quarantine_dir,
+                           _load_manifest(manifest_path) if paths else {}, frozenset(restaged))
     try:
         for rel, problem in sorted(paths):
             publisher.publish_one(rel, problem)
@@ -164,13 +165,20 @@ def _walk(staging_dir):
             for entry in it:
                 rel = f"{reldir}/{entry.name}" if reldir else entry.name
                 if entry.is_symlink():
-                    found.append((rel, "is a symlink at the source; symlinks are never "
-                                       "published or followed"))
+                    found.append((rel, _SOURCE_SYMLINK))
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(rel)
                 else:
                     found.append((rel, None))
     return found
+
+
+# Symlinks at the source (a `latest -> ckpt-100` next to checkpoints is common) are skipped
+# without marking the run as failed: nothing is wrong with the run, the link is just never
+# followed. The service lists them as a source warning.
+_SOURCE_SYMLINK = "is a symlink at the source; symlinks are never published or followed"
+_IN_SYMLINKED_FOLDER = "lies in a symlinked folder at the source; symlinks are never followed"
+_NOT_AN_ERROR = (_SOURCE_SYMLINK, _IN_SYMLINKED_FOLDER)
 
 
 def _listed(staging_dir, changed):
@@ -188,7 +196,7 @@ def _listed(staging_dir, changed):
         for part in rel.split("/")[:-1]:
             folder = os.path.join(folder, part)
             if os.path.islink(folder):
-                problem = "lies in a symlinked folder at the source; symlinks are never followed"
+                problem = _IN_SYMLINKED_FOLDER
                 break
         found.add((rel, problem))
     return found
@@ -212,7 +220,7 @@ class _Publisher:
     def publish_one(self, rel, problem):
         base = posixpath.basename(rel)
         if problem:
-            return self._skip(rel, f"'{rel}' {problem}.", error=True)
+            return self._skip(rel, f"'{rel}' {problem}.", error=problem not in _NOT_AN_ERROR)
         if atomic.is_temp_name(base):
             return self._skip(rel, "a tb-rsync temp file; never published")
         src = os.path.join(self.staging_dir, rel)
@@ -221,8 +229,7 @@ class _Publisher:
         except FileNotFoundError:
             return self._skip(rel, "gone from staging; the published copy stays")
         if stat.S_ISLNK(src_st.st_mode):
-            return self._skip(rel, f"'{rel}' is a symlink at the source; symlinks are never "
-                                   "published or followed.", error=True)
+            return self._skip(rel, f"'{rel}' {_SOURCE_SYMLINK}.")
         if stat.S_ISDIR(src_st.st_mode):
             return None  # its files are listed on their own
         if not stat.S_ISREG(src_st.st_mode):

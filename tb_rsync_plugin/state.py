@@ -221,7 +221,8 @@ class SyncState:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            # Compact: json.dump with indent falls back to the pure-Python encoder (~4x slower).
+            f.write(json.dumps(data, separators=(",", ":")))
         os.replace(temp, path)
 
     def restore(self, path):
