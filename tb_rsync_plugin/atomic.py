@@ -35,7 +35,8 @@ _SENTENCES = {
     errno.ENOSPC: "The disk holding '{path}' is full; free space and sync again.",
     errno.EDQUOT: "The disk quota for '{path}' is used up; free space or raise the quota "
                   "and sync again.",
-    errno.EFBIG: "'{path}' would grow past the largest file its filesystem allows; move the "
+    errno.EFBIG: "'{path}' would grow past the largest file allowed (a 'ulimit -f' limit on "
+                 "this process, or the filesystem's maximum); raise the limit or move the "
                  "logdir to a filesystem that allows larger files.",
     errno.EACCES: "tb-rsync is not allowed to write '{path}'; give this user write "
                   "permission there and sync again.",

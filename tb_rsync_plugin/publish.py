@@ -176,6 +176,7 @@ def _walk(staging_dir):
 # Symlinks at the source (a `latest -> ckpt-100` next to checkpoints is common) are skipped
 # without marking the run as failed: nothing is wrong with the run, the link is just never
 # followed. The service lists them as a source warning.
+SYMLINK_NOT_FOLLOWED = "symlinks are never"  # in both details below; the service counts them
 _SOURCE_SYMLINK = "is a symlink at the source; symlinks are never published or followed"
 _IN_SYMLINKED_FOLDER = "lies in a symlinked folder at the source; symlinks are never followed"
 _NOT_AN_ERROR = (_SOURCE_SYMLINK, _IN_SYMLINKED_FOLDER)

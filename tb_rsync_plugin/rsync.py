@@ -31,6 +31,7 @@ Patterns are rsync patterns: without a ``/`` they match a basename at any depth.
 """
 
 import collections
+import ctypes
 import dataclasses
 import os
 import re
@@ -38,6 +39,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +55,32 @@ _RATE_UNITS = {b"B": 1, b"kB": 1024, b"MB": 1024 ** 2, b"GB": 1024 ** 3, b"TB": 
 _DETAIL_LINES = 20
 _CONNECT_TIMEOUT_S = 10
 _KILL_GRACE_S = 2.0
+
+
+def _die_with_parent_setter():
+    """A pre-exec hook that makes rsync get SIGTERM when the thread that started it dies.
+
+    rsync runs in its own session (Ctrl-C in a terminal must not kill it half-way; we stop
+    it ourselves), so a tb-rsync killed with SIGKILL would otherwise leave it running and
+    still writing into staging without holding the source's lock. Linux only (prctl
+    PR_SET_PDEATHSIG); elsewhere None. The libc function is looked up here, before any
+    fork, so the hook itself does no imports or allocation in the child.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook():
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return hook
+
+
+_DIE_WITH_PARENT = _die_with_parent_setter()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +226,8 @@ class _Job:
         self._progress = progress
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=dict(os.environ, LC_ALL="C"), start_new_session=True)
+            env=dict(os.environ, LC_ALL="C"), start_new_session=True,
+            preexec_fn=_DIE_WITH_PARENT)
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._err_thread.start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -293,7 +322,12 @@ class _Run:
 
     def base_args(self):
         source, timeout_s = self.source, self.source.timeout_s
+        # --modify-window=-1: compare mtimes to the nanosecond. rsync's default compares
+        # whole seconds, so a file rewritten at the same size within the second of the last
+        # sync (a checkpoint index, a config) was never fetched (tests/test_faults.py).
+        # Needs the receiver, our local rsync, to be >= 3.1.3.
         args = [self.rsync_path, "-rlpt", "--safe-links", "--chmod=Du+rwx,Fu+rw",
+                "--modify-window=-1",
                 f"--temp-dir={os.path.abspath(self.temp_dir)}", "--no-human-readable",
                 _OUT_FORMAT, f"--timeout={int(min(max(timeout_s / 4, 10), 120))}"]
         if source.is_remote_shell:

@@ -160,7 +160,8 @@ class SyncService:
         # A cycle that stopped between rsync and publish left staged files rsync will not
         # report again; the marker makes the next publish walk the whole staging tree.
         dirty_marker = os.path.join(cfg.staging_root, "locks", name + ".unpublished")
-        walk_all = os.path.exists(dirty_marker) or not os.path.exists(cfg.manifest_path(name))
+        retry = _read_retry(dirty_marker)
+        walk_all = retry == [] or not os.path.exists(cfg.manifest_path(name))
         with open(dirty_marker, "w"):
             pass
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
@@ -175,7 +176,7 @@ class SyncService:
             transfer = _merge_transfers(transfer, again)
         publish_args = (staging_dir, cfg.logdir, name, cfg.quarantine_dir(name),
                         cfg.manifest_path(name))
-        changed = None if walk_all else list(transfer.changed)
+        changed = None if walk_all else sorted(set(transfer.changed) | set(retry or ()))
         report = publish_lib.publish(*publish_args, changed=changed, restaged=transfer.restaged)
         if report.needs_restage:
             # New bytes that do not continue the published records: the source rewrote the
@@ -188,14 +189,17 @@ class SyncService:
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)
             transfer = _merge_transfers(transfer, again)
-        os.unlink(dirty_marker)
-        if report.errors:
-            # Files that could not be published (corrupt record, file too large, symlink...)
-            # are also source warnings: the CLI prints warnings, and without this a
-            # `tb-rsync sync` that published nothing said "1 file(s) published" and no more.
-            transfer = dataclasses.replace(
-                transfer, warnings=transfer.warnings + tuple(m for _, m in report.errors))
-        return transfer, report
+        # Files that failed to publish (a write error part-way, e.g. EFBIG) are staged
+        # already, so rsync will not report them again: they are kept in the marker and
+        # retried by the next cycle. Without this a half-appended record waited for the
+        # source to grow before it was completed (tests/test_faults.py, file-size case).
+        failed = sorted({a.path for a in report.actions if a.action == "error"})
+        if failed:
+            with open(dirty_marker, "w", encoding="utf-8") as f:
+                f.write("\n".join(failed) + "\n")
+        else:
+            os.unlink(dirty_marker)
+        return _explain_problems(source, staging_dir, transfer, report)
 
     @contextlib.contextmanager
     def _source_lock(self, name):
@@ -265,6 +269,37 @@ class SyncService:
                 self.state.set_loaded(self.reloader.loaded_wall_times(runs))
             except Exception:
                 logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
+
+
+def _explain_problems(source, staging_dir, transfer, report):
+    """Word publish problems for the user and copy them into the source's warnings.
+
+    The publisher names staged copies; the user can only fix the file at the source, so
+    messages name that instead. Files that could not be published (corrupt record, file too
+    large...) are also source warnings: the CLI prints warnings, and without this a
+    `tb-rsync sync` that published nothing said "1 file(s) published" and no more.
+    """
+    staged_prefix = staging_dir.rstrip(os.sep) + os.sep
+    errors = tuple((path, message.replace(staged_prefix, source.source_dir))
+                   for path, message in report.errors)
+    links = [a.path for a in report.actions
+             if a.action == "skip" and publish_lib.SYMLINK_NOT_FOLLOWED in a.detail]
+    warnings = transfer.warnings + tuple(message for _, message in errors)
+    if links:
+        shown = ", ".join(f"'{path}'" for path in links[:3]) + (" ..." if len(links) > 3 else "")
+        warnings += (f"{len(links)} symlink(s) at the source were not published "
+                     f"(symlinks are never followed): {shown}.",)
+    return (dataclasses.replace(transfer, warnings=warnings),
+            dataclasses.replace(report, errors=errors))
+
+
+def _read_retry(marker):
+    """None: no marker; []: a cycle died after rsync (walk everything); else paths to retry."""
+    try:
+        with open(marker, encoding="utf-8") as f:
+            return [line for line in f.read().split("\n") if line]
+    except FileNotFoundError:
+        return None
 
 
 def _merge_reports(first, second):

@@ -263,6 +263,7 @@ class LogdirChecker:
                     with open(path, "rb") as f:
                         files[rel] = f.read()
         kept = quarantined(self.quarantine) if os.path.isdir(self.quarantine) else {}
+        in_source = list(_walk_files(self.source.root))  # before the versions, like files
         versions = self.source.snapshot()  # after reading: covers every published byte
         for rel, data in sorted(files.items()):
             history = versions.get(rel)
@@ -288,7 +289,7 @@ class LogdirChecker:
                     problems.append(f"quarantined '{rel}' {problem}")
         problems += self._ledger(files, kept)
         problems += self.sandbox.problems()
-        extra_src = [rel for rel in _walk_files(self.source.root) if rel not in versions]
+        extra_src = [rel for rel in in_source if rel not in versions]
         if extra_src:
             problems.append(f"files appeared in the source: {extra_src[:5]}")
         self.checks += 1

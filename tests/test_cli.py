@@ -9,6 +9,7 @@ import time
 from tensorboard.backend.event_processing import event_file_loader
 
 from tests.events import append_scalars, event_file_name
+from tests.processes import processes_mentioning
 
 EVENTS = event_file_name()
 
@@ -157,3 +158,40 @@ def test_publish_problems_are_printed(tmp_path):
     assert steps_in(logdir / "n1" / "run 1" / EVENTS) == [0, 1, 2, 3]
     status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
     assert "n1/run 1: " in status.stdout and "corrupt record" in status.stdout
+    assert str(remote) in status.stdout, "the message names the file at the source"
+    assert "staging" not in status.stdout.split("n1/run 1: ")[1]
+
+
+def test_symlinks_at_the_source_are_a_warning_not_a_run_error(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    (remote / "run 1" / "latest").symlink_to("notes.txt")  # inside the tree: rsync keeps it
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"n1={remote}/",
+                      "--staging", tmp_path / "staging")
+    assert result.returncode == 0, result.stderr
+    assert "1 symlink(s) at the source were not published" in result.stderr
+    assert not os.path.lexists(logdir / "n1" / "run 1" / "latest")
+    status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
+    assert "error" not in status.stdout
+
+
+def test_killed_tb_rsync_takes_its_rsync_along(tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "big.bin").write_bytes(os.urandom(4 << 20))
+    toml = tmp_path / "sources.toml"
+    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\nbwlimit = 256\n')
+    staging = tmp_path / "staging"
+    (tmp_path / "logs").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tb_rsync_plugin.cli", "sync", "--logdir",
+                             str(tmp_path / "logs"), "--config", str(toml), "--staging",
+                             str(staging)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while not processes_mentioning(str(staging), "rsync"):
+        assert time.time() < deadline, "rsync did not start"
+        time.sleep(0.1)
+    proc.kill()  # SIGKILL: no handler runs; the kernel's parent-death signal stops rsync
+    proc.wait()
+    deadline = time.time() + 10
+    while processes_mentioning(str(staging), "rsync"):
+        assert time.time() < deadline, "rsync outlived the tb-rsync that started it"
+        time.sleep(0.1)

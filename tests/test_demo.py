@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.fixtures_tensorboard import free_port, wait_until
+from tests.processes import processes_mentioning
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "run_demo.py"
 RUN = "node1/resnet lr=0.1"  # a space in the name on purpose
@@ -42,22 +43,6 @@ def loss_points(base_url, run=RUN):
                         + urlencode({"run": run, "tag": "loss"}))
     except urllib.error.HTTPError:  # 400 until TensorBoard has loaded the run
         return []
-
-
-def processes_mentioning(text):
-    """PIDs (other than ours) whose command line contains `text`; zombies have none."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append((int(entry), cmdline.strip()))
-    return found
 
 
 def test_demo_compare_serves_both_and_stops_cleanly_on_ctrl_c(tmp_path):

@@ -321,7 +321,7 @@ MESSAGES = [
     ("publish.py", "writes outside the logdir, so replace the symlink with a folder."),
     ("atomic.py", "is full; free space and sync again."),
     ("atomic.py", "is used up; free space or raise the quota "),
-    ("atomic.py", "would grow past the largest file its filesystem allows; move the "),
+    ("atomic.py", "would grow past the largest file allowed"),
     ("atomic.py", "tb-rsync is not allowed to write '{path}'; give this user write "),
     ("atomic.py", "is on a read-only filesystem; remount it read-write or choose "),
     ("reload.py", "restart TensorBoard to see the new "),

@@ -26,7 +26,8 @@ import pytest
 
 from tests.events import big_event_bytes, file_version_event, make_event, scalar_bytes
 from tests.fixtures_tensorboard import TensorBoardProcess, wait_until
-from tests.invariants import LogdirChecker, Sandbox, SourceFiles, frame, valid_end
+from tests.invariants import LogdirChecker, Sandbox, SourceFiles, frame
+from tests.processes import process_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACT = os.path.join(ROOT, "test-artifacts", "faults.json")
@@ -43,7 +44,7 @@ def blobs():
     """Big records (built once: TensorBoard's RecordWriter CRCs in pure Python)."""
     if not _BLOBS:
         _BLOBS.extend(big_event_bytes(100_000 + i, size)
-                      for i, size in enumerate((128_000, 512_000, 1_000_000)))
+                      for i, size in enumerate((64_000, 256_000, 1_000_000)))
     return _BLOBS
 
 
@@ -104,7 +105,7 @@ class Trainer:
             self.step[rel] += count
             self.source.append(rel, data, pieces=rng.randrange(1, 4))
         if self.big:
-            for _ in range(rng.choice((0, 1, 1, 2)) if scale >= 1 else 1):
+            for _ in range(rng.choice((0, 0, 1)) if scale >= 1 else 1):
                 self.source.append(BIG, rng.choice(blobs()), pieces=rng.randrange(1, 3))
         if rng.random() < 0.5 or not os.path.exists(self.source.path(CKPT)):
             self.source.replace(CKPT, os.urandom(int(rng.randrange(50_000, 400_000) * scale)))
@@ -176,27 +177,6 @@ def load_status(sandbox):
 
 # --- process trees ----------------------------------------------------------------------
 
-def process_table():
-    """{pid: (ppid, name, cmdline)} of every process now."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode("utf-8", "replace")
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] == b"Z":
-            continue
-        table[int(entry)] = (int(fields[1]), name, cmdline)
-    return table
-
-
 def rsync_descendants(pid, table=None):
     table = process_table() if table is None else table
     found, frontier = [], {pid}
@@ -253,11 +233,11 @@ def test_rsync_sigkilled_mid_transfer(tmp_path):
     trainer, config = Trainer(source, rng), write_config(sandbox, bwlimit=4096)
     checker = LogdirChecker(sandbox, source, "n1")
     with Case("1_rsync_sigkill", checker) as case:
-        ok_syncs, failed, deadline = 0, 0, time.monotonic() + 75
+        ok_syncs, failed, deadline = 0, 0, time.monotonic() + 50
         while case.faults < 55 and time.monotonic() < deadline:
             trainer.grow()
             proc = start_sync(sandbox, config)
-            victim = kill_an_rsync(proc, rng.uniform(0, 0.25), rng)
+            victim = kill_an_rsync(proc, rng.uniform(0, 0.12), rng)
             out, err = proc.communicate(timeout=60)
             case.faults += victim is not None
             assert checker.check(f"after rsync kill {case.faults}") == []
@@ -285,11 +265,11 @@ def test_tb_rsync_sigkilled_at_random_moments(tmp_path):
     checker = LogdirChecker(sandbox, source, "n1")
     staging_dir = os.path.join(sandbox.staging, "staging")
     with Case("2_tb_rsync_sigkill", checker) as case:
-        orphans, finished, deadline = 0, 0, time.monotonic() + 75
+        orphans, finished, deadline = 0, 0, time.monotonic() + 50
         while case.faults < 55 and time.monotonic() < deadline:
             trainer.grow(scale=rng.choice((0.2, 1.0)))
             proc = start_sync(sandbox, config)
-            time.sleep(rng.uniform(0.12, 0.7))
+            time.sleep(rng.uniform(0.1, 0.4))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 case.faults += 1
@@ -343,6 +323,7 @@ def test_file_size_limit_while_publishing_and_staging(tmp_path):
     checker = LogdirChecker(sandbox, source, "n1")
     with Case("3a_file_size_limit", checker) as case:
         trainer.grow()
+        source.append(BIG, blobs()[0])
         converge(case, sandbox, config, "first sync")
         # Staging gets ahead of the logdir: a sync while the logdir is not there fails after
         # rsync, so the next publish has more to write than rsync.
@@ -358,8 +339,9 @@ def test_file_size_limit_while_publishing_and_staging(tmp_path):
         case.faults += 1
         # Per file: the other files are published; the big one is reported, in one line.
         assert_ok(rc, out, err)
-        warnings = [l for l in out.splitlines() if "warning:" in l and "largest file" in l]
-        assert len(warnings) == 1 and BIG in warnings[0], out
+        warnings = [l for l in (out + err).splitlines() if "warning:" in l]
+        assert len(warnings) == 1 and BIG in warnings[0] and "largest file" in warnings[0], \
+            (out, err)
         assert checker.check("publisher hit RLIMIT_FSIZE", allow_partial=True,
                              allow_temps=False) == []
         run = next(r for r in load_status(sandbox)["runs"] if r["run"] == "n1/big run")
@@ -394,8 +376,9 @@ def test_disk_full_while_publishing_and_staging(tmp_path):
             mounted.append(sandbox.logs)
             trainer.grow(scale=0.2)
             converge(case, sandbox, config, "first sync into the small logdir")
-            for _ in range(5):
+            for _ in range(3):
                 trainer.grow()
+                source.append(BIG, blobs()[2])
             rc, out, err = run_sync(sandbox, config)
             case.faults += 1
             assert_failed_with_a_sentence(rc, out, err, "is full")
@@ -505,7 +488,7 @@ def test_corrupt_records_at_the_source(tmp_path):
             case.faults += 1
         rc, out, err = run_sync(sandbox, config)
         assert_ok(rc, out, err)
-        assert out.count("corrupt record") == len(files), out
+        assert (out + err).count("warning: Event file") == len(files), (out, err)
         assert checker.check("corrupt records at the source") == []
         status = {r["run"]: r for r in load_status(sandbox)["runs"]}
         for rel in files.values():
@@ -595,7 +578,8 @@ def test_concurrent_requests_and_processes(tmp_path):
                 for t in threads:
                     t.join(30)
                 case.faults += 22
-                results += [(p.returncode,) + p.communicate(timeout=90) for p in procs]
+                results += [(lambda o: (p.returncode,) + o)(p.communicate(timeout=90))
+                            for p in procs]
                 wait_until(lambda: all(s["state"] in ("idle", "error") for s in
                                        tb.get_json("/data/plugin/rsync/status")["sources"]),
                            60, message="the plugin's syncs to end")
@@ -631,7 +615,6 @@ def test_concurrent_requests_and_processes(tmp_path):
 @pytest.mark.timeout(120)
 def test_source_rewrites_files_while_syncing(tmp_path):
     """A writer truncates and rewrites an event file and replaces a checkpoint in a loop."""
-    rng = random.Random(7)
     sandbox = Sandbox(tmp_path)
     source = SourceFiles(sandbox.src, sandbox.work)
     config = write_config(sandbox, bwlimit=16384)
@@ -675,9 +658,9 @@ def test_source_rewrites_files_while_syncing(tmp_path):
     thread = threading.Thread(target=writer, daemon=True)
     with Case("7_rewrite_while_syncing", checker) as case:
         thread.start()
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 20
         syncs = 0
-        while time.monotonic() < deadline and syncs < 40:
+        while time.monotonic() < deadline and syncs < 30:
             proc = start_sync(sandbox, config)
             while proc.poll() is None:  # checked while publishing too
                 assert checker.check(f"during sync {syncs}", allow_partial=True,

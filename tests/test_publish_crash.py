@@ -20,6 +20,7 @@ from tb_rsync_plugin.publish import publish
 from tests.events import (
     big_event_bytes, event_bytes, file_version_event, loaded_events, make_event, record_ends,
 )
+from tests.invariants import event_file_problem
 
 FILES = ("events.out.tfevents.1.a.1.0", "nœud 2/events.out.tfevents.2.b.2.0",
          "sub/deeper/events.out.tfevents.3.c.3.0")
@@ -125,8 +126,8 @@ def check_invariants(logdir, sources, inodes):
         if not path.exists():
             continue
         data = path.read_bytes()
-        assert data, "an event file appears only with a complete record"
-        assert source.startswith(data), rel
+        problem = event_file_problem(data, [source], allow_partial=True)
+        assert problem is None, f"{rel} {problem}"
         ends = record_ends(source)
         if len(data) not in ends:
             partial += 1

@@ -16,7 +16,8 @@ import tempfile
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tb_rsync_plugin.publish import publish
-from tests.events import event_bytes, loaded_events, make_event, record_ends
+from tests.events import event_bytes, loaded_events, make_event
+from tests.invariants import is_aligned_prefix, quarantined
 
 FILES = ("events.out.tfevents.1.a.1.0", "run b/events.out.tfevents.2.b.2.0")
 
@@ -50,10 +51,6 @@ class Source:
         self.step = 0
         self.versions.append(b"")
         self.add_records(count)
-
-
-def is_aligned_prefix(data, version):
-    return version.startswith(data) and (not data or len(data) in record_ends(version))
 
 
 @settings(max_examples=100, deadline=None, database=None,
@@ -159,13 +156,3 @@ def run_history(root, history):
                 is_aligned_prefix(open(published_path(rel), "rb").read(), v)
                 for v in source.versions)
 
-
-def quarantined(folder):
-    """{rel: [bytes of every kept version]} from quarantine/<stamp>/<rel>."""
-    kept = {}
-    for stamp_dir, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(stamp_dir, name)
-            rel = os.path.relpath(path, folder).split(os.sep, 1)[1].replace(os.sep, "/")
-            kept.setdefault(rel, []).append(open(path, "rb").read())
-    return kept

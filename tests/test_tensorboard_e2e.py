@@ -8,6 +8,7 @@ import pytest
 
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
+from tests.processes import processes_mentioning
 
 EVENTS = event_file_name()
 
@@ -164,22 +165,8 @@ def test_stopping_tensorboard_stops_its_rsync(tmp_path, tensorboard_server):
     staging = tmp_path / "staging"
     tb = tensorboard_server(logdir, "--rsync_config", toml, "--rsync_staging", staging)
     tb.post_json("/data/plugin/rsync/sync", {})
-    wait_until(lambda: _rsync_pids(staging), 15, message="rsync to start")
+    wait_until(lambda: processes_mentioning(str(staging), "rsync"), 15, message="rsync to start")
     tb.proc.terminate()  # SIGTERM: TensorBoard runs atexit handlers, the plugin's included
     tb.proc.wait(30)
-    wait_until(lambda: not _rsync_pids(staging), 10, message="rsync to be stopped")
+    wait_until(lambda: not processes_mentioning(str(staging), "rsync"), 10, message="rsync to be stopped")
     assert not (logdir / "slow" / "big.bin").exists()
-
-
-def _rsync_pids(staging):
-    """PIDs of rsync processes whose command line names this test's staging folder."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"rsync") and any(str(staging).encode() in a for a in argv):
-            pids.append(int(pid))
-    return pids
