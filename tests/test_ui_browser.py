@@ -222,7 +222,9 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     page.mouse.move(700, 990)  # no hover highlight in the picture
     page.wait_for_timeout(500)
     path = shot(page, "ui-03-synced-with-error.png")
-    if os.path.getsize(path) < 300_000:
+    # The README's picture is refreshed only on request, so test runs leave the tree clean:
+    # TB_RSYNC_UPDATE_SCREENSHOT=1 python -m pytest tests/test_ui_browser.py
+    if os.environ.get("TB_RSYNC_UPDATE_SCREENSHOT") == "1" and os.path.getsize(path) < 300_000:
         shutil.copyfile(path, README_SHOT)
     assert page.page_errors == []
 
