@@ -105,7 +105,13 @@ def cmd_watch(args):
                 if bug:
                     raise bug
                 for name in names:
-                    due[name] = now + service.config.interval_for(service.config.source(name))
+                    interval = service.config.interval_for(service.config.source(name))
+                    # interval = 0 means "only when asked": synced once, at the start.
+                    due[name] = now + interval if interval > 0 else float("inf")
+            if all(when == float("inf") for when in due.values()):
+                print("tb-rsync: every source has interval 0 (sync only when asked); "
+                      "nothing more to do.", flush=True)
+                return EXIT_OK
             time.sleep(max(0.05, min(due.values()) - time.monotonic()))
     finally:
         service.stop()
@@ -163,11 +169,11 @@ def _sync_sources(service, names):
 
 
 def cmd_status(args):
-    logdir = config_lib.build_config(args.logdir, staging=args.staging)
-    snapshot = state_lib.load_snapshot(logdir.state_path)
+    config = config_lib.build_config(args.logdir, staging=args.staging)
+    snapshot = state_lib.load_snapshot(config.state_path)
     if snapshot is None:
-        print(f"No sync has run for logdir '{logdir.logdir}' yet "
-              f"(no state in '{logdir.staging_root}'). Run 'tb-rsync sync' first.")
+        print(f"No sync has run for logdir '{config.logdir}' yet "
+              f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")
         return EXIT_OK
     now = time.time()
     print(format_status(snapshot, now))

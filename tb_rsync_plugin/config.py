@@ -6,6 +6,7 @@ Everything here is validated once, up front, so later stages can trust their inp
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import shlex
@@ -148,7 +149,8 @@ def load_config_file(path):
     except FileNotFoundError:
         raise ConfigError(f"Config file '{path}' does not exist; check the path.") from None
     except OSError as e:
-        raise ConfigError(f"Config file '{path}' cannot be read ({e.strerror}).") from None
+        raise ConfigError(f"Config file '{path}' cannot be read ({e.strerror}); check that it "
+                          "is a file this user may read.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Config file '{path}' is not valid TOML: {e}.") from None
     unknown = set(data) - {"source"}
@@ -187,9 +189,11 @@ def _make_source(table, where):
         try:
             words = shlex.split(ssh)
         except ValueError as e:
-            raise ConfigError(f"In {where}: 'ssh' cannot be parsed ({e}).") from None
+            raise ConfigError(f"In {where}: 'ssh' cannot be parsed ({e}); balance its quotes, "
+                              "for example \"ssh -o 'ProxyCommand=...'\".") from None
         if not words:
-            raise ConfigError(f"In {where}: 'ssh' is empty.")
+            raise ConfigError(f"In {where}: 'ssh' is empty; write a command such as "
+                              "\"ssh -p 2222\" or leave the key out.")
     patterns = {}
     for key in ("include", "exclude"):
         value = table.get(key, [])
@@ -218,7 +222,8 @@ def _number(table, key, where, integer=False):
     if value is None:
         return None
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 \
+            or not math.isfinite(value):
         kind = "a whole number" if integer else "a number"
         raise ConfigError(f"In {where}: '{key}' must be {kind} >= 0, not {value!r}.")
     return value
@@ -248,6 +253,9 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"Logdir '{logdir}' is not a local folder; tb-rsync publishes into a local logdir."
         )
     logdir = os.path.abspath(os.path.expanduser(logdir))
+    if not os.path.isdir(logdir):
+        raise ConfigError(f"Logdir '{logdir}' does not exist; create it (mkdir -p '{logdir}') "
+                          "or fix --logdir.")
     sources = [parse_source_pair(p) for p in source_pairs]
     if config_file:
         sources.extend(load_config_file(os.path.expanduser(config_file)))
@@ -260,7 +268,7 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
         seen.add(source.name)
     staging_root = os.path.abspath(os.path.expanduser(staging)) if staging \
         else default_staging_root(logdir)
-    if _is_within(staging_root, logdir) or _is_within(logdir, staging_root):
+    if is_within(staging_root, logdir) or is_within(logdir, staging_root):
         raise ConfigError(
             f"Staging folder '{staging_root}' overlaps the logdir '{logdir}'; TensorBoard would "
             "load half-copied files as runs. Choose a --rsync_staging folder outside the logdir."
@@ -269,7 +277,8 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
                       interval_s=float(interval_s))
 
 
-def _is_within(path, root):
+def is_within(path, root):
+    """True if `path` is `root` or below it, after resolving symlinks in both."""
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

@@ -114,10 +114,13 @@ class RsyncPlugin(base_plugin.TBPlugin):
             return _json({"error": f"Missing header {CSRF_HEADER}: 1."}, 403)
         if request.mimetype != "application/json":
             return _json({"error": "Send a JSON body (Content-Type: application/json)."}, 400)
-        if (request.content_length or 0) > MAX_BODY_BYTES:
-            return _json({"error": "Request body too large."}, 413)
+        # Read at most the limit + 1 byte: a chunked body has no Content-Length to check.
+        data = request.stream.read(MAX_BODY_BYTES + 1)
+        if len(data) > MAX_BODY_BYTES or (request.content_length or 0) > MAX_BODY_BYTES:
+            return _json({"error": f"Request body too large (limit {MAX_BODY_BYTES} bytes)."},
+                         413)
         try:
-            body = json.loads(request.get_data(cache=False) or b"{}")
+            body = json.loads(data or b"{}")
         except ValueError:
             return _json({"error": "The body is not valid JSON."}, 400)
         if not isinstance(body, dict) or set(body) - {"source"}:
@@ -128,7 +131,9 @@ class RsyncPlugin(base_plugin.TBPlugin):
         try:
             result = self.sync_impl(name)
         except KeyError:
-            return _json({"error": "No source by that name is configured."}, 404)
+            configured = ", ".join(s.name for s in self._config.sources)
+            return _json({"error": f"No source named {json.dumps(name)} is configured "
+                                   f"(configured: {configured})."}, 404)
         return _json(result, 202)
 
     @wrappers.Request.application

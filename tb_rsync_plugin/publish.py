@@ -33,11 +33,10 @@ import stat
 import tempfile
 from typing import Dict, Optional, Tuple
 
-from tb_rsync_plugin import atomic
+from tb_rsync_plugin import atomic, config, tfrecord
 from tb_rsync_plugin.errors import CorruptRecordError, PublishError
 from tb_rsync_plugin.tfrecord import scan_records
 
-ACTIONS = ("append", "create", "replace", "rewrite", "unchanged", "wait", "skip", "error")
 MANIFEST_VERSION = 1
 _ENTRY_KEYS = ("aligned_len", "size", "inode", "newest_wall_time", "newest_step",
                "corrupt_at", "corrupt_staged_size", "staged")
@@ -127,7 +126,7 @@ def _check_folders(staging_dir, logdir, name, quarantine_dir):
         )
     real_logdir = os.path.realpath(logdir)
     for what, path in (("Staging folder", staging_dir), ("Quarantine folder", quarantine_dir)):
-        if _is_within(os.path.realpath(path), real_logdir):
+        if config.is_within(os.path.realpath(path), real_logdir):
             raise PublishError(
                 f"{what} '{path}' is inside the logdir '{logdir}'; TensorBoard would load its "
                 "files as runs. Choose a --rsync_staging folder outside the logdir."
@@ -137,7 +136,7 @@ def _check_folders(staging_dir, logdir, name, quarantine_dir):
             f"Staging folder '{staging_dir}' does not exist; sync the source before publishing."
         )
     dest_root = os.path.join(logdir, name)
-    if os.path.islink(dest_root) and not _is_within(os.path.realpath(dest_root), real_logdir):
+    if os.path.islink(dest_root) and not config.is_within(os.path.realpath(dest_root), real_logdir):
         raise PublishError(
             f"'{dest_root}' is a symlink leading out of the logdir; replace it with a folder "
             "so tb-rsync never writes outside the logdir."
@@ -171,6 +170,13 @@ def _walk(staging_dir):
                 else:
                     found.append((rel, None))
     return found
+
+
+def _is_partial_copy(base):
+    """Names copy tools give unfinished event files: rsync's `.NAME.XXXXXX`, Syncthing's
+    `.syncthing.NAME.tmp`, rclone's `NAME.partial`. A real event file is never a dot-file,
+    and publishing one would make TensorBoard read the same records twice."""
+    return base.startswith(".") or base.endswith(".partial")
 
 
 # Symlinks at the source (a `latest -> ckpt-100` next to checkpoints is common) are skipped
@@ -224,6 +230,10 @@ class _Publisher:
             return self._skip(rel, f"'{rel}' {problem}.", error=problem not in _NOT_AN_ERROR)
         if atomic.is_temp_name(base):
             return self._skip(rel, "a tb-rsync temp file; never published")
+        if tfrecord.is_event_file(base) and _is_partial_copy(base):
+            return self._skip(rel, f"'{rel}' looks like a copy in progress at the source "
+                                   "(a dot-file or .partial); only the finished file is "
+                                   "published.")
         src = os.path.join(self.staging_dir, rel)
         try:
             src_st = os.lstat(src)
@@ -239,7 +249,7 @@ class _Publisher:
         if dest is None:
             return None
         try:
-            if "tfevents" in base:
+            if tfrecord.is_event_file(base):
                 self._event_file(rel, src, src_st, dest)
             else:
                 self._other_file(rel, src, src_st, dest)
@@ -271,7 +281,7 @@ class _Publisher:
             except FileNotFoundError:
                 break
             if stat.S_ISLNK(st.st_mode):
-                if not _is_within(os.path.realpath(folder), self.real_root):
+                if not config.is_within(os.path.realpath(folder), self.real_root):
                     self._skip(rel, f"'{folder}' in the logdir is a symlink leading out of "
                                     f"'{self.dest_root}'; tb-rsync never writes outside it.",
                                error=True)
@@ -394,14 +404,18 @@ class _Publisher:
         self._remember(rel, entry)
         return scan.end_offset, entry
 
-    def _create_event(self, rel, src, src_st, dest):
-        size = src_st.st_size
+    def _scan_whole(self, rel, src, src_st):
+        """Complete records of the whole staged file, and the corruption that ends them."""
         try:
-            scan, corrupt = scan_records(src, 0, size), None
+            scan, corrupt = scan_records(src, 0, src_st.st_size), None
         except CorruptRecordError as e:
             scan, corrupt = e.scan, e
         if corrupt is not None:
             self._error(rel, str(corrupt))
+        return scan, corrupt
+
+    def _create_event(self, rel, src, src_st, dest):
+        scan, corrupt = self._scan_whole(rel, src, src_st)
         if scan.end_offset == 0:
             # An empty file would be picked up by TensorBoard now and never again if it
             # were replaced; it appears only once it has a complete record.
@@ -417,13 +431,7 @@ class _Publisher:
 
     def _rewrite(self, rel, src, src_st, dest, why):
         """Quarantine the published file and publish the staged one's complete records."""
-        size = src_st.st_size
-        try:
-            scan, corrupt = scan_records(src, 0, size), None
-        except CorruptRecordError as e:
-            scan, corrupt = e.scan, e
-        if corrupt is not None:
-            self._error(rel, str(corrupt))
+        scan, corrupt = self._scan_whole(rel, src, src_st)
         if scan.end_offset == 0:
             entry = self.manifest.get(rel)
             if entry:
@@ -480,7 +488,7 @@ class _Publisher:
             self.tidied.add(folder)
             atomic.remove_stale_temps(folder)
         # A folder swapped for a symlink after _dest_path looked would show here.
-        if not _is_within(os.path.realpath(folder), self.real_root):
+        if not config.is_within(os.path.realpath(folder), self.real_root):
             raise PublishError(f"'{folder}' leads out of '{self.dest_root}'; tb-rsync never "
                                "writes outside the logdir, so replace the symlink with a folder.")
 
@@ -621,7 +629,3 @@ def _same_bytes(path_a, path_b, start, end):
                 return False
             left -= n
     return True
-
-
-def _is_within(path, root):
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

@@ -21,7 +21,10 @@ run, read through the public data provider API, so the UI can tell "live" from "
 
 import logging
 import os
+import threading
 import time
+
+from tb_rsync_plugin import tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,11 @@ class NoReloader:
 
     kind = "none"
 
-    def apply(self, logdir, report):
-        """Returns {run: reason a restart is needed} for runs TensorBoard cannot update."""
+    def apply(self, logdir, report, cancel=None):
+        """Returns {run: reason a restart is needed} for runs TensorBoard cannot update.
+
+        `cancel` (a threading.Event) cuts any waiting short when tb-rsync stops.
+        """
         return {}
 
     def loaded_wall_times(self, runs):
@@ -63,23 +69,26 @@ class FastLoaderReloader(NoReloader):
         self._reload_interval_s = reload_interval_s
         self._sleep = sleep
 
-    def apply(self, logdir, report):
-        restore_held_runs(self._holding_dir, logdir)
+    def apply(self, logdir, report, cancel=None):
         notes = {}
         for run, update in sorted(report.runs.items()):
             if update.rewritten:
-                reason = self._cycle_run(logdir, run)
+                reason = self._cycle_run(logdir, run, cancel or threading.Event())
                 if reason:
                     notes[run] = reason
         return notes
 
-    def _cycle_run(self, logdir, run):
-        """Move the run's event files out until TensorBoard drops the run; None on success."""
+    def _cycle_run(self, logdir, run, cancel):
+        """Move the run's event files out until TensorBoard drops the run; None on success.
+
+        Called with the source's lock held, so no publish of this run happens meanwhile;
+        other sources' cycles only ever touch their own runs' holding folders.
+        """
         if self._reload_interval_s <= 0:
             return _RESTART_REASON + " (TensorBoard runs with --reload_interval 0.)"
         run_dir = os.path.join(logdir, run)
         held_dir = os.path.join(self._holding_dir, run)
-        names = [n for n in os.listdir(run_dir) if "tfevents" in n
+        names = [n for n in os.listdir(run_dir) if tfrecord.is_event_file(n)
                  and os.path.isfile(os.path.join(run_dir, n))]
         os.makedirs(held_dir, exist_ok=True)
         if os.stat(held_dir).st_dev != os.stat(run_dir).st_dev:
@@ -87,21 +96,21 @@ class FastLoaderReloader(NoReloader):
         try:
             for name in names:
                 os.rename(os.path.join(run_dir, name), os.path.join(held_dir, name))
-            gone = self._wait_until_dropped(run)
+            gone = self._wait_until_dropped(run, cancel)
         finally:
             # Always put the files back, even if waiting failed: the logdir must converge.
-            restore_held_runs(self._holding_dir, logdir)
+            restore_held_files(held_dir, run_dir)
         if not gone:
             return _RESTART_REASON + " (TensorBoard did not drop the run in time.)"
         return None
 
-    def _wait_until_dropped(self, run):
+    def _wait_until_dropped(self, run, cancel):
         from tensorboard import context as tb_context
 
         # The data server sleeps --reload_interval after each full cycle; a cycle over a big
         # logdir can take a while too, hence the margin.
         deadline = time.monotonic() + 3 * self._reload_interval_s + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancel.is_set():
             try:
                 runs = self._data_provider.list_runs(tb_context.RequestContext(),
                                                      experiment_id="")
@@ -110,7 +119,7 @@ class FastLoaderReloader(NoReloader):
             else:
                 if all(r.run_name != run for r in runs):
                     return True
-            self._sleep(0.25)
+            cancel.wait(0.25)
         return False
 
     def loaded_wall_times(self, runs):
@@ -118,22 +127,34 @@ class FastLoaderReloader(NoReloader):
 
 
 def restore_held_runs(holding_dir, logdir):
-    """Move event files held out of the logdir back in (also after a crash mid-cycle).
+    """Put back every file a killed process left parked (at start-up only)."""
+    if os.path.isdir(holding_dir):
+        for folder, _, _ in os.walk(holding_dir):
+            restore_held_files(folder, os.path.join(logdir, os.path.relpath(folder, holding_dir)))
 
-    A file is only moved back to a name that is free: the logdir is never overwritten.
+
+def restore_held_files(held_dir, run_dir):
+    """Move parked event files back into `run_dir`, never over a file of the same name.
+
+    `os.link` fails on an existing name, unlike `os.rename`, so a file published under that
+    name meanwhile is never replaced; the parked copy then stays, and a warning says where.
     """
-    if not os.path.isdir(holding_dir):
+    try:
+        names = os.listdir(held_dir)
+    except FileNotFoundError:
         return
-    for folder, _, files in os.walk(holding_dir):
-        rel = os.path.relpath(folder, holding_dir)
-        for name in files:
-            dest = os.path.join(logdir, rel, name)
-            if not os.path.exists(dest):
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.rename(os.path.join(folder, name), dest)
-            else:
-                logger.warning("tb-rsync: %s exists; left %s in the holding folder", dest,
-                               os.path.join(folder, name))
+    for name in names:
+        held, dest = os.path.join(held_dir, name), os.path.join(run_dir, name)
+        if not os.path.isfile(held):
+            continue
+        os.makedirs(run_dir, exist_ok=True)
+        try:
+            os.link(held, dest)
+        except FileExistsError:
+            logger.warning("tb-rsync: '%s' exists, so its parked copy stays at '%s'; compare "
+                           "them and move the one to keep into the logdir.", dest, held)
+            continue
+        os.unlink(held)
 
 
 class LegacyReloader(NoReloader):
@@ -145,7 +166,7 @@ class LegacyReloader(NoReloader):
         self._multiplexer = multiplexer
         self._data_provider = data_provider
 
-    def apply(self, logdir, report):
+    def apply(self, logdir, report, cancel=None):
         for run, update in sorted(report.runs.items()):
             path = os.path.join(logdir, run)
             try:
@@ -188,7 +209,7 @@ def _touches_only_newest(run_dir, files):
     new records in an older file are only seen by a rebuilt accumulator.
     """
     try:
-        names = sorted(n for n in os.listdir(run_dir) if "tfevents" in n)
+        names = sorted(n for n in os.listdir(run_dir) if tfrecord.is_event_file(n))
     except OSError:
         return False
     if not names:

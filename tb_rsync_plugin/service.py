@@ -137,9 +137,10 @@ class SyncService:
                 self._rsync_path = config_lib.find_rsync()
             with self._source_lock(name):
                 transfer, report = self._transfer_and_publish(source, progress)
-            notes = self.reloader.apply(self.config.logdir, report)
+                # Under the lock: a fast-loader reload parks this source's files for a while.
+                notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
-            self.state.set_loaded(self.reloader.loaded_wall_times(list(report.runs)))
+            self._refresh_loaded(list(report.runs))
         except SyncError as e:
             self.state.fail(name, str(e), getattr(e, "details", ""))
             raise
@@ -151,6 +152,24 @@ class SyncService:
             self._save_state()
             interval = self.config.interval_for(source)
             self.state.set_next_sync(name, self._clock() + interval if interval > 0 else None)
+
+    def _reload(self, report, progress, bytes_done):
+        """Tell TensorBoard; a failure here never turns a good publish into a failed sync."""
+        if any(update.rewritten for update in report.runs.values()):
+            progress(rsync_lib.Progress(bytes_done, 100, 0.0, "reloading"))
+        try:
+            return self.reloader.apply(self.config.logdir, report, cancel=self._stop)
+        except Exception:
+            logger.exception("tb-rsync: telling TensorBoard about %s failed", sorted(report.runs))
+            return {run: "Published, but reloading it in TensorBoard failed (see TensorBoard's "
+                         "log); it shows after TensorBoard's next reload or a restart."
+                    for run in report.runs}
+
+    def _refresh_loaded(self, runs):
+        try:
+            self.state.set_loaded(self.reloader.loaded_wall_times(runs))
+        except Exception:
+            logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
 
     def _transfer_and_publish(self, source, progress):
         cfg, name = self.config, source.name
@@ -263,12 +282,8 @@ class SyncService:
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):
             runs = self.state.runs()
-            if not runs:
-                continue
-            try:
-                self.state.set_loaded(self.reloader.loaded_wall_times(runs))
-            except Exception:
-                logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
+            if runs:
+                self._refresh_loaded(runs)
 
 
 def _explain_problems(source, staging_dir, transfer, report):

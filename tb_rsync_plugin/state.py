@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__
+from tb_rsync_plugin import __version__, tfrecord
 
 STATE_FORMAT = 1
 LOADER_NOTES = {
@@ -269,9 +269,15 @@ def load_snapshot(path):
 
 
 def _errors_by_run(name, report):
-    """Map per-file publish errors to the run (folder) that holds the file."""
+    """Map event-file publish errors to the run (folder) that holds the file.
+
+    Other files' problems are source warnings only: a folder without event files is no
+    run, and an error pinned to it would never clear.
+    """
     errors = {}
     for path, message in report.errors:
+        if not tfrecord.is_event_file(path):
+            continue
         folder = os.path.dirname(path)
         run = name if folder in ("", ".") else f"{name}/{folder}"
         errors.setdefault(run, message)

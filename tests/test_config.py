@@ -9,6 +9,7 @@ from tb_rsync_plugin.errors import ConfigError
 
 
 def write_toml(tmp_path, text):
+    (tmp_path / "logs").mkdir(exist_ok=True)
     path = tmp_path / "sources.toml"
     path.write_text(text)
     return str(path)
@@ -57,6 +58,8 @@ source = "/data/runs"
     ('[[source]]\nname = "a"\nsource = "/x"\ninterval = -1\n', "'interval' must be a number"),
     ('[[source]]\nname = "a"\nsource = "/x"\ninterval = true\n', "'interval' must be a number"),
     ('[[source]]\nname = "a"\nsource = "/x"\ntimeout = 0\n', "'timeout' must be more than 0"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ninterval = inf\n', "'interval' must be a number"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ntimeout = nan\n', "'timeout' must be a number"),
     ('[[source]]\nname = "a"\nsource = "/x"\ninclude = "*.txt"\n', "'include' must be a list"),
     ('[[source]]\nname = "a"\nsource = "/x"\nssh = ""\n', "'ssh' must be a command"),
     ('[[source]]\nname = "a"\nsource = "/x"\nssh = "ssh \'unclosed"\n', "'ssh' cannot be parsed"),
@@ -100,11 +103,18 @@ def test_staging_must_not_overlap_the_logdir(tmp_path):
 
 def test_default_staging_is_per_logdir_under_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "logs a").mkdir()
+    (tmp_path / "logs b").mkdir()
     a = config.build_config(str(tmp_path / "logs a"), ["a=/x/"])
     b = config.build_config(str(tmp_path / "logs b"), ["a=/x/"])
     assert a.staging_root.startswith(str(tmp_path / "cache" / "tb-rsync"))
     assert a.staging_root != b.staging_root
     assert a.staging_root == config.build_config(str(tmp_path / "logs a") + "/", []).staging_root
+
+
+def test_missing_logdir_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist; create it \(mkdir -p"):
+        config.build_config(str(tmp_path / "nope"), ["a=/x/"], staging=str(tmp_path / "st"))
 
 
 def test_missing_config_file_and_remote_logdir(tmp_path):

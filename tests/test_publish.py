@@ -506,3 +506,14 @@ def test_same_size_replacement_in_staging_is_noticed(tree):
     assert tree.publish(check=False).needs_restage == (EVENTS,)
     assert action(tree.publish(restaged=[EVENTS]), EVENTS).action == "rewrite"
     assert tree.published(EVENTS).read_bytes() == staged.read_bytes()
+
+
+@pytest.mark.parametrize("name", [".events.out.tfevents.1.node.1.0.Xy12ab",
+                                  ".syncthing.events.out.tfevents.1.node.tmp",
+                                  "events.out.tfevents.1.node.1.0.partial"])
+def test_copies_in_progress_at_the_source_are_not_published(tree, name):
+    tree.staged(name).write_bytes(scalar_bytes(range(3), header=True))
+    report = tree.publish()
+    assert [(a.path, a.action) for a in report.actions] == [(name, "skip")]
+    assert "copy in progress" in report.actions[0].detail
+    assert not os.path.lexists(tree.published(name))
