@@ -23,6 +23,7 @@ import errno
 import os
 import secrets
 import stat
+import tempfile
 
 from tb_rsync_plugin.errors import PublishError
 
@@ -151,11 +152,7 @@ def create_file(dest_path, src_path, start, end):
     dest_dir = os.path.dirname(dest_path) or "."
     with publish_errors(dest_path):
         temp = _copy_temp(src_path, dest_dir, start, end, keep_mtime=False)
-        try:
-            os.replace(temp, dest_path)
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
+        _move_into_place(temp, dest_path)
         fsync_dir(dest_dir)
     return end - start
 
@@ -195,11 +192,7 @@ def keep_file(src_path, dest_path):
         if os.path.lexists(dest_path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dest_path) from None
         temp = _copy_temp(src_path, dest_dir)
-        try:
-            os.replace(temp, dest_path)
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
+        _move_into_place(temp, dest_path)
     fsync_dir(dest_dir)
 
 
@@ -276,6 +269,32 @@ def _fallocate_function():
         except (OSError, AttributeError):
             pass  # no libc fallocate (macOS, Windows): staged copies keep their blocks
     return _fallocate
+
+
+def write_bytes(dest_path, data):
+    """Replace a small file (manifest, state) with `data` atomically and durably."""
+    dest_dir = os.path.dirname(dest_path) or "."
+    os.makedirs(dest_dir, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=dest_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    _move_into_place(temp, dest_path)
+    fsync_dir(dest_dir)
+
+
+def _move_into_place(temp, dest_path):
+    """`os.replace`, removing the temp if that fails (the atomicwrites rollback)."""
+    try:
+        os.replace(temp, dest_path)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
 
 
 def _temp_name(dest_dir):

@@ -30,7 +30,6 @@ import json
 import os
 import posixpath
 import stat
-import tempfile
 from typing import Dict, Optional, Tuple
 
 from tb_rsync_plugin import atomic, config, tfrecord
@@ -597,21 +596,8 @@ def _load_manifest(path):
 
 def _save_manifest(path, entries):
     """Write the manifest atomically, so a crash leaves the old one or the new one."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=atomic.TEMP_PREFIX, suffix=atomic.TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": MANIFEST_VERSION, "files": entries}, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    data = json.dumps({"version": MANIFEST_VERSION, "files": entries}, sort_keys=True)
+    atomic.write_bytes(path, data.encode("utf-8"))
 
 
 def _same_bytes(path_a, path_b, start, end):

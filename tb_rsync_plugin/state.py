@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__, tfrecord
+from tb_rsync_plugin import __version__, atomic, tfrecord
 
 STATE_FORMAT = 1
 LOADER_NOTES = {
@@ -218,12 +218,8 @@ class SyncState:
             data["sources"] += [s for s in earlier.get("sources", []) if s.get("name") not in ours]
             data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
             data["runs"].sort(key=lambda r: r.get("run", ""))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(temp, "w", encoding="utf-8") as f:
-            # Compact: json.dump with indent falls back to the pure-Python encoder (~4x slower).
-            f.write(json.dumps(data, separators=(",", ":")))
-        os.replace(temp, path)
+        # Compact: json.dumps with indent falls back to the pure-Python encoder (~4x slower).
+        atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
     def restore(self, path):
         """Load runs and last results saved by an earlier process, if any (best effort)."""
