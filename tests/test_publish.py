@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import shutil
 import stat
 
 import pytest
@@ -475,6 +477,23 @@ def test_unwritable_logdir(tree):
             tree.publish()
     finally:
         os.chmod(tree.logdir, 0o755)
+    assert str(info.value) == (f"Logdir '{tree.logdir}' is not writable by this user; fix "
+                               "its permissions or choose another --logdir.")
+    assert os.listdir(tree.logdir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
+                    reason="needs root and chattr (the non-root case is the test above)")
+def test_immutable_logdir_as_root(tree):
+    """Root passes every permission check; an immutable folder still refuses writes."""
+    append_scalars(tree.staged(EVENTS), range(3))
+    if subprocess.run(["chattr", "+i", str(tree.logdir)], capture_output=True).returncode:
+        pytest.skip("this filesystem has no immutable flag")
+    try:
+        with pytest.raises(PublishError) as info:
+            tree.publish(check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(tree.logdir)], check=True)
     assert str(info.value) == (f"Logdir '{tree.logdir}' is not writable by this user; fix "
                                "its permissions or choose another --logdir.")
     assert os.listdir(tree.logdir) == []
