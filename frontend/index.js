@@ -3,7 +3,9 @@
 // TensorBoard loads this module inside its plugin iframe (base href "plugin/rsync/") and
 // calls render(). UI state that must survive refreshes lives here: sort, filter (also kept in
 // sessionStorage), open <details>, buttons clicked but not yet confirmed by the server.
-// Each part of the page is rebuilt only when its data changed; ages tick in place.
+// Each part of the page is rebuilt only when its data changed; ages tick in place. Source
+// rows are updated by name, cell by cell (an open error <details> keeps its selection while
+// another source's progress moves). Polling sleeps while nobody can see the tab.
 
 import {Poller, pageHidden, requestSync} from './model.js';
 import * as views from './views.js';
@@ -39,12 +41,19 @@ function ensureStylesheet() {
  * meanwhile. Keyboard users then press Enter on "Sync" and stay where they were.
  */
 function replaceSlot(slot, node, memo) {
+  keepFocus(slot, memo, () => slot.replaceChildren(node), slot);
+}
+
+/** Run `replace` (which swaps nodes inside `scope`), then put focus back by data-key. */
+function keepFocus(scope, memo, replace, searchIn) {
   const active = document.activeElement;
-  let key = active && slot.contains(active) ? active.getAttribute('data-key') : null;
+  let key = active && scope.contains(active) ? active.getAttribute('data-key') : null;
   if (!key && memo.key && (!active || active === document.body)) key = memo.key;
-  slot.replaceChildren(node);
+  const node = replace();
   if (!key) return;
-  const target = slot.querySelector(`[data-key="${CSS.escape(key)}"]`);
+  const root = searchIn || node;
+  const target = root.matches && root.matches(`[data-key="${CSS.escape(key)}"]`) ? root :
+    root.querySelector(`[data-key="${CSS.escape(key)}"]`);
   if (!target) return;
   if (target.disabled) {
     memo.key = key;
@@ -66,6 +75,9 @@ class SyncTab {
     // shows the sync itself (syncing/queued) or its result, so the entry can go.
     this.pending = new Map();
     this.openDetails = new Set();
+    this.sourceRows = new Map(); // name -> {tr, keys: {cell name: key}}
+    this.prevSources = null; // for announcing state changes
+    this.hidden = false;
     this.focusMemo = {key: null};
     this.keys = {};
     this.runsJson = '';
@@ -76,6 +88,15 @@ class SyncTab {
     this.connSlot = views.el('div', {attrs: {'data-slot': 'connection'}});
     this.bodySlot = views.el('div', {attrs: {'data-slot': 'body'}});
     this.sourcesSlot = views.el('div', {attrs: {'data-slot': 'sources'}});
+    this.sourcesSection = views.buildSourcesTable([], 0);
+    this.sourcesBody = this.sourcesSection.querySelector('[data-role="sources-body"]');
+    this.sourcesSlot.append(this.sourcesSection);
+    this.connBox = views.buildConnection(this.conn, this.nowS());
+    this.connLive = this.connBox.querySelector('[data-role="conn-live"]');
+    this.connSlot.append(this.connBox);
+    // Source state changes for screen readers ("train: sync finished"); visually hidden.
+    this.announcer = views.el('div', {cls: 'sr-only', attrs: {'role': 'status',
+      'aria-live': 'polite', 'aria-atomic': 'true', 'data-role': 'announcer'}});
     this.runsSection = views.buildRunsSection(this.sort, this.filter);
     this.runsTable = this.runsSection.querySelector('table');
     this.runsBody = this.runsSection.querySelector('[data-role="runs-body"]');
@@ -84,7 +105,8 @@ class SyncTab {
     this.loading = views.el('p', {cls: 'muted', text: 'Loading sync status\u2026',
       attrs: {'data-role': 'loading'}});
 
-    const app = views.el('div', {cls: 'tb-rsync'}, [this.headerSlot, this.connSlot, this.bodySlot]);
+    const app = views.el('div', {cls: 'tb-rsync'},
+        [this.headerSlot, this.connSlot, this.bodySlot, this.announcer]);
     this.bodySlot.append(this.loading);
     root.append(app);
     this.app = app;
@@ -111,18 +133,24 @@ class SyncTab {
   }
 
   start() {
+    this.hidden = pageHidden();
     this.poller.start();
     this.tick();
-    // Coming back into view (browser tab, or TensorBoard switching back to Sync): ask now
-    // instead of waiting out the slow hidden-page delay.
-    let hidden = pageHidden();
-    const onViewChange = () => {
-      const now = pageHidden();
-      if (hidden && !now) this.poller.poll();
-      hidden = now;
-    };
+    const onViewChange = () => this.checkVisibility();
     document.addEventListener('visibilitychange', onViewChange);
     window.addEventListener('resize', onViewChange);
+  }
+
+  /**
+   * While nobody can see the tab the poller sleeps (it schedules nothing); coming back into
+   * view (browser tab, or TensorBoard switching back to Sync) asks at once. Called on
+   * visibilitychange/resize and, as a fallback, on every local tick (no request involved).
+   */
+  checkVisibility() {
+    const now = pageHidden();
+    if (this.hidden && !now) this.poller.poll();
+    else if (!now && this.poller.sleeping) this.poller.poll();
+    this.hidden = now;
   }
 
   saveUiState() {
@@ -138,14 +166,31 @@ class SyncTab {
   }
 
   tick() {
-    if (!pageHidden()) views.refreshAges(this.app, this.nowS());
+    this.checkVisibility();
+    if (!this.hidden) views.refreshAges(this.app, this.nowS());
     setTimeout(() => this.tick(), TICK_MS);
   }
 
+  /** Say `text` through the visually-hidden polite live region (same text: said again). */
+  announce(text) {
+    if (!text) return;
+    if (this.announcer.textContent === text) {
+      this.announcer.textContent = '';
+      setTimeout(() => { this.announcer.textContent = text; }, 50);
+    } else {
+      this.announcer.textContent = text;
+    }
+  }
+
   onStatus(status, {requestedAtMs}) {
+    const news = views.sourceAnnouncements(this.prevSources, status.sources || []);
+    if (!this.conn.ok) news.unshift('TensorBoard reachable again.');
+    this.prevSources = (status.sources || []).map((s) => ({name: s.name, state: s.state,
+      error: s.error}));
     this.status = status;
     this.receivedAtMs = Date.now();
     this.conn = {ok: true};
+    if (news.length) this.announce(news.join('. '));
     this.stats.statusUpdates += 1;
     for (const [name, answeredAtMs] of this.pending) {
       if (requestedAtMs >= answeredAtMs) this.pending.delete(name);
@@ -156,7 +201,7 @@ class SyncTab {
 
   onError(info) {
     this.conn = {ok: false, failures: info.failures, retryInMs: info.retryInMs,
-      error: info.status ? info.error : ''};
+      retryAtS: this.nowS() + info.retryInMs / 1000, error: info.status ? info.error : ''};
     this.renderConnection();
   }
 
@@ -226,10 +271,24 @@ class SyncTab {
         this.focusMemo);
   }
 
+  /**
+   * The live region's text changes only when the connection state does (down, or why), so
+   * screen readers hear "TensorBoard not reachable" once, not on every retry or countdown
+   * tick; the countdown and "Retry now" beside it are rebuilt silently.
+   */
   renderConnection() {
+    const message = views.connectionMessage(this.conn);
+    if (this.connLive.textContent !== message) this.connLive.textContent = message;
+    const cls = this.conn.ok ? 'rs-conn' : 'rs-conn rs-alert';
+    if (this.connBox.className !== cls) this.connBox.className = cls;
     const key = JSON.stringify(this.conn);
     if (!this.changed('conn', key)) return;
-    replaceSlot(this.connSlot, views.buildConnection(this.conn), this.focusMemo);
+    const old = this.connBox.querySelector('[data-role="conn-retry"]');
+    keepFocus(old, this.focusMemo, () => {
+      const node = views.buildConnectionRetry(this.conn, this.nowS());
+      old.replaceWith(node);
+      return node;
+    });
   }
 
   renderBody() {
@@ -250,15 +309,59 @@ class SyncTab {
     }
   }
 
+  /**
+   * Update source rows by name, and within a row only the cells whose data changed
+   * (views.SOURCE_CELLS keys): a progress tick replaces that source's state cell and nothing
+   * else, so text selected in another row's error <pre>, scroll and focus all stay.
+   */
   renderSources() {
     const st = this.status;
     if (!st) return;
     const sources = st.sources || [];
     const pending = new Set(sources.map((s) => s.name).filter((n) => this.isPending(n)));
     if (!this.changed('sources', JSON.stringify([sources, [...pending]]))) return;
-    replaceSlot(this.sourcesSlot, views.buildSourcesTable(sources, this.nowS(), {pending}),
-        this.focusMemo);
-    for (const details of this.sourcesSlot.querySelectorAll('details[data-key]')) {
+    const nowS = this.nowS();
+    const ui = {pending};
+    const seen = new Set();
+    let prev = null;
+    for (const s of sources) {
+      seen.add(s.name);
+      let row = this.sourceRows.get(s.name);
+      if (!row) {
+        const tr = views.buildSourceRow(s, nowS, ui);
+        row = {tr, keys: {}};
+        for (const cell of views.SOURCE_CELLS) row.keys[cell.name] = cell.key(s, ui);
+        this.sourceRows.set(s.name, row);
+        this.restoreDetails(tr);
+      } else {
+        views.SOURCE_CELLS.forEach((cell, i) => {
+          const key = cell.key(s, ui);
+          if (row.keys[cell.name] === key) return;
+          row.keys[cell.name] = key;
+          const old = row.tr.cells[i];
+          keepFocus(old, this.focusMemo, () => {
+            const td = cell.build(s, nowS, ui);
+            td.setAttribute('data-cell', cell.name);
+            row.tr.replaceChild(td, old);
+            this.restoreDetails(td);
+            return td;
+          });
+        });
+      }
+      // Keep the server's order; move a row only if it is not already in place.
+      const want = prev ? prev.nextSibling : this.sourcesBody.firstChild;
+      if (want !== row.tr) this.sourcesBody.insertBefore(row.tr, want);
+      prev = row.tr;
+    }
+    for (const [name, row] of this.sourceRows) {
+      if (seen.has(name)) continue;
+      row.tr.remove();
+      this.sourceRows.delete(name);
+    }
+  }
+
+  restoreDetails(node) {
+    for (const details of node.querySelectorAll('details[data-key]')) {
       if (this.openDetails.has(details.getAttribute('data-key'))) details.open = true;
     }
   }

@@ -7,6 +7,7 @@
 export const FAST_POLL_MS = 1000; // while a source is syncing or queued
 export const SLOW_POLL_MS = 5000; // otherwise
 export const MAX_BACKOFF_MS = 30000; // longest wait between retries when unreachable
+export const REQUEST_TIMEOUT_MS = 10000; // a status request unanswered this long is a network error
 
 /** A refused or failed request: `status` is the HTTP code (0 for a network error). */
 export class RequestError extends Error {
@@ -102,29 +103,35 @@ export function isBusy(status) {
 /**
  * Polls `status` with setTimeout, one request at a time.
  *
+ * Every request is aborted after `timeoutMs` (REQUEST_TIMEOUT_MS): a hung request counts as
+ * a network error (backoff, onError with status 0), so one lost answer never stops polling.
+ *
  * Each request gets a sequence number; an answer is applied only if it is newer than the
  * last one applied and its server clock did not go backwards, so a slow answer that lands
  * after a newer one (or after stop()) is dropped. While a request is in flight, poll() only
  * marks that another is wanted; it is sent when the current one settles.
  *
- * Delays: FAST_POLL_MS while busy, SLOW_POLL_MS otherwise (and while pageHidden());
- * after failures 1 s, 2 s, 4 s ... up to MAX_BACKOFF_MS.
+ * Delays: FAST_POLL_MS while busy, SLOW_POLL_MS otherwise; after failures 1 s, 2 s, 4 s ...
+ * up to MAX_BACKOFF_MS. While isHidden() (nobody can see the tab) nothing is scheduled at
+ * all: the poller sleeps until poll() is called again (index.js does so when the tab shows).
  */
 export class Poller {
   /**
    * @param {{onStatus: function(object, {requestedAtMs: number, seq: number}),
    *     onError: function({failures: number, retryInMs: number, error: string, status: number}),
-   *     fetch?: function(): Promise<object>, fastMs?: number, slowMs?: number,
-   *     maxBackoffMs?: number, timers?: {setTimeout, clearTimeout}, now?: function(): number,
+   *     fetch?: function({signal: AbortSignal}): Promise<object>, fastMs?: number,
+   *     slowMs?: number, maxBackoffMs?: number, timeoutMs?: number,
+   *     timers?: {setTimeout, clearTimeout}, now?: function(): number,
    *     isHidden?: function(): boolean}} options
    */
   constructor(options) {
     this.onStatus = options.onStatus;
     this.onError = options.onError || (() => {});
-    this.fetch = options.fetch || (() => fetchStatus());
+    this.fetch = options.fetch || ((opts) => fetchStatus(opts));
     this.fastMs = options.fastMs ?? FAST_POLL_MS;
     this.slowMs = options.slowMs ?? SLOW_POLL_MS;
     this.maxBackoffMs = options.maxBackoffMs ?? MAX_BACKOFF_MS;
+    this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
     this.timers = options.timers || {setTimeout: (f, ms) => setTimeout(f, ms),
       clearTimeout: (id) => clearTimeout(id)};
     this.now = options.now || (() => Date.now());
@@ -135,6 +142,8 @@ export class Poller {
     this.inFlight = false;
     this.wanted = false;
     this.timer = null;
+    this.abortInFlight = null; // aborts the request in flight (stop(), timeout)
+    this.sleeping = false; // hidden: nothing scheduled until poll()
     this.failures = 0;
     this.busy = false;
     this.running = false;
@@ -154,6 +163,7 @@ export class Poller {
     this.running = false;
     this.seq += 1; // whatever is in flight is now stale
     this._clear();
+    if (this.abortInFlight) this.abortInFlight();
   }
 
   /** Poll fast for `ms` even if the next answer does not show a sync yet (after a click). */
@@ -164,6 +174,7 @@ export class Poller {
   /** Ask now (or right after the request in flight). */
   poll() {
     if (!this.running) return;
+    this.sleeping = false;
     this._clear();
     if (this.inFlight) {
       this.wanted = true;
@@ -182,9 +193,14 @@ export class Poller {
   _schedule(ms) {
     this._clear();
     if (!this.running) return;
+    if (this.isHidden()) {
+      this.sleeping = true;
+      return;
+    }
     this.timer = this.timers.setTimeout(() => {
       this.timer = null;
-      this.poll();
+      if (this.isHidden()) this.sleeping = true; // hidden meanwhile: wait for poll()
+      else this.poll();
     }, ms);
   }
 
@@ -192,7 +208,6 @@ export class Poller {
     if (this.failures > 0) {
       return Math.min(this.maxBackoffMs, 1000 * 2 ** (this.failures - 1));
     }
-    if (this.isHidden()) return this.slowMs;
     if (this.busy || this.now() < this.fastUntilMs) return this.fastMs;
     return this.slowMs;
   }
@@ -207,11 +222,39 @@ export class Poller {
     this.stats.maxInFlight = Math.max(this.stats.maxInFlight, this.inFlightCount);
     let status = null;
     let error = null;
+    const controller = typeof AbortController === 'undefined' ? null : new AbortController();
+    let timeoutId = null;
+    let giveUp = null;
+    // Settles when the request is given up: timeout or stop(). Racing it (not only aborting
+    // the signal) also frees the poller from a fetch that ignores its signal.
+    const givenUp = new Promise((resolve, reject) => {
+      giveUp = (err) => {
+        if (controller) controller.abort();
+        reject(err);
+      };
+    });
+    this.abortInFlight = () => giveUp(new RequestError('request cancelled', 0));
+    if (this.timeoutMs > 0) {
+      timeoutId = this.timers.setTimeout(() => {
+        timeoutId = null;
+        giveUp(new RequestError(`no answer within ${Math.round(this.timeoutMs / 1000)} s`, 0));
+      }, this.timeoutMs);
+    }
+    let request;
     try {
-      status = await this.fetch();
+      request = this.fetch({signal: controller ? controller.signal : undefined});
+    } catch (e) {
+      request = Promise.reject(e);
+    }
+    try {
+      status = await Promise.race([request, givenUp]);
     } catch (e) {
       error = e || new Error('request failed');
+      // An aborted fetch (ours) is a network error, never an HTTP status.
+      if (error.name === 'AbortError') error = new RequestError('request aborted', 0);
     }
+    if (timeoutId !== null) this.timers.clearTimeout(timeoutId);
+    this.abortInFlight = null;
     this.inFlight = false;
     this.inFlightCount -= 1;
     if (!this.running || seq !== this.seq) {

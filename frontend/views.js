@@ -29,6 +29,18 @@ const SOURCE_STATE_LABELS = {
   error: 'error',
 };
 
+// sources[].progress.phase as the backend reports it (tb_rsync_plugin/state.py, rsync.py).
+const PHASE_LABELS = {
+  connecting: 'connecting\u2026',
+  list: 'listing files\u2026',
+  events: 'appending event files',
+  files: 'copying other files',
+  restage: 're-fetching rewritten files',
+  reloading: 'waiting for TensorBoard to reload',
+};
+// Phases without a byte count of their own: an indeterminate bar, no "0 B · 0%".
+const WAITING_PHASES = new Set(['connecting', 'list', 'reloading']);
+
 const LOADER_LABELS = {
   legacy: 'legacy loader (--load_fast=false)',
   fast: 'fast loader (data server)',
@@ -128,6 +140,13 @@ export function sourceStateLabel(state) {
       SOURCE_STATE_LABELS[state] : String(state ?? '\u2014');
 }
 
+/** A human label for a progress phase; an unknown phase shows as sent. */
+export function phaseLabel(phase) {
+  if (phase === null || phase === undefined || phase === '') return '';
+  return Object.prototype.hasOwnProperty.call(PHASE_LABELS, phase) ?
+      PHASE_LABELS[phase] : String(phase);
+}
+
 function plural(n, word) {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
@@ -205,8 +224,17 @@ export function ageSpan(unixS, nowS, {mode = 'ago', fresh = false} = {}) {
   return span;
 }
 
+function ageText(unixS, nowS, mode) {
+  if (mode === 'in') return formatIn(unixS - nowS);
+  if (mode === 'retry') {
+    const s = unixS - nowS;
+    return !isNum(s) || s < 1 ? 'retrying now' : `retrying in ${formatDuration(s)}`;
+  }
+  return formatAge(nowS - unixS);
+}
+
 function setAge(span, unixS, nowS, mode, fresh) {
-  const text = mode === 'in' ? formatIn(unixS - nowS) : formatAge(nowS - unixS);
+  const text = ageText(unixS, nowS, mode);
   if (span.textContent !== text) span.textContent = text;
   if (fresh) {
     const cls = `age fresh-${freshnessClass(nowS - unixS)}`;
@@ -287,19 +315,88 @@ export function buildHeader(status, ui = {}) {
 }
 
 /**
- * The connection line: "Updated 3 s ago" or "TensorBoard not reachable — retrying in 8 s".
- *
- * @param {{ok: boolean, failures?: number, retryInMs?: number, error?: string}} conn
+ * What the connection notice says (and screen readers announce): '' while reachable.
+ * It depends only on the connection *state* (down, and why), never on the countdown, so
+ * index.js re-announces it only when that state changes.
  */
-export function buildConnection(conn) {
-  if (!conn || conn.ok) return el('div', {cls: 'rs-conn', attrs: {'data-role': 'connection'}});
-  const box = el('div', {cls: 'rs-conn rs-alert', attrs: {'role': 'alert', 'data-role': 'connection'}});
-  box.append(el('strong', {text: 'TensorBoard not reachable'}));
-  const retry = isNum(conn.retryInMs) ? ` \u2014 retrying in ${formatDuration(conn.retryInMs / 1000)}` : '';
-  box.append(el('span', {text: `${conn.error ? ` (${conn.error})` : ''}${retry}. `}));
-  box.append(el('button', {cls: 'btn btn-small', text: 'Retry now',
-    attrs: {'type': 'button', 'data-action': 'retry', 'data-key': 'retry'}}));
+export function connectionMessage(conn) {
+  if (!conn || conn.ok) return '';
+  return `TensorBoard not reachable${conn.error ? ` (${conn.error})` : ''}.`;
+}
+
+/**
+ * The connection notice: "TensorBoard not reachable — retrying in 8 s [Retry now]".
+ *
+ * The sentence is in a polite live region (`data-role="conn-live"`, role=status); the
+ * countdown and the button are outside it, so a ticking countdown is never announced.
+ * index.js keeps the live region node and only changes its text on a state change.
+ *
+ * @param {{ok: boolean, failures?: number, retryInMs?: number, retryAtS?: number,
+ *     error?: string}} conn retryAtS (server clock) makes the countdown tick via refreshAges
+ * @param {number} nowS server clock
+ */
+export function buildConnection(conn, nowS) {
+  const down = !!(conn && !conn.ok);
+  const box = el('div', {cls: down ? 'rs-conn rs-alert' : 'rs-conn',
+    attrs: {'data-role': 'connection'}});
+  box.append(el('span', {cls: 'rs-conn-live', text: connectionMessage(conn),
+    attrs: {'role': 'status', 'aria-live': 'polite', 'aria-atomic': 'true',
+      'data-role': 'conn-live'}}));
+  box.append(buildConnectionRetry(conn, nowS));
   return box;
+}
+
+/** The part of the connection notice outside the live region: countdown and "Retry now". */
+export function buildConnectionRetry(conn, nowS) {
+  const rest = el('span', {cls: 'rs-conn-retry', attrs: {'data-role': 'conn-retry'}});
+  if (!conn || conn.ok) return rest;
+  const at = isNum(conn.retryAtS) ? conn.retryAtS :
+    (isNum(conn.retryInMs) && isNum(nowS) ? nowS + conn.retryInMs / 1000 : null);
+  if (at !== null && isNum(nowS)) {
+    // Ticks in place (refreshAges): "retrying in 8 s", "7 s", ... outside the live region.
+    const span = el('span', {attrs: {'data-age-unix': at, 'data-age-mode': 'retry'}});
+    setAge(span, at, nowS, 'retry', false);
+    rest.append(' \u2014 ', span, '. ');
+  } else if (isNum(conn.retryInMs)) {
+    rest.append(` \u2014 ${ageText(conn.retryInMs / 1000, 0, 'retry')}. `);
+  } else {
+    rest.append(' ');
+  }
+  rest.append(el('button', {cls: 'btn btn-small', text: 'Retry now',
+    attrs: {'type': 'button', 'data-action': 'retry', 'data-key': 'retry'}}));
+  return rest;
+}
+
+/**
+ * Sentences for a screen reader about sources whose state changed between two answers,
+ * e.g. "train: sync finished", "bad: error: The source directory does not exist.".
+ * Sources new in `sources` (or everything on the first answer, prev null) are not news.
+ */
+export function sourceAnnouncements(prev, sources) {
+  if (!prev) return [];
+  const before = new Map(prev.map((s) => [s.name, s]));
+  const out = [];
+  for (const s of sources || []) {
+    const old = before.get(s.name);
+    if (!old) continue;
+    const msg = s.error && s.error.message ? s.error.message : 'sync failed.';
+    const oldMsg = old.error && old.error.message ? old.error.message : 'sync failed.';
+    if (old.state === s.state) {
+      if (s.state === 'error' && msg !== oldMsg) out.push(`${s.name}: error: ${msg}`);
+      continue;
+    }
+    if (s.state === 'syncing') out.push(`${s.name}: syncing`);
+    else if (s.state === 'queued') out.push(`${s.name}: queued`);
+    else if (s.state === 'error') out.push(`${s.name}: error: ${msg}`);
+    else if (s.state === 'idle' && (old.state === 'syncing' || old.state === 'queued')) {
+      out.push(`${s.name}: sync finished`);
+    } else if (s.state === 'idle' && old.state === 'error') {
+      out.push(`${s.name}: error cleared`);
+    } else {
+      out.push(`${s.name}: ${sourceStateLabel(s.state)}`);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,16 +427,22 @@ function stateCell(source) {
     attrs: {'data-role': 'source-state'}}));
   const p = source.progress;
   if (state === 'syncing' && p) {
+    const waiting = WAITING_PHASES.has(p.phase);
     const wrap = el('div', {cls: 'progress', attrs: {'data-role': 'progress'}});
     const bar = el('progress', {attrs: {'max': 100, 'aria-label': `Progress of ${source.name}`}});
-    if (isNum(p.percent)) bar.value = Math.max(0, Math.min(100, p.percent));
+    // No value: an indeterminate bar while connecting or waiting for TensorBoard.
+    if (isNum(p.percent) && !waiting) bar.value = Math.max(0, Math.min(100, p.percent));
     wrap.append(bar);
     const parts = [];
-    if (p.phase) parts.push(String(p.phase));
-    if (isNum(p.bytes_done)) parts.push(formatBytes(p.bytes_done));
-    if (isNum(p.percent)) parts.push(`${Math.round(p.percent)}%`);
-    if (isNum(p.rate_bytes_s)) parts.push(formatRate(p.rate_bytes_s));
-    wrap.append(el('div', {cls: 'small muted', text: parts.join(' \u00b7 ')}));
+    const label = phaseLabel(p.phase);
+    if (label) parts.push(label);
+    if (!waiting || (isNum(p.bytes_done) && p.bytes_done > 0)) {
+      if (isNum(p.bytes_done)) parts.push(formatBytes(p.bytes_done));
+      if (!waiting && isNum(p.percent)) parts.push(`${Math.round(p.percent)}%`);
+      if (!waiting && isNum(p.rate_bytes_s)) parts.push(formatRate(p.rate_bytes_s));
+    }
+    wrap.append(el('div', {cls: 'small muted', text: parts.join(' \u00b7 '),
+      attrs: {'data-role': 'progress-text', 'data-phase': p.phase ?? ''}}));
     td.append(wrap);
   }
   return td;
@@ -392,6 +495,81 @@ function errorCell(source, nowS) {
   return td;
 }
 
+function nameCell(s) {
+  const td = el('td', {cls: 'col-name'});
+  td.append(el('div', {cls: 'name', text: s.name}));
+  td.append(el('code', {cls: 'small muted src-string', text: s.source}));
+  return td;
+}
+
+function lastCell(s, nowS) {
+  const last = el('td', {cls: 'col-last'});
+  if (s.state === 'syncing' && isNum(s.last_start_unix_s)) {
+    last.append(el('span', {text: 'started '}), ageSpan(s.last_start_unix_s, nowS));
+  } else if (isNum(s.last_end_unix_s)) {
+    last.append(ageSpan(s.last_end_unix_s, nowS));
+    if (isNum(s.last_ok_unix_s) && s.last_ok_unix_s !== s.last_end_unix_s) {
+      const ok = el('div', {cls: 'small muted'});
+      ok.append('last success ', ageSpan(s.last_ok_unix_s, nowS));
+      last.append(ok);
+    }
+  } else {
+    last.append(el('span', {cls: 'muted', text: 'never'}));
+  }
+  return last;
+}
+
+function nextCell(s, nowS) {
+  const next = el('td', {cls: 'col-next'});
+  if (isNum(s.interval_s) && s.interval_s > 0 && isNum(s.next_sync_unix_s)) {
+    next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
+    next.append(el('div', {cls: 'small muted', text: `every ${formatDuration(s.interval_s)}`}));
+  } else {
+    next.append(el('span', {cls: 'muted', text: 'on request'}));
+  }
+  return next;
+}
+
+function actionCell(s, ui) {
+  const pending = (ui && ui.pending) || new Set();
+  const busy = s.state === 'syncing' || s.state === 'queued' || pending.has(s.name);
+  const action = el('td', {cls: 'col-action'});
+  action.append(syncButton('Sync', {source: s.name, disabled: busy,
+    busyLabel: s.state === 'queued' ? 'Queued' : 'Syncing\u2026'}));
+  return action;
+}
+
+/**
+ * The cells of a source row, in column order. `key(s, ui)` is everything the cell shows
+ * (ages tick in place, so only their timestamps count): index.js rebuilds a cell only when
+ * its key changed, so a progress tick never touches an open error <details> next to it.
+ */
+export const SOURCE_CELLS = Object.freeze([
+  {name: 'name', key: (s) => JSON.stringify([s.name, s.source]), build: (s) => nameCell(s)},
+  {name: 'state', key: (s) => JSON.stringify([s.name, s.state, s.state === 'syncing' ? s.progress : null]),
+    build: (s) => stateCell(s)},
+  {name: 'last', key: (s) => JSON.stringify([s.state === 'syncing', s.last_start_unix_s,
+    s.last_end_unix_s, s.last_ok_unix_s]), build: (s, nowS) => lastCell(s, nowS)},
+  {name: 'result', key: (s) => JSON.stringify(s.last_result ?? null), build: (s) => lastResultCell(s)},
+  {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s]),
+    build: (s, nowS) => nextCell(s, nowS)},
+  {name: 'error', key: (s) => JSON.stringify([s.name, s.error ?? null, s.warnings ?? []]),
+    build: (s, nowS) => errorCell(s, nowS)},
+  {name: 'action', key: (s, ui) => JSON.stringify([s.name, s.state,
+    !!(ui && ui.pending && ui.pending.has(s.name))]), build: (s, nowS, ui) => actionCell(s, ui)},
+]);
+
+/** One source row (`data-source` = its name); each cell carries `data-cell`. */
+export function buildSourceRow(s, nowS, ui = {}) {
+  const tr = el('tr', {attrs: {'data-source': s.name}});
+  for (const cell of SOURCE_CELLS) {
+    const td = cell.build(s, nowS, ui);
+    td.setAttribute('data-cell', cell.name);
+    tr.append(td);
+  }
+  return tr;
+}
+
 /**
  * One row per source.
  *
@@ -400,7 +578,6 @@ function errorCell(source, nowS) {
  * @param {{pending?: Set<string>}} ui names whose Sync was clicked and not yet confirmed
  */
 export function buildSourcesTable(sources, nowS, ui = {}) {
-  const pending = ui.pending || new Set();
   const section = el('section', {cls: 'rs-section', attrs: {'aria-labelledby': 'rs-sources-h'}});
   section.append(el('h2', {text: 'Sources', attrs: {id: 'rs-sources-h'}}));
   const wrap = el('div', {cls: 'table-wrap'});
@@ -411,48 +588,8 @@ export function buildSourcesTable(sources, nowS, ui = {}) {
   }
   headRow.append(el('th', {attrs: {scope: 'col'}}, [el('span', {cls: 'sr-only', text: 'Action'})]));
   table.append(el('thead', {}, [headRow]));
-  const tbody = el('tbody');
-  for (const s of sources) {
-    const tr = el('tr', {attrs: {'data-source': s.name}});
-    const nameCell = el('td', {cls: 'col-name'});
-    nameCell.append(el('div', {cls: 'name', text: s.name}));
-    nameCell.append(el('code', {cls: 'small muted src-string', text: s.source}));
-    tr.append(nameCell);
-    tr.append(stateCell(s));
-
-    const last = el('td', {cls: 'col-last'});
-    if (s.state === 'syncing' && isNum(s.last_start_unix_s)) {
-      last.append(el('span', {text: 'started '}), ageSpan(s.last_start_unix_s, nowS));
-    } else if (isNum(s.last_end_unix_s)) {
-      last.append(ageSpan(s.last_end_unix_s, nowS));
-      if (isNum(s.last_ok_unix_s) && s.last_ok_unix_s !== s.last_end_unix_s) {
-        const ok = el('div', {cls: 'small muted'});
-        ok.append('last success ', ageSpan(s.last_ok_unix_s, nowS));
-        last.append(ok);
-      }
-    } else {
-      last.append(el('span', {cls: 'muted', text: 'never'}));
-    }
-    tr.append(last);
-    tr.append(lastResultCell(s));
-
-    const next = el('td', {cls: 'col-next'});
-    if (isNum(s.interval_s) && s.interval_s > 0 && isNum(s.next_sync_unix_s)) {
-      next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
-      next.append(el('div', {cls: 'small muted', text: `every ${formatDuration(s.interval_s)}`}));
-    } else {
-      next.append(el('span', {cls: 'muted', text: 'on request'}));
-    }
-    tr.append(next);
-    tr.append(errorCell(s, nowS));
-
-    const busy = s.state === 'syncing' || s.state === 'queued' || pending.has(s.name);
-    const action = el('td', {cls: 'col-action'});
-    action.append(syncButton('Sync', {source: s.name, disabled: busy,
-      busyLabel: s.state === 'queued' ? 'Queued' : 'Syncing\u2026'}));
-    tr.append(action);
-    tbody.append(tr);
-  }
+  const tbody = el('tbody', {attrs: {'data-role': 'sources-body'}});
+  for (const s of sources) tbody.append(buildSourceRow(s, nowS, ui));
   table.append(tbody);
   wrap.append(table);
   section.append(wrap);

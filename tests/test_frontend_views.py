@@ -27,6 +27,11 @@ import * as model from '/model.js';
 window.views = views; window.model = model; window.ready = true;
 </script></body></html>"""
 
+# TensorBoard keeps the plugin in an iframe and collapses it to height 0 on other dashboards.
+HOST_PAGE = b"""<!doctype html><html><body style="margin:0">
+<iframe id="tb-plugin" src="/entry.html" style="width:1300px;height:700px;border:0"></iframe>
+</body></html>"""
+
 # TensorBoard's /data/plugin_entry.html, with the base href it uses.
 ENTRY_PAGE = b"""<!doctype html><head><base href="plugin/rsync/" /></head><body>
 <script type="module">import("./index.js").then((m) => void m.render());</script></body>"""
@@ -82,6 +87,19 @@ class FakePlugin:
         self.sync_code = 202
         self.sync_requests = []
         self.status_requests = 0
+        # While hold_status is set, status requests hang until `release` is set (or 30 s).
+        self.hold_status = False
+        self.release = threading.Event()
+
+    def hold(self):
+        with self.lock:
+            self.release.clear()
+            self.hold_status = True
+
+    def unhold(self):
+        with self.lock:
+            self.hold_status = False
+            self.release.set()
 
     def set_status(self, status):
         with self.lock:
@@ -119,12 +137,23 @@ def server(fake_plugin):
                 return self._send(200, TEST_PAGE, "text/html")
             if path == "/entry.html":
                 return self._send(200, ENTRY_PAGE, "text/html")
+            if path == "/host.html":
+                return self._send(200, HOST_PAGE, "text/html")
             if path == "/plugin/rsync/status":
                 with fake_plugin.lock:
                     fake_plugin.status_requests += 1
+                    held = fake_plugin.hold_status
+                    release = fake_plugin.release
+                if held:
+                    release.wait(30)  # a hung TensorBoard: no answer at all
+                with fake_plugin.lock:
                     body = json.dumps(fake_plugin.status).encode()
                     code = fake_plugin.status_code
-                return self._send(code, body if code == 200 else b"unavailable", "application/json")
+                try:
+                    return self._send(code, body if code == 200 else b"unavailable",
+                                      "application/json")
+                except OSError:
+                    return None  # the browser gave up on a held request
             if path.startswith("/plugin/rsync/"):
                 self.path = path[len("/plugin/rsync"):]
             return super().do_GET()
@@ -427,7 +456,7 @@ POLLER_HARNESS = """() => {
     timers: {setTimeout: (f, ms) => { h.timers.push({f, ms}); return h.timers.length; },
              clearTimeout: (id) => { if (h.timers[id - 1]) h.timers[id - 1].cancelled = true; }},
     now: () => h.nowMs,
-    isHidden: () => false,
+    isHidden: () => !!h.hidden,
   });
   h.live = () => h.timers.filter((t) => !t.cancelled && !t.fired);
   h.fire = () => { const t = h.live()[0]; t.fired = true; t.f(); return t.ms; };
@@ -514,7 +543,7 @@ def test_request_sync_sends_the_api_headers(page, fake_plugin):
 
 
 @pytest.fixture
-def tab(browser, server, fake_plugin):
+def tab(request, browser, server, fake_plugin):
     fake_plugin.set_status(make_status(
         runs=[run_fixture(f"train/run {i}", NOW - 10 * i, step=i) for i in range(30)],
         sources=[source_fixture("train"), source_fixture("bad", state="error", error={
@@ -523,13 +552,16 @@ def tab(browser, server, fake_plugin):
     fake_plugin.status_code = 200
     fake_plugin.sync_code = 202
     fake_plugin.sync_requests.clear()
+    fake_plugin.unhold()
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.console_errors = []
     page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-    page.goto(server + "/entry.html")
-    page.wait_for_selector("tr[data-run='train/run 0']")
+    page.goto(server + getattr(request, "param", "/entry.html"))
+    if page.url.endswith("/entry.html"):
+        page.wait_for_selector("tr[data-run='train/run 0']")
     yield page
+    fake_plugin.unhold()
     assert page.console_errors == []
     context.close()
 
@@ -678,3 +710,263 @@ def test_tab_keyboard_sync_keeps_focus_on_the_button(tab, fake_plugin):
     tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
                           timeout=10000)
     assert tab.evaluate("document.activeElement.getAttribute('data-key')") == "sync:train"
+
+
+# --- review fixes: hung requests, row-by-row source updates, live regions, hidden tab, phases --
+
+
+def test_poller_gives_up_on_a_hung_request_and_sleeps_while_hidden(page):
+    page.evaluate(POLLER_HARNESS)
+    got = page.evaluate("""async () => {
+      const h = window.h, p = h.poller, out = {};
+      const signals = [];
+      p.fetch = (opts) => { signals.push(opts && opts.signal);
+        return new Promise((resolve, reject) => h.pending.push({resolve, reject})); };
+      p.start();
+      out.timeoutTimer = h.live().map((t) => t.ms);     // only the request timeout is armed
+      h.fire(); await h.flush();                        // 10 s pass: no answer
+      out.aborted = signals[0].aborted;
+      out.errors = h.errors.slice();
+      out.retry = h.live().map((t) => t.ms);
+      h.fire(); await h.flush();                        // the retry goes out
+      out.sent = signals.length;
+      h.pending[1].resolve({server_unix_s: 5, sources: []}); await h.flush();
+      h.pending[0].resolve({server_unix_s: 4, sources: []}); await h.flush();  // too late
+      out.statuses = h.statuses.map((s) => s[0]);
+      // Hidden: an answer schedules nothing; poll() (tab shown again) asks at once.
+      h.hidden = true;
+      h.fire(); await h.flush();
+      out.sentWhileHidden = signals.length;             // the timer fired, but hidden: no request
+      out.sleeping = p.sleeping;
+      out.timersWhileHidden = h.live().length;
+      h.hidden = false;
+      p.poll();
+      out.sentWhenShown = signals.length;
+      h.pending[2].resolve({server_unix_s: 6, sources: []}); await h.flush();
+      h.hidden = true;
+      h.fire(); await h.flush();                        // answer while visible -> timer; hidden now
+      out.afterAnswerHidden = {live: h.live().length, sleeping: p.sleeping, sent: signals.length};
+      p.stop();
+      return out;
+    }""")
+    assert got["timeoutTimer"] == [10000]
+    assert got["aborted"] is True
+    assert got["errors"] == [1000]
+    assert got["retry"] == [1000]
+    assert got["sent"] == 2
+    assert got["statuses"] == [5]
+    assert got["sentWhileHidden"] == 2 and got["sleeping"] is True
+    assert got["timersWhileHidden"] == 0
+    assert got["sentWhenShown"] == 3
+    assert got["afterAnswerHidden"] == {"live": 0, "sleeping": True, "sent": 3}
+
+
+def test_poller_aborts_a_request_the_server_holds_open(page, fake_plugin):
+    """A status request TensorBoard never answers: aborted, reported as unreachable, retried."""
+    fake_plugin.hold()
+    try:
+        page.evaluate("""() => {
+          const m = window.model;
+          window.seen = {errors: [], statuses: []};
+          window.p = new m.Poller({
+            fetch: (o) => m.fetchStatus({signal: o.signal,
+              fetchImpl: (u, opts) => fetch('/plugin/rsync/' + u, opts)}),
+            onStatus: (st) => window.seen.statuses.push(st.server_unix_s),
+            onError: (e) => window.seen.errors.push(e),
+            timeoutMs: 400, isHidden: () => false,
+          });
+          window.p.start();
+        }""")
+        page.wait_for_function("window.seen.errors.length >= 1", timeout=5000)
+        err = page.evaluate("window.seen.errors[0]")
+        assert err["status"] == 0 and err["failures"] == 1 and err["retryInMs"] == 1000
+        assert "no answer within" in err["error"]
+    finally:
+        fake_plugin.unhold()
+    page.wait_for_function("window.seen.statuses.length >= 1", timeout=5000)
+    assert page.evaluate("window.p.stats.maxInFlight") == 1
+    page.evaluate("window.p.stop()")
+
+
+def test_tab_hung_status_request_shows_not_reachable(tab, fake_plugin):
+    tab.evaluate("() => { window.__tbRsync.poller.timeoutMs = 500; }")
+    fake_plugin.hold()
+    tab.evaluate("window.__tbRsync.poller.poll()")
+    banner = tab.locator("[data-role=connection]", has_text="TensorBoard not reachable")
+    banner.wait_for(timeout=5000)
+    assert "HTTP" not in banner.text_content() and "retrying" in banner.text_content()
+    fake_plugin.unhold()
+    tab.locator("button[data-action=retry]").click()
+    tab.wait_for_function("window.__tbRsync.conn.ok === true", timeout=10000)
+    assert "reachable again" in tab.locator("[data-role=announcer]").text_content()
+
+
+def test_phase_labels_and_progress(page):
+    got = page.evaluate("""(now) => {
+      const v = window.views;
+      const phases = ['connecting', 'list', 'events', 'files', 'restage', 'reloading', 'transfer', null];
+      const sources = phases.map((phase, i) => ({name: `s${i}`, source: 'x:/y/', state: 'syncing',
+        interval_s: 0, progress: {bytes_done: phase === 'connecting' ? 0 : 2048, percent: 40,
+          rate_bytes_s: 1024, phase}, last_result: null, error: null, warnings: []}));
+      const table = v.buildSourcesTable(sources, now);
+      return {
+        labels: phases.map(v.phaseLabel),
+        texts: [...table.querySelectorAll('[data-role=progress-text]')].map((e) => e.textContent),
+        determinate: [...table.querySelectorAll('progress')].map((b) => b.hasAttribute('value')),
+      };
+    }""", NOW)
+    assert got["labels"] == ["connecting\u2026", "listing files\u2026", "appending event files",
+                             "copying other files", "re-fetching rewritten files",
+                             "waiting for TensorBoard to reload", "transfer", ""]
+    t = got["texts"]
+    assert t[0] == "connecting\u2026"  # no "0 B · 0%" before anything moved
+    assert t[2] == "appending event files \u00b7 2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
+    assert t[3].startswith("copying other files \u00b7 ")
+    assert t[4].startswith("re-fetching rewritten files \u00b7 ")
+    assert t[5] == "waiting for TensorBoard to reload \u00b7 2.0 KiB"
+    assert t[6].startswith("transfer \u00b7 2.0 KiB")  # unknown phase: shown as sent
+    assert t[7] == "2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
+    assert got["determinate"] == [False, False, True, True, True, False, True, True]
+
+
+def test_connection_notice_and_announcements_are_polite(page):
+    got = page.evaluate("""(now) => {
+      const v = window.views;
+      const a = v.buildConnection({ok: false, failures: 1, retryInMs: 1000, error: ''}, now);
+      const b = v.buildConnection({ok: false, failures: 2, retryInMs: 2000, error: ''}, now);
+      const live = a.querySelector('[data-role=conn-live]');
+      const prev = [{name: 'train', state: 'syncing'}, {name: 'bad', state: 'idle'},
+                    {name: 'q', state: 'idle'}, {name: 'e', state: 'error', error: {message: 'A.'}}];
+      const next = [{name: 'train', state: 'idle'}, {name: 'bad', state: 'error',
+                     error: {message: 'No such directory.'}}, {name: 'q', state: 'syncing'},
+                    {name: 'e', state: 'error', error: {message: 'B.'}}, {name: 'new', state: 'idle'}];
+      return {
+        alerts: a.querySelectorAll('[role=alert]').length + b.querySelectorAll('[role=alert]').length,
+        liveRole: live.getAttribute('role'), liveAria: live.getAttribute('aria-live'),
+        liveA: live.textContent,
+        liveB: b.querySelector('[data-role=conn-live]').textContent,
+        countdownInLive: !!live.querySelector('[data-age-unix]'),
+        textA: a.textContent,
+        withError: v.connectionMessage({ok: false, error: 'HTTP 503: unavailable'}),
+        first: v.sourceAnnouncements(null, next),
+        news: v.sourceAnnouncements(prev, next),
+      };
+    }""", NOW)
+    assert got["alerts"] == 0
+    assert got["liveRole"] == "status" and got["liveAria"] == "polite"
+    assert got["liveA"] == got["liveB"] == "TensorBoard not reachable."
+    assert got["countdownInLive"] is False
+    assert "retrying in 1 s" in got["textA"]
+    assert got["withError"] == "TensorBoard not reachable (HTTP 503: unavailable)."
+    assert got["first"] == []
+    assert got["news"] == ["train: sync finished", "bad: error: No such directory.",
+                           "q: syncing", "e: error: B."]
+
+
+def test_tab_unreachable_notice_is_announced_once(tab, fake_plugin):
+    tab.route("**/plugin/rsync/status", lambda route: route.abort())
+    tab.evaluate("window.__tbRsync.poller.poll()")
+    tab.locator("[data-role=conn-live]", has_text="TensorBoard not reachable").wait_for(timeout=5000)
+    tab.evaluate("""() => {
+      const live = document.querySelector('[data-role=conn-live]');
+      window.__live = live;
+      window.__liveMutations = 0;
+      new MutationObserver((m) => { window.__liveMutations += m.length; })
+        .observe(live, {subtree: true, childList: true, characterData: true, attributes: true});
+      window.__countdowns = new Set();
+      setInterval(() => window.__countdowns.add(
+        document.querySelector('[data-age-mode=retry]').textContent), 100);
+    }""")
+    tab.wait_for_function("window.__tbRsync.poller.failures >= 3", timeout=10000)
+    got = tab.evaluate("""() => ({
+      same: document.querySelector('[data-role=conn-live]') === window.__live,
+      connected: window.__live.isConnected,
+      mutations: window.__liveMutations,
+      alerts: document.querySelectorAll('[role=alert]').length,
+      countdowns: [...window.__countdowns],
+    })""")
+    assert got["same"] and got["connected"]
+    assert got["mutations"] == 0  # new failures and countdown ticks: nothing re-announced
+    assert got["alerts"] == 0
+    assert len(got["countdowns"]) >= 2  # the countdown did change meanwhile, visibly
+    tab.unroute("**/plugin/rsync/status")
+    tab.locator("button[data-action=retry]").click()
+    tab.wait_for_function("window.__live.textContent === ''", timeout=10000)
+
+
+def test_tab_source_progress_keeps_error_details_selection(tab, fake_plugin):
+    """Another source's progress changes every poll: the open error <pre> is left alone."""
+    tab.locator("tr[data-source='bad'] details summary").click()
+    tab.evaluate("""() => {
+      const pre = document.querySelector("tr[data-source='bad'] pre");
+      const range = document.createRange();
+      range.setStart(pre.firstChild, 0);
+      range.setEnd(pre.firstChild, 14);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      window.__pre = pre;
+      window.__badCells = [...document.querySelector("tr[data-source='bad']").cells];
+      window.__trainRow = document.querySelector("tr[data-source='train']");
+      window.__trainName = window.__trainRow.cells[0];
+    }""")
+    assert tab.evaluate("getSelection().toString()") == "rsync: change_"
+    texts = []
+    for i, (phase, percent) in enumerate([("connecting", 0), ("events", 30), ("files", 60),
+                                          ("restage", 80), ("reloading", 100)]):
+        status = bump_status(fake_plugin)
+        status["sources"][0].update(state="syncing", progress={
+            "bytes_done": 1000 * i, "percent": percent, "rate_bytes_s": 10.0, "phase": phase})
+        fake_plugin.set_status(status)
+        # onStatus renders synchronously: once the answer is in, the row is up to date.
+        tab.wait_for_function("(ph) => { const s = window.__tbRsync.status.sources[0];"
+                              " return s.progress && s.progress.phase === ph; }",
+                              arg=phase, timeout=5000)
+        texts.append(tab.locator("tr[data-source='train'] .progress").text_content())
+    status = bump_status(fake_plugin)
+    status["sources"][0].update(state="idle", progress=None)
+    fake_plugin.set_status(status)
+    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+                          timeout=5000)
+    got = tab.evaluate("""() => ({
+      selection: getSelection().toString(),
+      samePre: document.querySelector("tr[data-source='bad'] pre") === window.__pre,
+      open: window.__pre.closest('details').open,
+      badCellsKept: [...document.querySelector("tr[data-source='bad']").cells]
+        .every((td, i) => td === window.__badCells[i]),
+      sameTrainRow: document.querySelector("tr[data-source='train']") === window.__trainRow,
+      sameTrainName: document.querySelector("tr[data-source='train']").cells[0] === window.__trainName,
+      order: [...document.querySelectorAll('tr[data-source]')].map((tr) => tr.getAttribute('data-source')),
+      announced: (document.querySelector('[data-role=announcer]') || {}).textContent,
+    })""")
+    print("progress texts seen:", texts)
+    assert got == {"selection": "rsync: change_", "samePre": True, "open": True,
+                   "badCellsKept": True, "sameTrainRow": True, "sameTrainName": True,
+                   "order": ["train", "bad"], "announced": "train: sync finished"}
+    assert "waiting for TensorBoard to reload" in texts[-1]
+
+
+@pytest.mark.parametrize("tab", ["/host.html"], indirect=True)
+def test_tab_stops_polling_while_tensorboard_shows_another_dashboard(tab, fake_plugin):
+    page = tab
+    frame = None
+    deadline = time.monotonic() + 10
+    while frame is None and time.monotonic() < deadline:
+        frame = next((f for f in page.frames if f.url.endswith("/entry.html")), None)
+        page.wait_for_timeout(50)
+    frame.wait_for_selector("tr[data-run='train/run 0']")
+    # Poll every 200 ms when visible, so a hidden tab that still polled would show at once.
+    frame.evaluate("""() => { const p = window.__tbRsync.poller;
+                              p.slowMs = p.fastMs = 200; p.poll(); }""")
+    frame.wait_for_function("window.__tbRsync.poller.stats.requests >= 4", timeout=5000)
+    page.evaluate("document.getElementById('tb-plugin').style.height = '0px'")
+    frame.wait_for_function("window.__tbRsync.poller.sleeping === true", timeout=3000)
+    before = frame.evaluate("window.__tbRsync.poller.stats.requests")
+    server_before = fake_plugin.status_requests
+    page.wait_for_timeout(1500)
+    assert frame.evaluate("window.__tbRsync.poller.stats.requests") == before
+    assert fake_plugin.status_requests == server_before
+    t0 = time.monotonic()
+    page.evaluate("document.getElementById('tb-plugin').style.height = '700px'")
+    frame.wait_for_function(f"window.__tbRsync.poller.stats.requests > {before}", timeout=3000)
+    assert time.monotonic() - t0 < 1.5  # at once, not after a slow-poll delay
+    frame.wait_for_function(f"window.__tbRsync.poller.stats.requests > {before + 2}", timeout=3000)

@@ -186,13 +186,14 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     assert details.evaluate("d => d.open") is False
     details.locator("summary").click()
     assert "No such file or directory" in details.locator("pre").text_content()
-    # Still open after more syncs and refreshes (the sources table is rebuilt on changes).
+    # Still open, same node, after more syncs and refreshes (rows are updated cell by cell).
+    details.evaluate("d => { window.__details = d; }")
     append_scalars(str(remote / "resnet lr=0.1" / EVENTS), range(15, 20), wall_time0=now - 15)
     frame.locator("button[data-source='demo']").click()
     run_row(frame, run).locator("[data-role=step]", has_text="19").wait_for(timeout=30000)
     wait_until(lambda: demo_button.is_enabled(), 30, message="the sync to finish")
     page.wait_for_timeout(1500)
-    assert details.evaluate("d => d.open") is True
+    assert details.evaluate("d => d.open && d === window.__details") is True
     assert "1 file" in frame.locator("tr[data-source='demo'] .col-result").text_content()
 
     # Filter and sort by age, by keyboard.
@@ -207,11 +208,21 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
         "ascending"
     frame.locator("button[data-sort='age']").blur()
 
-    # Away to another dashboard and back: the same iframe, state kept, polling resumes.
+    # Away to another dashboard and back: the same iframe, state kept; no polling while away
+    # (TensorBoard collapses the iframe), polling resumes at once when back.
+    body = frame.locator("body")
     frame.locator("input[data-role=filter]").fill("demo/")
+    body.evaluate("() => { const p = window.__tbRsync.poller; p.slowMs = p.fastMs = 200; p.poll(); }")
     page.get_by_role("tab", name="Time Series", exact=True).click()
-    page.wait_for_timeout(500)
+    wait_until(lambda: body.evaluate("() => window.__tbRsync.poller.sleeping"), 5,
+               message="polling to stop while another dashboard shows")
+    requests = body.evaluate("() => window.__tbRsync.poller.stats.requests")
+    page.wait_for_timeout(1000)
+    assert body.evaluate("() => window.__tbRsync.poller.stats.requests") == requests
     page.get_by_role("tab", name="Sync", exact=True).click()
+    wait_until(lambda: body.evaluate("() => window.__tbRsync.poller.stats.requests") > requests,
+               2, message="polling to resume when the Sync tab shows again")
+    body.evaluate("() => { const p = window.__tbRsync.poller; p.slowMs = 5000; p.fastMs = 1000; }")
     assert frame.locator("input[data-role=filter]").input_value() == "demo/"
     assert frame.locator("th:has(button[data-sort='age'])").get_attribute("aria-sort") == \
         "ascending"
