@@ -209,8 +209,8 @@ def main(argv=None):
 
 NOTES = """
 
-The engine's time is two rsync processes (the dry-run listing, then `--append` of the grown
-file), the CRC scan of the new MiB, one `O_APPEND` write with fsync, the manifest and the
+The engine's time is two rsync processes run side by side (the dry-run listing and the
+`--append` pass over event files), the CRC scan of the new MiB, one `O_APPEND` write with fsync, the manifest and the
 state file. The CLI adds Python start-up and imports (the line above). `rsync -a` rewrites
 the whole destination file each time, so its cost follows the file size.
 """

@@ -1,27 +1,41 @@
 """rsync into the staging tree; the only module that starts subprocesses.
 
-Event files and everything else need opposite handling, so one sync is up to four rsyncs:
+Event files and everything else need opposite handling. One sync starts two rsyncs side by
+side and, only when they leave something to do, up to three more:
 
 1. A listing: ``rsync --dry-run`` over the filtered tree itemizes every file whose size or
-   mtime differs from its staged copy (nothing is itemized when nothing changed, so a no-op
-   sync costs one bare ``rsync -a`` no-op: one connection, one file-list walk).
-2. Event files (basename contains ``tfevents``) only ever grow at the source. New and grown
-   ones are fetched with ``rsync --append --files-from``, which moves just the new bytes (a
-   1 GB file grown by 1 MB: 0.02 s instead of 3.7 s). ``--append`` silently skips a file
-   whose staged copy is as long or longer, so those are decided here: shrunk ones are fetched
-   whole (``TransferResult.restaged``); same-size ones are left alone. A file rewritten to a
-   longer length is appended onto the wrong prefix; the publisher notices that the staged
-   bytes do not continue what it published and calls `restage_files`.
-3. Shrunk event files: ``--whole-file --ignore-times --files-from``.
-4. Every other changed file (and symlink): ``--files-from`` with rsync's default algorithm,
-   written in ``--temp-dir`` and renamed into place (never ``--inplace``).
-Steps 2-4 run concurrently. Measured (1000 runs x 3 files, 2 busy cores): no-op 0.9-1.1x a
-bare ``rsync -a`` locally and over ssh; running a separate event listing concurrently with a
-full pass for the other files cost 1.1-1.9x (two walks, two connections) and was slower
-when an event file had grown too. Nothing is ever deleted from staging (files deleted at the
-source stay); the publisher is told what changed, so nobody walks the tree.
+   mtime differs from its staged copy (nothing is itemized when nothing changed).
+2. At the same time, the append pass: ``rsync --append --prune-empty-dirs`` over the same
+   filtered tree narrowed to event files (basename contains ``tfevents``; the user's rules
+   still apply, see `_Run.filters`). Event files only ever grow at the source, so this moves
+   just the new bytes of new and grown ones (a 1 GB file grown by 1 MB: 0.02 s instead of
+   3.7 s). In the common case (training jobs appended, nothing else changed) these two
+   processes are the whole sync: about one rsync of wall time.
+3. After both: ``--append`` silently skips an event file whose staged copy is as long or
+   longer, so the listing's event files that the append pass did NOT itemize are decided by
+   comparing the listed length with the staged size (untouched by this sync, so the
+   comparison is fair): longer in staging (shrunk) -> fetched whole with ``--whole-file
+   --ignore-times`` (``TransferResult.restaged``); same size, other mtime ->
+   ``TransferResult.same_size``, not fetched; missing or shorter in staging (created or grown
+   at the source after the append pass looked) -> a second ``--append``. An event file the
+   append pass itemized is never judged by the listing: the source may have grown since, or
+   the listing may have looked at the staged copy half-way through the append, and an older
+   length must not read as "shrunk". A file rewritten to a longer length is appended onto the
+   old prefix; the publisher notices when the new bytes do not start with a valid record
+   and calls `restage_files` (a rewrite with the very same record sizes goes unnoticed:
+   see docs/ARCHITECTURE.md).
+4. Every other changed file (and symlink) of the listing: ``--files-from`` with rsync's
+   default algorithm, written in ``--temp-dir`` and renamed into place (never ``--inplace``).
+The transfers of steps 3 and 4 run concurrently. All processes share one deadline and one
+cancel flag; a failure stops all of them and raises one `TransferError`, the listing's when
+both first processes fail (a missing source folder, an unreachable host). A process that a
+daemon's ``max connections`` refused is started again alone once the others are done.
+Measured (loopback, 2 busy cores): see docs/BENCHMARKS.md B1 and B3. Nothing is ever deleted
+from staging (files deleted at the source stay); the publisher is told what changed, so
+nobody walks the tree.
 
-Filter semantics (``Source.include`` / ``Source.exclude``), applied by the listing:
+Filter semantics (``Source.include`` / ``Source.exclude``), applied by the listing and the
+append pass (the later transfers use explicit file lists):
   1. ``exclude`` patterns come first and always win: a matching file or folder is skipped.
   2. Every other folder is descended into.
   3. With ``include`` patterns, only files matching one of them are synced ("only these");
@@ -139,29 +153,41 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
     run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel)
+    # The common case (event files grew, nothing else changed) is settled by these two
+    # processes running side by side: one rsync of wall time instead of two in sequence.
     listing = run.start("list", ["--dry-run"] + run.filters(), progress=False)
-    run.wait([listing])
+    events = run.start("events", ["--append", "--prune-empty-dirs"] + run.filters(events=True))
+    listing, events = run.settle([listing, events])
+    appended = {path for _, _, _, path in events.items}
     append, whole, others, same_size = [], [], [], []
     for kind, length, _, path in listing.items:
         if kind[1:2] == "d":
             continue  # folders come with the files inside them
-        if not (kind.startswith(">f") and is_event_file(path)):
+        event = is_event_file(path)
+        if event and path in appended:
+            # The append pass brought it up to date (or made the symlink). Never judged by
+            # the listing's length: the source may have grown since, or the listing may have
+            # looked at the staged copy half-way through the append.
+            continue
+        if not (kind.startswith(">f") and event):
             if kind.startswith(">f") or kind[1:2] == "L":
                 others.append(path)
             continue
+        # An event file the append pass did not touch, so its staged copy is as the previous
+        # sync left it and the listing's length is a fair comparison.
         try:
             staged = os.lstat(os.path.join(staging_dir, path))
         except FileNotFoundError:
-            append.append(path)
+            append.append(path)  # created at the source after the append pass looked
             continue
         if not stat.S_ISREG(staged.st_mode) or staged.st_size > length:
             whole.append(path)
         elif staged.st_size < length:
-            append.append(path)
+            append.append(path)  # grew after the append pass looked
         else:
-            # Same size, other mtime: --append would skip it. Reported, not fetched: a
-            # corrupt record fixed in place at the source changes no size, and without this
-            # the fix was never fetched (tests/test_faults.py, corrupt records case).
+            # Same size, other mtime: --append skips it. Reported, not fetched: a corrupt
+            # record fixed in place at the source changes no size, and without this the fix
+            # was never fetched (tests/test_faults.py, corrupt records case).
             same_size.append(path)
     jobs = []
     if append:
@@ -170,8 +196,8 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
         jobs.append(run.start("restage", ["--whole-file", "--ignore-times"], files=whole))
     if others:
         jobs.append(run.start("files", [], files=others))
-    run.wait(jobs)
-    return dataclasses.replace(run.result([listing] + jobs, restaged_phase="restage"),
+    jobs = run.settle(jobs)
+    return dataclasses.replace(run.result([listing, events] + jobs, restaged_phase="restage"),
                                same_size=tuple(sorted(same_size)))
 
 
@@ -217,8 +243,9 @@ def decode_name(raw):
 class _Job:
     """One rsync process: its itemized lines, progress and stderr, read by threads."""
 
-    def __init__(self, run, phase, args, files_from, progress):
+    def __init__(self, run, phase, args, files_from, progress, spec):
         self.run, self.phase, self.args, self.files_from = run, phase, args, files_from
+        self.spec = spec  # the arguments of `_Run.start`, to start it again
         self.items = []  # (itemize flags, length, bytes, path)
         self.stderr = collections.deque(maxlen=2000)
         self.bytes_done = 0
@@ -310,10 +337,16 @@ class _Run:
                     f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
                     f"({e.strerror}); check its permissions and free space.") from None
 
-    def filters(self):
-        """The user's rules: excludes win, every folder is descended, includes mean 'only'."""
+    def filters(self, events=False):
+        """The user's rules: excludes win, every folder is descended, includes mean 'only'.
+
+        With `events`, the same selection narrowed to event files (basename contains
+        'tfevents'): a file passes both or neither rule set, except non-event files.
+        """
         rules = [f"--exclude={p}" for p in self.source.exclude
                  if not (p == "*" and self.source.include)]
+        if events:
+            rules += ["--include=*/", "--filter=-! *tfevents*"]
         if self.source.include:
             rules.append("--include=*/")
             rules += [f"--include={p}" for p in self.source.include]
@@ -354,7 +387,8 @@ class _Run:
             args.append("--info=progress2")
         args += ["--", src, os.path.abspath(self.staging_dir) + "/"]
         try:
-            job = _Job(self, phase, args, files_from, progress)
+            job = _Job(self, phase, args, files_from, progress,
+                       dict(phase=phase, options=options, files=files, progress=progress))
         except OSError as e:
             if files_from:
                 _unlink(files_from)
@@ -369,10 +403,43 @@ class _Run:
             total = sum(j.bytes_done for j in self.jobs)
             self.on_progress(Progress(total, percent, rate, job.phase))
 
-    def wait(self, jobs):
-        """Wait for `jobs`; on cancel, timeout or a failure, stop every process of the run."""
+    def settle(self, jobs):
+        """`wait` for `jobs`, which run concurrently, and return them (or their stand-ins).
+
+        An rsync daemon with `max connections` may refuse some of them; a refused process did
+        nothing, so it is started again alone, after the others (once; a second refusal is
+        the error).
+        """
+        jobs = list(jobs)
+        for job in self.wait(jobs, tolerate=_too_many_connections):
+            again = self.start(**job.spec)
+            self.wait([again])
+            jobs[jobs.index(job)] = again
+        return jobs
+
+    def wait(self, jobs, tolerate=None):
+        """Wait for `jobs`; on cancel, timeout or a failure, stop every process of the run.
+
+        The first failed job in `jobs` order names the error (so two processes failing for
+        the same reason give one message), and it is raised as soon as every job before it
+        has finished, without waiting for the later ones. A failure for which
+        `tolerate(job)` is true is not raised; such jobs are returned.
+        """
+        tolerated = []
         try:
-            while not all(j.done.is_set() for j in jobs):
+            while True:
+                tolerated = []
+                for job in jobs:
+                    if not job.done.is_set():
+                        break
+                    if job.proc.returncode not in (0, 24) and not _skipped_files(job):
+                        if tolerate is not None and tolerate(job):
+                            tolerated.append(job)
+                            continue
+                        self._stop()
+                        raise _explain(self.source, job)
+                else:
+                    return tolerated
                 if self.cancel is not None and self.cancel.is_set():
                     self._stop()
                     raise TransferError(f"Sync of '{self.source.name}' was cancelled.")
@@ -386,10 +453,6 @@ class _Run:
                         _details(jobs[0]))
                 self.wakeup.wait(min(remaining, 0.05))
                 self.wakeup.clear()
-            for job in jobs:
-                if job.proc.returncode not in (0, 24) and not _skipped_files(job):
-                    self._stop()
-                    raise _explain(self.source, job)
         finally:
             for job in jobs:
                 if job.files_from and job.done.is_set():
@@ -404,7 +467,11 @@ class _Run:
                 _unlink(job.files_from)
 
     def result(self, jobs, restaged_phase):
+        """What `jobs` did. The listing and the append pass walk the same source side by
+        side, so a file that vanished or could not be read may be reported by both: the
+        warnings count each message once."""
         changed, restaged, warnings, nbytes = {}, set(), [], 0
+        vanished, some_vanished, skipped = {}, False, {}
         for job in jobs:
             for kind, _, size, path in job.items:
                 if kind.startswith(">f") and job.phase != "list":  # the listing is a dry run
@@ -413,15 +480,18 @@ class _Run:
                     if job.phase == restaged_phase:
                         restaged.add(path)
             if job.proc.returncode == 24:
-                vanished = [l for l in job.stderr if "vanished" in l]
-                warnings.append(
-                    f"Sync of '{self.source.name}': {len(vanished) or 'some'} file(s) vanished "
-                    "at the source while being copied; the next sync picks up what is left.")
-            skipped = _skipped_files(job)
-            if skipped:
-                warnings.append(
-                    f"Sync of '{self.source.name}': {len(skipped)} file(s) could not be read at "
-                    f"the source and were skipped (first: {skipped[0]}).")
+                some_vanished = True
+                vanished.update((_vanished_name(l), True) for l in job.stderr if "vanished" in l)
+            skipped.update((_vanished_name(l), l) for l in _skipped_files(job))
+        if some_vanished:
+            warnings.append(
+                f"Sync of '{self.source.name}': {len(vanished) or 'some'} file(s) vanished "
+                "at the source while being copied; the next sync picks up what is left.")
+        if skipped:
+            first = next(iter(skipped.values()))
+            warnings.append(
+                f"Sync of '{self.source.name}': {len(skipped)} file(s) could not be read at "
+                f"the source and were skipped (first: {first}).")
         return TransferResult(
             changed=tuple(sorted(changed)), restaged=tuple(sorted(restaged)),
             bytes_received=nbytes, files_transferred=len(changed),
@@ -448,6 +518,17 @@ def _files_from_base(source, src):
         base = f"{head}::{module}/"
     sub = sub.strip("/")
     return base, (sub + "/./" if sub else "")
+
+
+def _vanished_name(line):
+    """The quoted file name of an rsync message, or the whole line (to count it once)."""
+    match = re.search(r'"(.*)"', line)
+    return match.group(1) if match else line
+
+
+def _too_many_connections(job):
+    """A daemon's `max connections` refused this process before it did anything."""
+    return not job.items and any("max connections" in l for l in job.stderr)
 
 
 def _skipped_files(job):
@@ -499,6 +580,8 @@ _DIAGNOSES = [
     ("Network is unreachable", "the host is unreachable (network unreachable)"),
     ("Unknown module", "the rsync daemon has no such module; check the module name "
      "(list them with 'rsync rsync://HOST/')"),
+    ("@ERROR: max connections", "the rsync daemon allows no more connections to this module "
+     "(its 'max connections'); try again later or raise the limit"),
     ("@ERROR: auth failed", "the rsync daemon refused the login; tb-rsync cannot type a "
      "password, so use a module without auth or set RSYNC_PASSWORD"),
     ("No space left on device", "the disk holding the staging folder is full; free space "

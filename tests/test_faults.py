@@ -317,7 +317,7 @@ def umount(path):
 def test_file_size_limit_while_publishing_and_staging(tmp_path):
     """RLIMIT_FSIZE hit by the publisher (EFBIG) and by rsync; then lifted."""
     rng = random.Random(3)
-    sandbox = Sandbox(tmp_path, extra=("logs-unmounted",))
+    sandbox = Sandbox(tmp_path)
     source = SourceFiles(sandbox.src, sandbox.work)
     trainer, config = Trainer(source, rng), write_config(sandbox)
     checker = LogdirChecker(sandbox, source, "n1")
@@ -325,14 +325,17 @@ def test_file_size_limit_while_publishing_and_staging(tmp_path):
         trainer.grow()
         source.append(BIG, blobs()[0])
         converge(case, sandbox, config, "first sync")
-        # Staging gets ahead of the logdir: a sync while the logdir is not there fails after
-        # rsync, so the next publish has more to write than rsync.
+        # Staging gets ahead of the logdir: a sync into a logdir that refuses writes (an
+        # immutable folder: root passes permission checks) fails after rsync, so the next
+        # publish has more to write than rsync.
         for _ in range(3):
             trainer.grow()
         source.append(BIG, blobs()[1])
-        os.rename(sandbox.logs, sandbox.root + "/logs-unmounted")
-        assert_failed_with_a_sentence(*run_sync(sandbox, config), "does not exist")
-        os.rename(sandbox.root + "/logs-unmounted", sandbox.logs)
+        subprocess.run(["chattr", "+i", os.path.join(sandbox.logs, "n1")], check=True)
+        try:
+            assert_failed_with_a_sentence(*run_sync(sandbox, config), "not writable")
+        finally:
+            subprocess.run(["chattr", "-i", os.path.join(sandbox.logs, "n1")], check=True)
         published = os.path.getsize(os.path.join(sandbox.logs, "n1", BIG))
         limit = published + len(blobs()[0]) // 2  # mid-record of the big file's new bytes
         rc, out, err = run_sync(sandbox, config, preexec_fn=fsize_limit(limit))

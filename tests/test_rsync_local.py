@@ -3,6 +3,7 @@
 import os
 import shlex
 import shutil
+import sys
 import threading
 import time
 
@@ -300,3 +301,216 @@ def test_symlinks_never_lead_out_of_the_tree(dirs, tmp_path):
     assert os.readlink(staging / "run" / "inside") == EVENTS
     assert not os.path.lexists(staging / "run" / "escape")
     assert not os.path.lexists(staging / "run" / "escape_rel")
+
+
+# --- the listing and the append pass run side by side ---------------------------------------
+
+def rsync_wrapper(tmp_path, body):
+    """An executable standing in for rsync: `body` (Python) runs with `args` and `kind`
+    ("list", "events" for the append pass, "other") before the real rsync, whose exit code
+    is kept unless `body` calls sys.exit."""
+    path = tmp_path / "rsync-wrapper"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import os, subprocess, sys, time\n"
+        "args = sys.argv[1:]\n"
+        "kind = ('list' if '--dry-run' in args else 'events' if '--append' in args and not\n"
+        "        any(a.startswith('--files-from') for a in args) else 'other')\n"
+        "def wait_for(path):\n"
+        "    deadline = time.monotonic() + 20\n"
+        "    while not os.path.exists(path) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "def rsync():\n"
+        "    sys.stdout.flush()\n"
+        f"    return subprocess.call([{RSYNC!r}] + args)\n"
+        + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("order", ["list-then-grow-then-append", "append-then-grow-then-list"])
+def test_event_file_growing_during_the_sync_is_never_restaged(dirs, tmp_path, order):
+    """The source grows between the two processes' looks at it. An event file the append pass
+    itemized must not be taken for shrunk because the listing saw an older, shorter length
+    (the staged copy is then longer than that length)."""
+    src, staging, temp = dirs
+    event = src / "run" / EVENTS
+    event.parent.mkdir()
+    append_scalars(event, range(100))
+    sync(dirs)
+    append_scalars(event, range(100, 200))
+    marker = tmp_path / "first-done"
+    first, second = ("list", "events") if order.startswith("list") else ("events", "list")
+    wrapper = rsync_wrapper(tmp_path, (
+        f"if kind == {second!r}:\n"
+        f"    wait_for({str(marker)!r})\n"
+        f"    with open({str(event)!r}, 'ab') as f:\n"
+        f"        f.write({scalar_bytes(range(200, 300))!r})\n"
+        "rc = rsync()\n"
+        f"if kind == {first!r}:\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "sys.exit(rc)\n"))
+
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+
+    assert result.changed == (f"run/{EVENTS}",)
+    assert result.restaged == () and result.same_size == ()
+    staged, source = (staging / "run" / EVENTS).read_bytes(), event.read_bytes()
+    assert source.startswith(staged) and len(staged) >= len(scalar_bytes(range(200), header=True))
+    sync(dirs)  # the next sync appends the rest
+    assert (staging / "run" / EVENTS).read_bytes() == event.read_bytes()
+
+
+def test_event_file_created_or_grown_after_the_append_pass_looked(dirs, tmp_path):
+    """The listing sees a new event file and a grown one that the append pass missed (it
+    looked first): both are appended by a second --append, not restaged."""
+    src, staging, temp = dirs
+    old = src / "run" / EVENTS
+    new = src / "new run" / "deep" / f"{EVENTS}.2"
+    old.parent.mkdir()
+    append_scalars(old, range(100))
+    sync(dirs)
+    marker = tmp_path / "append-done"
+    wrapper = rsync_wrapper(tmp_path, (
+        "if kind == 'list':\n"
+        f"    wait_for({str(marker)!r})\n"
+        f"    os.makedirs({str(new.parent)!r})\n"
+        f"    with open({str(new)!r}, 'wb') as f:\n"
+        f"        f.write({scalar_bytes(range(3), header=True)!r})\n"
+        f"    with open({str(old)!r}, 'ab') as f:\n"
+        f"        f.write({scalar_bytes(range(100, 103))!r})\n"
+        "rc = rsync()\n"
+        "if kind == 'events':\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "sys.exit(rc)\n"))
+
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+
+    assert result.changed == (f"new run/deep/{EVENTS}.2", f"run/{EVENTS}")
+    assert result.restaged == ()
+    assert (staging / "run" / EVENTS).read_bytes() == old.read_bytes()
+    assert (staging / "new run" / "deep" / f"{EVENTS}.2").read_bytes() == new.read_bytes()
+
+
+def test_one_sync_sorts_grown_shrunk_same_size_new_and_other_files(dirs):
+    src, staging, _ = dirs
+    grown, shrunk, same = (src / "a" / EVENTS, src / "b" / EVENTS, src / "c" / EVENTS)
+    for path in (grown, shrunk):
+        path.parent.mkdir(parents=True)
+        append_scalars(path, range(50))
+    write(same, b"a" * 100)
+    write(src / "a" / "ckpt.index", b"v1")
+    sync(dirs)
+    append_scalars(grown, range(50, 60))
+    shrunk.write_bytes(scalar_bytes(range(3), header=True))
+    write(same, b"b" * 100)
+    os.utime(same, (1_800_000_000, 1_800_000_000))
+    write(src / "a" / "ckpt.index", b"v2")
+    os.utime(src / "a" / "ckpt.index", (1_800_000_000, 1_800_000_000))
+    write(src / "new" / "deeper" / EVENTS, b"n" * 10)
+
+    result = sync(dirs)
+
+    assert result.changed == ("a/ckpt.index", f"a/{EVENTS}", f"b/{EVENTS}",
+                              f"new/deeper/{EVENTS}")
+    assert result.restaged == (f"b/{EVENTS}",)
+    assert result.same_size == (f"c/{EVENTS}",)
+    for rel in (f"a/{EVENTS}", f"b/{EVENTS}", "a/ckpt.index", f"new/deeper/{EVENTS}"):
+        assert (staging / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert (staging / "c" / EVENTS).read_bytes() == b"a" * 100
+    assert sync(dirs).changed == ()
+    assert sync(dirs).same_size == (f"c/{EVENTS}",)  # still reported; the service restages it
+
+
+def test_append_pass_honours_the_filters(dirs):
+    """Event files a filter leaves out are not fetched by the append pass either, and folders
+    without a selected event file are not created by it."""
+    src, staging, _ = dirs
+    for rel in (f"keep/{EVENTS}", f"keep/old/{EVENTS}", f"drop/{EVENTS}",
+                f"keep/{EVENTS}.bak", "keep/only-ckpt/model.ckpt", "keep/notes/readme.txt"):
+        write(src / rel, b"data")
+
+    result = sync(dirs, include=("keep/***",), exclude=("old/", "*.bak"))
+
+    assert result.changed == (f"keep/{EVENTS}", "keep/notes/readme.txt",
+                              "keep/only-ckpt/model.ckpt")
+    assert sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*")) == [
+        "keep", f"keep/{EVENTS}", "keep/notes", "keep/notes/readme.txt", "keep/only-ckpt",
+        "keep/only-ckpt/model.ckpt"]
+    write(src / f"drop/{EVENTS}", b"data grown")
+    write(src / f"keep/old/{EVENTS}", b"data grown")
+    assert sync(dirs, include=("keep/***",), exclude=("old/", "*.bak")).changed == ()
+    assert not (staging / "drop").exists() and not (staging / "keep" / "old").exists()
+
+
+def test_append_pass_error_is_one_sentence(dirs, tmp_path):
+    """The listing succeeds, the append pass fails: its error is raised, worded as before."""
+    src, staging, temp = dirs
+    append_scalars(src / EVENTS, range(10))
+    wrapper = rsync_wrapper(tmp_path, (
+        "if kind == 'events':\n"
+        "    sys.stderr.write('rsync: [receiver] write failed on \"x\": No space left on "
+        "device (28)\\n')\n"
+        "    sys.exit(11)\n"
+        "sys.exit(rsync())\n"))
+    with pytest.raises(TransferError) as info:
+        run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+    assert str(info.value) == (f"Sync of 'train' from '{src}' failed: the disk holding the "
+                               "staging folder is full; free space or choose another "
+                               "--rsync_staging folder.")
+    assert "--append" in info.value.details
+
+
+def test_listing_error_wins_and_stops_the_append_pass(dirs, tmp_path):
+    src, staging, temp = dirs
+    write(src / EVENTS, b"e")
+    wrapper = rsync_wrapper(tmp_path, (
+        "if kind == 'events':\n"
+        "    time.sleep(30)\n"
+        "if kind == 'list':\n"
+        "    sys.stderr.write('ssh: connect to host h port 22: Connection refused\\n')\n"
+        "    sys.exit(255)\n"
+        "sys.exit(rsync())\n"))
+    started = time.monotonic()
+    with pytest.raises(TransferError) as info:
+        run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+    assert "the host is unreachable (connection refused)" in str(info.value)
+    assert "--dry-run" in info.value.details
+    assert time.monotonic() - started < 5
+
+
+def test_daemon_max_connections_runs_the_refused_process_again(dirs, tmp_path):
+    """A daemon allowing one connection refuses the second process; it is run again alone."""
+    src, staging, temp = dirs
+    append_scalars(src / EVENTS, range(10))
+    write(src / "cfg.json", b"{}")
+    tries = tmp_path / "tries"
+    tries.mkdir()
+    wrapper = rsync_wrapper(tmp_path, (
+        f"open(os.path.join({str(tries)!r}, kind + str(os.getpid())), 'w').close()\n"
+        f"if kind == 'events' and not os.path.exists({str(tries / 'refused')!r}):\n"
+        f"    open({str(tries / 'refused')!r}, 'w').close()\n"
+        "    sys.stderr.write('@ERROR: max connections (1) reached -- try again later\\n')\n"
+        "    sys.exit(5)\n"
+        "sys.exit(rsync())\n"))
+
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+
+    assert result.changed == ("cfg.json", EVENTS)
+    assert sum(f.startswith("events") for f in os.listdir(tries)) == 2
+    assert (staging / EVENTS).read_bytes() == (src / EVENTS).read_bytes()
+
+
+def test_file_reported_vanished_by_both_processes_is_one_warning(dirs, tmp_path):
+    src, staging, temp = dirs
+    write(src / EVENTS, b"e")
+    wrapper = rsync_wrapper(tmp_path, (
+        "rc = rsync()\n"
+        "if kind in ('list', 'events'):\n"
+        f"    sys.stderr.write('file has vanished: \"{src}/run/x\"\\n')\n"
+        "    sys.exit(24)\n"
+        "sys.exit(rc)\n"))
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+    assert result.changed == (EVENTS,)
+    assert result.warnings == ("Sync of 'train': 1 file(s) vanished at the source while being "
+                               "copied; the next sync picks up what is left.",)
