@@ -121,6 +121,11 @@ class SyncConfig:
         return source.interval_s if source.interval_s is not None else self.interval_s
 
 
+def is_event_file(path):
+    """TensorBoard's rule: an event file is any file whose basename contains 'tfevents'."""
+    return "tfevents" in path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def default_staging_root(logdir):
     """A per-logdir folder under the user cache directory (XDG), outside the logdir."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -32,7 +32,7 @@ import posixpath
 import stat
 from typing import Dict, Optional, Tuple
 
-from tb_rsync_plugin import atomic, config, tfrecord
+from tb_rsync_plugin import atomic, config
 from tb_rsync_plugin.errors import CorruptRecordError, PublishError
 from tb_rsync_plugin.tfrecord import scan_records
 
@@ -229,7 +229,7 @@ class _Publisher:
             return self._skip(rel, f"'{rel}' {problem}.", error=problem not in _NOT_AN_ERROR)
         if atomic.is_temp_name(base):
             return self._skip(rel, "a tb-rsync temp file; never published")
-        if tfrecord.is_event_file(base) and _is_partial_copy(base):
+        if config.is_event_file(base) and _is_partial_copy(base):
             return self._skip(rel, f"'{rel}' looks like a copy in progress at the source "
                                    "(a dot-file or .partial); only the finished file is "
                                    "published.")
@@ -248,7 +248,7 @@ class _Publisher:
         if dest is None:
             return None
         try:
-            if tfrecord.is_event_file(base):
+            if config.is_event_file(base):
                 self._event_file(rel, src, src_st, dest)
             else:
                 self._other_file(rel, src, src_st, dest)

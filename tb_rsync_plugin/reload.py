@@ -24,7 +24,7 @@ import os
 import threading
 import time
 
-from tb_rsync_plugin import tfrecord
+from tb_rsync_plugin import config
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class FastLoaderReloader(NoReloader):
             return _RESTART_REASON + " (TensorBoard runs with --reload_interval 0.)"
         run_dir = os.path.join(logdir, run)
         held_dir = os.path.join(self._holding_dir, run)
-        names = [n for n in os.listdir(run_dir) if tfrecord.is_event_file(n)
+        names = [n for n in os.listdir(run_dir) if config.is_event_file(n)
                  and os.path.isfile(os.path.join(run_dir, n))]
         os.makedirs(held_dir, exist_ok=True)
         if os.stat(held_dir).st_dev != os.stat(run_dir).st_dev:
@@ -209,7 +209,7 @@ def _touches_only_newest(run_dir, files):
     new records in an older file are only seen by a rebuilt accumulator.
     """
     try:
-        names = sorted(n for n in os.listdir(run_dir) if tfrecord.is_event_file(n))
+        names = sorted(n for n in os.listdir(run_dir) if config.is_event_file(n))
     except OSError:
         return False
     if not names:

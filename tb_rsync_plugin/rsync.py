@@ -59,6 +59,7 @@ import threading
 import time
 from typing import Tuple
 
+from tb_rsync_plugin.config import is_event_file
 from tb_rsync_plugin.errors import TransferError
 
 _PREFIX = b"<tb-rsync> "
@@ -131,11 +132,6 @@ class TransferResult:
     warnings: Tuple[str, ...] = ()
     duration_s: float = 0.0
     same_size: Tuple[str, ...] = ()
-
-
-def is_event_file(path):
-    """TensorBoard's rule: an event file is any file whose basename contains 'tfevents'."""
-    return "tfevents" in path.rsplit("/", 1)[-1]
 
 
 def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None):

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__, atomic, tfrecord
+from tb_rsync_plugin import __version__, atomic, config
 
 STATE_FORMAT = 1
 LOADER_NOTES = {
@@ -272,7 +272,7 @@ def _errors_by_run(name, report):
     """
     errors = {}
     for path, message in report.errors:
-        if not tfrecord.is_event_file(path):
+        if not config.is_event_file(path):
             continue
         folder = os.path.dirname(path)
         run = name if folder in ("", ".") else f"{name}/{folder}"

@@ -34,11 +34,6 @@ _F64 = struct.Struct("<d")
 _MASK_DELTA = 0xA282EAD8
 
 
-def is_event_file(path):
-    """TensorBoard's rule: an event file is any file whose basename contains 'tfevents'."""
-    return "tfevents" in path.replace("\\", "/").rsplit("/", 1)[-1]
-
-
 @dataclasses.dataclass(frozen=True)
 class ScanResult:
     """What a scan of `[start_offset, end_offset)` found.
