@@ -39,6 +39,8 @@ class NoReloader:
     """For the CLI: publishing only."""
 
     kind = "none"
+    note = "No TensorBoard attached: publishing only."
+    not_live = ("unknown", "Published; no TensorBoard attached to ask what it shows.")
 
     def apply(self, logdir, report, cancel=None):
         """Returns {run: reason a restart is needed} for runs TensorBoard cannot update.
@@ -58,16 +60,27 @@ class FastLoaderReloader(NoReloader):
       data_provider: TensorBoard's data provider; its run list tells when a run is gone.
       holding_dir: outside the logdir, on the same filesystem (files are moved by rename).
       reload_interval_s: TensorBoard's --reload_interval; 0 means it never reloads.
-      sleep: injected for tests.
     """
 
     kind = "fast"
 
-    def __init__(self, data_provider, holding_dir, reload_interval_s, sleep=time.sleep):
+    def __init__(self, data_provider, holding_dir, reload_interval_s):
         self._data_provider = data_provider
         self._holding_dir = holding_dir
         self._reload_interval_s = reload_interval_s
-        self._sleep = sleep
+        if reload_interval_s > 0:
+            self.note = ("TensorBoard's fast loader has no reload API: new points show at its "
+                         f"next reload (every {reload_interval_s:g} s, --reload_interval).")
+            self.not_live = ("waiting", "Published; TensorBoard's fast loader shows it at its "
+                                        f"next reload (every {reload_interval_s:g} s).")
+        else:
+            # The data server loaded the logdir once and never looks again: nothing published
+            # after start-up shows until a restart. Say so instead of "waiting" forever.
+            self.note = ("TensorBoard runs with --reload_interval 0: its fast loader read the "
+                         "logdir once, so published data shows only after a restart (or run "
+                         "TensorBoard with --load_fast=false, where tb-rsync reloads runs).")
+            self.not_live = ("restart_needed", "Published; TensorBoard runs with "
+                             "--reload_interval 0 and never reloads: restart it to see this.")
 
     def apply(self, logdir, report, cancel=None):
         notes = {}
@@ -161,6 +174,8 @@ class LegacyReloader(NoReloader):
     """Reloads affected runs of an `EventMultiplexer` in place."""
 
     kind = "legacy"
+    note = "Runs are reloaded right after each publish (--load_fast=false)."
+    not_live = ("waiting", "Published; TensorBoard is reloading this run.")
 
     def __init__(self, multiplexer, data_provider):
         self._multiplexer = multiplexer

@@ -62,7 +62,8 @@ class SyncService:
         for thread in self._threads:
             thread.start()
         self._rsync_path = None
-        state.loader = reloader.kind
+        state.loader, state.loader_note, state.not_live = \
+            reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
         state.restore(config.state_path)
         # A process killed while a run's files were parked for a fast-loader reload.

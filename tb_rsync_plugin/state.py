@@ -16,12 +16,6 @@ from typing import Optional
 from tb_rsync_plugin import __version__, atomic, config
 
 STATE_FORMAT = 1
-LOADER_NOTES = {
-    "legacy": "Runs are reloaded right after each publish (--load_fast=false).",
-    "fast": ("TensorBoard's fast loader has no reload API: new points show at its next "
-             "reload (every --reload_interval seconds)."),
-    "none": "No TensorBoard attached: publishing only.",
-}
 
 
 @dataclasses.dataclass
@@ -67,7 +61,11 @@ class SyncState:
         self._lock = threading.Lock()
         self._sources = {s.name: SourceStatus(s.name, s.source, interval_for(s)) for s in sources}
         self._runs = {}
+        # Set by the service from its reloader: which loader, a note for the whole tab, and
+        # the (state, detail) of a published run TensorBoard does not show yet.
         self.loader = "none"
+        self.loader_note = "No TensorBoard attached: publishing only."
+        self.not_live = ("unknown", "Published; no TensorBoard attached to ask what it shows.")
         self.logdir = ""
         self.rsync_error = None
 
@@ -166,7 +164,7 @@ class SyncState:
                 "version": __version__,
                 "logdir": self.logdir,
                 "loader": self.loader,
-                "reload_note": LOADER_NOTES[self.loader],
+                "reload_note": self.loader_note,
                 "rsync_error": self.rsync_error,
                 "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
                 "sources": [dataclasses.asdict(s) for s in self._sources.values()],
@@ -193,15 +191,13 @@ class SyncState:
         if fresh.restart_reason:
             return "restart_needed", fresh.restart_reason
         if self.loader == "none":
-            return "unknown", "Published; no TensorBoard attached to ask what it shows."
+            return self.not_live
         if fresh.source_wall_time is None:
             return "waiting", "Published; no events with a time yet."
         if fresh.loaded_wall_time is not None and \
                 fresh.loaded_wall_time >= fresh.source_wall_time - 1e-3:
             return "live", "TensorBoard shows the newest published event."
-        if self.loader == "fast":
-            return "waiting", "Published; TensorBoard's fast loader shows it at its next reload."
-        return "waiting", "Published; TensorBoard is reloading this run."
+        return self.not_live
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path):

@@ -143,7 +143,11 @@ def test_bad_flags_stop_tensorboard(tmp_path, flags, needle):
 
 def test_fast_loader_without_reloads_says_restart_needed(tmp_path, tensorboard_server):
     tb, path, _ = start_node(tmp_path, tensorboard_server, range(4), "--reload_interval", "0")
-    sync_and_wait(tb)
+    status = sync_and_wait(tb)
+    # The data server read the (empty) logdir once at start-up and never looks again.
+    assert "--reload_interval 0" in status["reload_note"]
+    published = _run(tb, "node/a", "restart_needed")
+    assert published is not None and "never reloads" in published["state_detail"]
     path.unlink()
     append_scalars(str(path), range(50, 52))
     sync_and_wait(tb)
