@@ -243,12 +243,14 @@ def make_reloader(context, holding_dir):
     return FastLoaderReloader(context.data_provider, holding_dir, reload_interval_s)
 
 
-# Which list call finds which kind of data: scalars, histograms/distributions (tensors),
-# images (blob sequences). A run with any of them counts as loaded.
+# Which list call finds which kind of data: scalars, histograms/distributions and text
+# (tensors), images and audio (blob sequences). A run with any of them counts as loaded.
 _LISTINGS = (
     ("list_scalars", "scalars"),
     ("list_tensors", "histograms"),
+    ("list_tensors", "text"),
     ("list_blob_sequences", "images"),
+    ("list_blob_sequences", "audio"),
 )
 
 

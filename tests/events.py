@@ -88,3 +88,20 @@ def big_event_bytes(step, size, wall_time0=1_700_000_000.0):
         tag="blob", tensor=tensor_pb2.TensorProto(dtype=7, string_val=[b"x" * size]))
     return event_bytes([event_pb2.Event(wall_time=wall_time0 + step, step=step,
                                         summary=summary_pb2.Summary(value=[value]))])
+
+
+def text_bytes(steps, tag="notes", wall_time0=1_700_000_000.0):
+    """Records of text summaries (the text plugin's tensor form), for runs without scalars."""
+    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    events = [file_version_event(wall_time0)]
+    for step in steps:
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                        string_val=[f"step {step}".encode()])
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        value = summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
+        events.append(event_pb2.Event(wall_time=wall_time0 + step, step=step,
+                                      summary=summary_pb2.Summary(value=[value])))
+    return event_bytes(events)

@@ -876,8 +876,11 @@ def test_tab_unreachable_notice_is_announced_once(tab, fake_plugin):
       new MutationObserver((m) => { window.__liveMutations += m.length; })
         .observe(live, {subtree: true, childList: true, characterData: true, attributes: true});
       window.__countdowns = new Set();
-      setInterval(() => window.__countdowns.add(
-        document.querySelector('[data-age-mode=retry]').textContent), 100);
+      // The countdown goes away once the connection is back: sample it only while shown.
+      setInterval(() => {
+        const countdown = document.querySelector('[data-age-mode=retry]');
+        if (countdown) window.__countdowns.add(countdown.textContent);
+      }, 100);
     }""")
     tab.wait_for_function("window.__tbRsync.poller.failures >= 3", timeout=10000)
     got = tab.evaluate("""() => ({

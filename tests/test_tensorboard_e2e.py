@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.events import append_scalars, event_file_name
+from tests.events import append_scalars, event_file_name, text_bytes
 from tests.fixtures_tensorboard import wait_until
 from tests.processes import processes_mentioning
 
@@ -88,6 +88,20 @@ def test_legacy_loader_shows_new_points_and_runs_without_reload(tmp_path, tensor
     assert steps(tb, "node/a") == [0, 1, 2, 3, 4, 5]
     assert steps(tb, "node/b c") == [0, 1]
     wait_until(lambda: _run(tb, "node/b c", "live"), 10, message="new run 'live'")
+
+
+def test_a_text_only_run_counts_as_live(tmp_path, tensorboard_server):
+    """Freshness looks at every kind of data a run may hold, not only scalars."""
+    remote = tmp_path / "remote" / "notes"
+    remote.mkdir(parents=True)
+    (remote / EVENTS).write_bytes(text_bytes(range(3)))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote.parent}/",
+                            "--rsync_staging", tmp_path / "staging",
+                            "--load_fast=false", "--reload_interval", "0")
+    sync_and_wait(tb)
+    wait_until(lambda: _run(tb, "node/notes", "live"), 10, message="the text-only run 'live'")
 
 
 def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
