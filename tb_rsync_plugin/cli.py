@@ -101,9 +101,7 @@ def cmd_watch(args):
             now = time.monotonic()
             names = [name for name, when in due.items() if when <= now]
             if names:
-                bug = _sync_sources(service, names)
-                if bug:
-                    raise bug
+                _sync_sources(service, names)
                 for name in names:
                     interval = service.config.interval_for(service.config.source(name))
                     # interval = 0 means "only when asked": synced once, at the start.
@@ -119,17 +117,15 @@ def cmd_watch(args):
 
 def _sync_all(service):
     """One pass over every source; True when all succeeded."""
-    names = [s.name for s in service.config.sources]
-    bug = _sync_sources(service, names)
-    if bug:
-        raise bug  # the error boundary in main() reports it as a bug (exit 3)
+    _sync_sources(service, [s.name for s in service.config.sources])
     return all(s["state"] != "error" for s in service.state.snapshot()["sources"])
 
 
 def _sync_sources(service, names):
     """Sync `names` in parallel, printing one result line per source and every problem.
 
-    Returns the first unexpected exception (a bug) instead of losing it in a thread.
+    An unexpected exception in a worker thread (a bug) is raised here, after the report, so
+    the error boundary in main() exits 3 instead of the thread swallowing it.
     """
     progress = ProgressPrinter(sys.stderr)
     failures, bugs = {}, []
@@ -165,7 +161,8 @@ def _sync_sources(service, names):
               f"in {result.get('duration_s', 0):.1f} s", flush=True)
         for warning in source["warnings"]:
             print(f"{name}: warning: {warning}", file=sys.stderr, flush=True)
-    return bugs[0] if bugs else None
+    if bugs:
+        raise bugs[0]
 
 
 def cmd_status(args):

@@ -77,14 +77,12 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
     plugin_name = PLUGIN_NAME
 
-    def __init__(self, context, config, service=None):
+    def __init__(self, context, config):
         self._config = config
-        if service is None:
-            state = state_lib.SyncState(config.sources, config.interval_for)
-            reloader = reload_lib.make_reloader(context, config.holding_dir)
-            service = service_lib.SyncService(config, state, reloader)
-            service.start()
-        self._service = service
+        state = state_lib.SyncState(config.sources, config.interval_for)
+        reloader = reload_lib.make_reloader(context, config.holding_dir)
+        self._service = service_lib.SyncService(config, state, reloader)
+        self._service.start()
 
     def get_plugin_apps(self):
         apps = {"/status": self._status_route, "/sync": self._sync_route}

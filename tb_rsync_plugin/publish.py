@@ -115,6 +115,12 @@ def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=No
     return publisher.report()
 
 
+def run_of(name, rel):
+    """The run (logdir-relative folder) that holds source `name`'s file `rel`."""
+    reldir = posixpath.dirname(rel)
+    return f"{name}/{reldir}" if reldir else name
+
+
 def _check_folders(staging_dir, logdir, name, quarantine_dir):
     """Refuse bad input before touching anything; returns `logdir/<name>`."""
     if not os.path.isdir(logdir):
@@ -499,9 +505,7 @@ class _Publisher:
             self.dirty = True
 
     def _note_run(self, rel, entry, touched, rewritten=False):
-        reldir = posixpath.dirname(rel)
-        run = self.name if not reldir else f"{self.name}/{reldir}"
-        info = self.runs.setdefault(run, {"wall": None, "step": None, "rewritten": False,
+        info = self.runs.setdefault(run_of(self.name, rel), {"wall": None, "step": None, "rewritten": False,
                                           "files": []})
         info["wall"] = _max(info["wall"], entry["newest_wall_time"])
         info["step"] = _max(info["step"], entry["newest_step"])

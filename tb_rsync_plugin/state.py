@@ -8,12 +8,11 @@ to `state.json` in the staging root so `tb-rsync status` can show it without Ten
 
 import dataclasses
 import json
-import os
 import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__, atomic, config
+from tb_rsync_plugin import __version__, atomic, config, publish
 
 STATE_FORMAT = 1
 
@@ -220,11 +219,10 @@ class SyncState:
     def restore(self, path):
         """Load runs and last results saved by an earlier process, if any (best effort)."""
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+            data = load_snapshot(path)
+        except OSError:
             return
-        if data.get("format") != STATE_FORMAT:
+        if data is None or data.get("format") != STATE_FORMAT:
             return
         with self._lock:
             for saved in data.get("sources", []):
@@ -268,9 +266,6 @@ def _errors_by_run(name, report):
     """
     errors = {}
     for path, message in report.errors:
-        if not config.is_event_file(path):
-            continue
-        folder = os.path.dirname(path)
-        run = name if folder in ("", ".") else f"{name}/{folder}"
-        errors.setdefault(run, message)
+        if config.is_event_file(path):
+            errors.setdefault(publish.run_of(name, path), message)
     return errors

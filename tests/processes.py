@@ -28,3 +28,17 @@ def processes_mentioning(text, name=None):
     """[(pid, cmdline)] of processes whose command line contains `text` (and named `name`)."""
     return [(pid, cmdline) for pid, (_, proc_name, cmdline) in sorted(process_table().items())
             if text in cmdline and (name is None or proc_name == name)]
+
+
+def slow_source_config(folder, mib, kib_per_s):
+    """A TOML config with one source, `slow`, that keeps rsync busy for mib*1024/kib_per_s s.
+
+    For tests that must catch a sync in flight (joining clicks, stopping mid-transfer).
+    """
+    remote = folder / "slow-remote"
+    remote.mkdir()
+    (remote / "big.bin").write_bytes(os.urandom(mib << 20))
+    toml = folder / "sources.toml"
+    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\n'
+                    f'bwlimit = {kib_per_s}\n')
+    return toml

@@ -9,7 +9,7 @@ import time
 from tensorboard.backend.event_processing import event_file_loader
 
 from tests.events import append_scalars, event_file_name
-from tests.processes import processes_mentioning
+from tests.processes import processes_mentioning, slow_source_config
 
 EVENTS = event_file_name()
 
@@ -175,11 +175,7 @@ def test_symlinks_at_the_source_are_a_warning_not_a_run_error(tmp_path):
 
 
 def test_killed_tb_rsync_takes_its_rsync_along(tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    (remote / "big.bin").write_bytes(os.urandom(4 << 20))
-    toml = tmp_path / "sources.toml"
-    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\nbwlimit = 256\n')
+    toml = slow_source_config(tmp_path, mib=4, kib_per_s=256)  # ~16 s of rsync
     staging = tmp_path / "staging"
     (tmp_path / "logs").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "tb_rsync_plugin.cli", "sync", "--logdir",

@@ -14,6 +14,7 @@ from werkzeug import test as werkzeug_test
 from tb_rsync_plugin import plugin as plugin_lib
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
+from tests.processes import slow_source_config
 
 HEADERS = {"X-TB-Rsync": "1"}
 
@@ -35,14 +36,10 @@ def app(tmp_path):
     source = tmp_path / "remote"
     (source / "run1").mkdir(parents=True)
     append_scalars(str(source / "run1" / event_file_name()), range(5))
-    slow = tmp_path / "slow-remote"
-    slow.mkdir()
-    (slow / "big.bin").write_bytes(os.urandom(3 << 20))
     logdir = tmp_path / "logs"
     logdir.mkdir()
-    toml = tmp_path / "sources.toml"
-    # bwlimit keeps the 3 MiB transfer busy for ~3 s, long enough for twenty clicks to join it.
-    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{slow}/"\nbwlimit = 1024\n')
+    # ~3 s of rsync: long enough for twenty clicks to join it.
+    toml = slow_source_config(tmp_path, mib=3, kib_per_s=1024)
     flags = make_flags(logdir, [f"local={source}/"], rsync_config=str(toml),
                        rsync_staging=str(tmp_path / "staging"))
     loader = plugin_lib.RsyncPluginLoader()

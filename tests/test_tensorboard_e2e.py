@@ -8,7 +8,7 @@ import pytest
 
 from tests.events import append_scalars, event_file_name, text_bytes
 from tests.fixtures_tensorboard import wait_until
-from tests.processes import processes_mentioning
+from tests.processes import processes_mentioning, slow_source_config
 
 EVENTS = event_file_name()
 
@@ -172,12 +172,8 @@ def test_fast_loader_without_reloads_says_restart_needed(tmp_path, tensorboard_s
 
 
 def test_stopping_tensorboard_stops_its_rsync(tmp_path, tensorboard_server):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    (remote / "big.bin").write_bytes(os.urandom(4 << 20))
-    toml = tmp_path / "sources.toml"
-    # 4 MiB at 256 KiB/s keeps rsync busy for ~16 s: long enough to stop TensorBoard mid-way.
-    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\nbwlimit = 256\n')
+    # ~16 s of rsync: long enough to stop TensorBoard mid-way.
+    toml = slow_source_config(tmp_path, mib=4, kib_per_s=256)
     logdir = tmp_path / "logs"
     logdir.mkdir()
     staging = tmp_path / "staging"
