@@ -49,6 +49,10 @@ _KEEP_STAGED_BYTES = 64 * 1024
 _HOLE_BLOCK_BYTES = 4096
 
 
+# FileAction.action values that put bytes into the logdir.
+PUBLISHED_ACTIONS = frozenset({"append", "create", "replace", "rewrite"})
+
+
 @dataclasses.dataclass(frozen=True)
 class FileAction:
     """What happened to one staged file; `path` is relative to the staging folder."""
@@ -83,8 +87,7 @@ class PublishReport:
 
     @property
     def bytes_published(self):
-        return sum(a.bytes for a in self.actions
-                   if a.action in ("append", "create", "replace", "rewrite"))
+        return sum(a.bytes for a in self.actions if a.action in PUBLISHED_ACTIONS)
 
 
 def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=None,

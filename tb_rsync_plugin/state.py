@@ -6,8 +6,11 @@ snapshots are built under it, so a reader never sees half an update. The state i
 to `state.json` in the staging root so `tb-rsync status` can show it without TensorBoard.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import threading
 import time
 from typing import Optional
@@ -43,7 +46,9 @@ class RunFreshness:
     loaded_wall_time: Optional[float] = None
     rewritten_unix_s: Optional[float] = None
     restart_reason: Optional[str] = None
-    error: Optional[str] = None
+    # Event files of this run that could not be published: {staged path: sentence}. An
+    # entry stays until that file publishes cleanly, whatever the run's other files do.
+    file_errors: dict = dataclasses.field(default_factory=dict)
 
 
 class SyncState:
@@ -105,11 +110,10 @@ class SyncState:
                 "bytes_published": report.bytes_published,
                 "files_transferred": transfer.files_transferred,
                 "files_published": sum(1 for a in report.actions
-                                       if a.action in ("append", "create", "replace", "rewrite")),
+                                       if a.action in publish.PUBLISHED_ACTIONS),
                 "runs_updated": len(report.runs),
                 "duration_s": round(now - (status.last_start_unix_s or now), 3),
             }
-            errors_by_run = _errors_by_run(name, report)
             for run, update in report.runs.items():
                 fresh = self._runs.setdefault(run, RunFreshness(run, name))
                 if update.newest_wall_time is not None:
@@ -124,9 +128,23 @@ class SyncState:
                     fresh.rewritten_unix_s = now
                     fresh.source_wall_time = update.newest_wall_time
                 fresh.restart_reason = reload_notes.get(run)
-                fresh.error = errors_by_run.get(run)
-            for run, message in errors_by_run.items():
-                self._runs.setdefault(run, RunFreshness(run, name)).error = message
+            self._record_file_errors(name, report)
+
+    def _record_file_errors(self, name, report):
+        """Clear the errors of event files that published cleanly; add this cycle's.
+
+        Other files' problems are source warnings only: a folder without event files is no
+        run, and an error pinned to it would never clear.
+        """
+        errors = {rel: message for rel, message in report.errors if config.is_event_file(rel)}
+        for action in report.actions:
+            if action.action in publish.PUBLISHED_ACTIONS and action.path not in errors:
+                fresh = self._runs.get(publish.run_of(name, action.path))
+                if fresh is not None:
+                    fresh.file_errors.pop(action.path, None)
+        for rel, message in errors.items():
+            run = publish.run_of(name, rel)
+            self._runs.setdefault(run, RunFreshness(run, name)).file_errors[rel] = message
 
     def fail(self, name, message, details=""):
         with self._lock:
@@ -182,11 +200,12 @@ class SyncState:
             "state": state,
             "state_detail": detail,
             "rewritten_unix_s": fresh.rewritten_unix_s,
+            "file_errors": dict(fresh.file_errors),
         }
 
     def _run_state(self, fresh):
-        if fresh.error:
-            return "error", fresh.error
+        if fresh.file_errors:
+            return "error", fresh.file_errors[min(fresh.file_errors)]
         if fresh.restart_reason:
             return "restart_needed", fresh.restart_reason
         if self.loader == "none":
@@ -200,21 +219,25 @@ class SyncState:
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path):
-        """Write the snapshot atomically (temp file + rename) for `tb-rsync status`."""
+        """Write the snapshot atomically (temp file + rename) for `tb-rsync status`.
+
+        Another process (a TensorBoard, a `tb-rsync watch`) may sync other sources into the
+        same staging root, so this keeps what the file holds about sources this process does
+        not have. The read-merge-write runs under an exclusive lock on a sibling file, so two
+        savers never drop each other's update.
+        """
         data = self.snapshot()
         data["format"] = STATE_FORMAT
-        # Another process (a TensorBoard, a `tb-rsync watch`) may sync other sources into
-        # the same staging root: keep what it saved about sources this one does not have.
-        # Two processes saving at the same instant can still lose one update; the next
-        # sync of that source writes it again.
-        earlier = load_snapshot(path) or {}
-        if earlier.get("format") == STATE_FORMAT:
-            ours = set(self._sources)
-            data["sources"] += [s for s in earlier.get("sources", []) if s.get("name") not in ours]
-            data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
-            data["runs"].sort(key=lambda r: r.get("run", ""))
-        # Compact: json.dumps with indent falls back to the pure-Python encoder (~4x slower).
-        atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        with _exclusive(path + ".lock"):
+            earlier = load_snapshot(path) or {}
+            if earlier.get("format") == STATE_FORMAT:
+                ours = set(self._sources)
+                data["sources"] += [s for s in earlier.get("sources", [])
+                                    if s.get("name") not in ours]
+                data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
+                data["runs"].sort(key=lambda r: r.get("run", ""))
+            # Compact: json.dumps with indent falls back to the pure-Python encoder (~4x slower).
+            atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
     def restore(self, path):
         """Load runs and last results saved by an earlier process, if any (best effort)."""
@@ -241,10 +264,20 @@ class SyncState:
                 for key in ("source_wall_time", "source_step", "published_unix_s",
                             "rewritten_unix_s"):
                     setattr(fresh, key, saved.get(key))
+                fresh.file_errors = dict(saved.get("file_errors") or {})
                 # "restart_needed" is not restored: this process is the restart.
-                if saved.get("state") == "error":
-                    fresh.error = saved.get("state_detail")
                 self._runs[fresh.run] = fresh
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """Hold an flock on `lock_path` (per open file, so it also orders threads)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_snapshot(path):
@@ -256,16 +289,3 @@ def load_snapshot(path):
         return None
     except ValueError:
         return None  # written by a crashed older version; the next sync rewrites it
-
-
-def _errors_by_run(name, report):
-    """Map event-file publish errors to the run (folder) that holds the file.
-
-    Other files' problems are source warnings only: a folder without event files is no
-    run, and an error pinned to it would never clear.
-    """
-    errors = {}
-    for path, message in report.errors:
-        if config.is_event_file(path):
-            errors.setdefault(publish.run_of(name, path), message)
-    return errors

@@ -191,3 +191,56 @@ def test_killed_tb_rsync_takes_its_rsync_along(tmp_path):
     while processes_mentioning(str(staging), "rsync"):
         assert time.time() < deadline, "rsync outlived the tb-rsync that started it"
         time.sleep(0.1)
+
+
+BUGGY_PUBLISHER = """
+import sys
+from tb_rsync_plugin import cli, publish
+def broken_publish(*args, **kwargs):
+    raise KeyError("injected bug")
+publish.publish = broken_publish
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_in_the_engine_exits_3_with_its_traceback(tmp_path):
+    """A bug (here injected: the publisher raises KeyError) is not dressed up as a sync error."""
+    remote, logdir = make_remote(tmp_path)
+    result = subprocess.run([sys.executable, "-c", BUGGY_PUBLISHER, "sync", "--logdir",
+                             str(logdir), "--source", f"n1={remote}/", "--staging",
+                             str(tmp_path / "staging")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "KeyError: 'injected bug'" in result.stderr
+    assert result.stderr.rstrip().endswith("please report it with the traceback above.")
+    assert os.listdir(logdir) == [], "nothing was published"
+    status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
+    assert "Internal error in tb-rsync (KeyError" in status.stdout
+
+
+def test_a_corrupt_file_keeps_its_run_in_error_while_another_file_grows(tmp_path):
+    """The error belongs to the stuck file: new data in the run's other file does not hide it."""
+    remote, logdir = make_remote(tmp_path)
+    staging = tmp_path / "staging"
+    stuck = remote / "run 1" / EVENTS
+    good = stuck.stat().st_size
+    append_scalars(str(stuck), [4])
+    data = bytearray(stuck.read_bytes())
+    data[good + 14] ^= 0xFF
+    stuck.write_bytes(bytes(data))
+    other = remote / "run 1" / event_file_name(pid=5678)
+    append_scalars(str(other), [10])
+    args = ("--logdir", logdir, "--source", f"n1={remote}/", "--staging", staging)
+    assert tb_rsync("sync", *args).returncode == 0
+    append_scalars(str(other), [11])
+    assert tb_rsync("sync", *args).returncode == 0
+    assert steps_in(logdir / "n1" / "run 1" / other.name) == [10, 11]
+    status = tb_rsync("status", "--logdir", logdir, "--staging", staging).stdout
+    assert "n1/run 1: " in status and "corrupt record" in status, status
+
+    stuck.write_bytes(bytes(data[:good]))  # the trainer rewrites the file without the bad record
+    append_scalars(str(stuck), [4, 5])
+    assert tb_rsync("sync", *args).returncode == 0
+    assert steps_in(logdir / "n1" / "run 1" / EVENTS) == [0, 1, 2, 3, 4, 5]
+    status = tb_rsync("status", "--logdir", logdir, "--staging", staging).stdout
+    assert "corrupt record" not in status, status

@@ -6,12 +6,14 @@
   defined, and every `tb-rsync` command line it shows parses with `cli.build_parser()`;
 - the README's test command is exactly what .ci/run extracts and runs, and its demo command
   names files that exist;
+- the status JSON example in docs/API.md has exactly the keys a real snapshot has;
 - docs/TROUBLESHOOTING.md explains every user-facing message listed in `MESSAGES` below, and
   each of those fragments still exists in the code (so the list cannot silently go stale).
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -379,3 +381,18 @@ def test_troubleshooting_explains_every_message():
 
 def test_readme_links_troubleshooting():
     assert "](docs/TROUBLESHOOTING.md)" in text_of(README)
+
+
+def test_api_doc_status_example_has_the_real_keys():
+    """docs/API.md's `GET status` example lists every field a real snapshot has, no more."""
+    from tb_rsync_plugin import config, publish, rsync, state
+    text = (ROOT / "docs" / "API.md").read_text()
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    real = state.SyncState([config.Source("train", "/src/")], lambda source: 30.0)
+    report = publish.PublishReport(actions=(), needs_restage=(), errors=(),
+                                   runs={"train/a": publish.RunUpdate("train/a", 1.0, 1)})
+    real.finish("train", rsync.TransferResult(), report, {})
+    snapshot = real.snapshot()
+    assert set(example) == set(snapshot)
+    assert set(example["sources"][0]) == set(snapshot["sources"][0])
+    assert set(example["runs"][0]) == set(snapshot["runs"][0])
