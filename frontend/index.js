@@ -34,6 +34,30 @@ function ensureStylesheet() {
 }
 
 /**
+ * Follow TensorBoard's dark mode: it toggles `dark-mode` on its own <body>, which this
+ * same-origin iframe can observe. Opened on its own (or if the parent is unreadable), follow
+ * the system setting, which is also TensorBoard's default.
+ */
+function followTheme(root) {
+  let host = null;
+  try {
+    if (window.parent !== window) host = window.parent.document.body;
+  } catch (e) {
+    host = null;  // a cross-origin embedder
+  }
+  if (host) {
+    const apply = () => root.classList.toggle('dark', host.classList.contains('dark-mode'));
+    new MutationObserver(apply).observe(host, {attributes: true, attributeFilter: ['class']});
+    apply();
+    return;
+  }
+  const query = window.matchMedia('(prefers-color-scheme: dark)');
+  const apply = () => root.classList.toggle('dark', query.matches);
+  query.addEventListener('change', apply);
+  apply();
+}
+
+/**
  * Replace a slot's content, keeping keyboard focus on the "same" element (by data-key).
  *
  * A button that is disabled while its sync runs cannot hold focus; `memo.key` remembers it
@@ -423,6 +447,7 @@ let instance = null;
 export async function render() {
   if (instance) return instance;
   ensureStylesheet();
+  followTheme(document.documentElement);
   instance = new SyncTab(document.body);
   instance.start();
   // For tests and debugging from the console.

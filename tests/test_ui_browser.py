@@ -237,6 +237,24 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     # TB_RSYNC_UPDATE_SCREENSHOT=1 python -m pytest tests/test_ui_browser.py
     if os.environ.get("TB_RSYNC_UPDATE_SCREENSHOT") == "1" and os.path.getsize(path) < 300_000:
         shutil.copyfile(path, README_SHOT)
+
+    # Dark mode: TensorBoard starts dark on a dark system, and the tab follows its toggle.
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    frame, _ = open_sync_tab(page, tb)
+    run_row(frame, run).wait_for(timeout=20000)
+    assert page.evaluate("() => document.body.classList.contains('dark-mode')")
+    html = frame.locator("html")
+    wait_until(lambda: html.evaluate("h => h.classList.contains('dark')"), 5,
+               message="the tab to turn dark with TensorBoard")
+    assert frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor") == \
+        "rgb(48, 48, 48)"
+    shot(page, "ui-04-dark-mode.png")
+    page.evaluate("() => document.body.classList.remove('dark-mode')")  # what its toggle does
+    wait_until(lambda: not html.evaluate("h => h.classList.contains('dark')"), 5,
+               message="the tab to turn light with TensorBoard")
+    assert frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor") == \
+        "rgb(255, 255, 255)"
     assert page.page_errors == []
 
 
