@@ -55,33 +55,44 @@ export async function fetchStatus({fetchImpl = fetch, signal} = {}) {
 /**
  * POST sync for one source (name) or all (null) -> {started: [...], joined: [...]}.
  * Throws RequestError with a sentence for the user (unknown source, refused, unreachable).
+ * A request unanswered after `timeoutMs` is aborted, so the clicked button comes back.
  */
-export async function requestSync(name = null, {fetchImpl = fetch} = {}) {
+export async function requestSync(name = null,
+                                  {fetchImpl = fetch, timeoutMs = REQUEST_TIMEOUT_MS} = {}) {
   const body = name === null || name === undefined ? {} : {source: name};
-  let response;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
   try {
-    response = await fetchImpl('sync', {
-      method: 'POST',
-      cache: 'no-store',
-      credentials: 'same-origin',
-      headers: {'X-TB-Rsync': '1', 'Content-Type': 'application/json'},
-      body: JSON.stringify(body),
-    });
-  } catch (e) {
-    throw new RequestError('Could not ask for a sync: TensorBoard is not reachable.', 0);
-  }
-  if (response.status === 202 || response.ok) {
+    let response;
     try {
-      const answer = await response.json();
-      return {started: (answer && answer.started) || [], joined: (answer && answer.joined) || []};
+      response = await fetchImpl('sync', {
+        method: 'POST',
+        cache: 'no-store',
+        credentials: 'same-origin',
+        headers: {'X-TB-Rsync': '1', 'Content-Type': 'application/json'},
+        body: JSON.stringify(body),
+        signal: controller.signal,
+      });
     } catch (e) {
-      return {started: [], joined: []};
+      throw new RequestError(controller.signal.aborted ?
+        `Could not ask for a sync: TensorBoard did not answer within ${Math.ceil(timeoutMs / 1000)} s.` :
+        'Could not ask for a sync: TensorBoard is not reachable.', 0);
     }
+    if (response.status === 202 || response.ok) {
+      try {
+        const answer = await response.json();
+        return {started: (answer && answer.started) || [], joined: (answer && answer.joined) || []};
+      } catch (e) {
+        return {started: [], joined: []};
+      }
+    }
+    const text = await errorText(response);
+    const what = name === null || name === undefined ? 'all sources' : `"${name}"`;
+    throw new RequestError(`Sync of ${what} was refused (HTTP ${response.status})` +
+        `${text ? `: ${text}` : '.'}`, response.status);
+  } finally {
+    clearTimeout(timer);
   }
-  const text = await errorText(response);
-  const what = name === null || name === undefined ? 'all sources' : `"${name}"`;
-  throw new RequestError(`Sync of ${what} was refused (HTTP ${response.status})` +
-      `${text ? `: ${text}` : '.'}`, response.status);
 }
 
 /**

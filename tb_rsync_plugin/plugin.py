@@ -119,7 +119,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
                          413)
         try:
             body = json.loads(data or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
             return _json({"error": "The body is not valid JSON."}, 400)
         if not isinstance(body, dict) or set(body) - {"source"}:
             return _json({"error": 'Send {"source": NAME} or {}.'}, 400)

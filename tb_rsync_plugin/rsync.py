@@ -45,11 +45,12 @@ Patterns are rsync patterns: without a ``/`` they match a basename at any depth.
 """
 
 import collections
-import ctypes
 import dataclasses
+import errno
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -72,30 +73,21 @@ _CONNECT_TIMEOUT_S = 10
 _KILL_GRACE_S = 2.0
 
 
-def _die_with_parent_setter():
-    """A pre-exec hook that makes rsync get SIGTERM when the thread that started it dies.
+def _die_with_parent_prefix():
+    """A command prefix that makes rsync get SIGTERM when the thread that started it dies.
 
     rsync runs in its own session (Ctrl-C in a terminal must not kill it half-way; we stop
     it ourselves), so a tb-rsync killed with SIGKILL would otherwise leave it running and
-    still writing into staging without holding the source's lock. Linux only (prctl
-    PR_SET_PDEATHSIG); elsewhere None. The libc function is looked up here, before any
-    fork, so the hook itself does no imports or allocation in the child.
+    still writing into staging without holding the source's lock. util-linux's `setpriv`
+    sets PR_SET_PDEATHSIG and execs rsync. Not a Python `preexec_fn`: that runs the
+    interpreter's fork handlers in the child, and grpc's (TensorBoard loads grpc) abort it
+    now and then (rsync "exit code -6"). Without setpriv (not Linux): no prefix.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def hook():
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return hook
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
 
 
-_DIE_WITH_PARENT = _die_with_parent_setter()
+_DIE_WITH_PARENT = _die_with_parent_prefix()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +239,12 @@ class _Job:
         self.bytes_done = 0
         self.done = threading.Event()
         self._progress = progress
+        if _DIE_WITH_PARENT and shutil.which(args[0]) is None:
+            # setpriv would start and then fail to exec: say so here, as Popen would.
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args[0])
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=dict(os.environ, LC_ALL="C"), start_new_session=True,
-            preexec_fn=_DIE_WITH_PARENT)
+            [*_DIE_WITH_PARENT, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"), start_new_session=True)
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._err_thread.start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -598,6 +592,13 @@ _DIAGNOSES = [
 ]
 
 
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def _explain(source, job):
     """rsync's exit code and stderr to a TransferError sentence naming the source."""
     text = "\n".join(job.stderr)
@@ -605,6 +606,8 @@ def _explain(source, job):
     what = next((fix for pattern, fix in _DIAGNOSES if re.search(pattern, text)), None)
     if what is None and re.search(r'(change_dir|link_stat) ".*" failed: No such file', text):
         what = "there is no such directory at the source; check the path"
+    if what is None and re.search(r'change_dir ".*" failed: Not a directory', text):
+        what = "the source is a file, not a directory; name the folder that holds the runs"
     if what is None and "Permission denied" in text:
         what = "permission was denied reading the source or writing the staging folder"
     if what is None:
@@ -613,5 +616,7 @@ def _explain(source, job):
                 12: "the connection to the source failed", 20: "rsync was killed",
                 30: "the connection stalled", 35: "the rsync daemon did not answer in time",
                 255: "ssh failed"}.get(code, f"rsync failed with exit code {code}")
+        if code < 0:
+            what = f"rsync was killed by signal {_signal_name(-code)}"
     return TransferError(f"Sync of '{source.name}' from '{source.source}' failed: {what}.",
                          _details(job))

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import threading
 import time
@@ -169,7 +170,8 @@ class SyncState:
         with self._lock:
             for run, wall_time in loaded_wall_times.items():
                 if run in self._runs:
-                    self._runs[run].loaded_wall_time = wall_time
+                    finite = wall_time is not None and math.isfinite(wall_time)
+                    self._runs[run].loaded_wall_time = wall_time if finite else None
 
     # --- readers -----------------------------------------------------------------------
     def snapshot(self):

@@ -14,6 +14,7 @@ same as appending it to an empty one.
 """
 
 import dataclasses
+import math
 import os
 import struct
 from typing import Optional
@@ -245,8 +246,8 @@ def event_wall_time_and_step(data, complete=True):
             return None, None
     if not has_summary:
         return None, None
-    if wall != wall:
-        wall = None
+    if wall is not None and not math.isfinite(wall):
+        wall = None  # NaN or inf would become invalid JSON in the status and the manifest
     return wall, 0 if step is None else step
 
 

@@ -272,6 +272,8 @@ MESSAGES = [
     ("rsync.py", "the source is slow or unreachable "),
     ("rsync.py", "file(s) vanished "),
     ("rsync.py", "the source and were skipped (first: "),
+    ("rsync.py", "the source is a file, not a directory; name the folder that holds the runs"),
+    ("rsync.py", "rsync was killed by signal "),
     ("rsync.py", "the host key of the server is unknown or changed; "),
     ("rsync.py", "the host key of the server changed; "),
     ("rsync.py", "ssh could not log in non-interactively; set up a key or agent "),

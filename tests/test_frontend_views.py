@@ -166,6 +166,10 @@ def server(fake_plugin):
             if path != "/plugin/rsync/sync":
                 return self._send(404, b"{}")
             with fake_plugin.lock:
+                held, release = fake_plugin.hold_status, fake_plugin.release
+            if held:
+                release.wait(30)
+            with fake_plugin.lock:
                 fake_plugin.sync_requests.append({
                     "headers": {k.lower(): v for k, v in self.headers.items()},
                     "body": json.loads(body or b"null"),
@@ -538,6 +542,23 @@ def test_request_sync_sends_the_api_headers(page, fake_plugin):
     for r in fake_plugin.sync_requests:
         assert r["headers"]["x-tb-rsync"] == "1"
         assert r["headers"]["content-type"] == "application/json"
+
+
+def test_request_sync_gives_up_on_a_hung_server(page, fake_plugin):
+    fake_plugin.hold()
+    try:
+        got = page.evaluate("""async () => {
+          try {
+            await window.model.requestSync('train', {timeoutMs: 300,
+              fetchImpl: (u, o) => fetch('/plugin/rsync/' + u, o)});
+            return 'answered';
+          } catch (e) {
+            return e.message;
+          }
+        }""")
+    finally:
+        fake_plugin.unhold()
+    assert got == "Could not ask for a sync: TensorBoard did not answer within 1 s."
 
 
 # --- index.js end to end, behind a copy of TensorBoard's plugin_entry.html --------------------

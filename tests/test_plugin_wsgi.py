@@ -94,6 +94,7 @@ def test_sync_publishes_and_reports_runs(app):
     (HEADERS, "text/plain", {}, 400),                            # not JSON content type
     (HEADERS, "application/x-www-form-urlencoded", "source=local", 400),
     (HEADERS, "application/json", b"{not json", 400),
+    (HEADERS, "application/json", b"[" * 3000, 400),              # nested past the recursion limit
     (HEADERS, "application/json", [], 400),                      # not an object
     (HEADERS, "application/json", {"source": 3}, 400),
     (HEADERS, "application/json", {"source": "local", "cmd": "rm"}, 400),

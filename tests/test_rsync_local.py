@@ -3,6 +3,7 @@
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -203,6 +204,27 @@ def test_missing_source_folder_is_a_sentence(dirs, tmp_path):
     assert str(info.value) == (f"Sync of 'train' from '{tmp_path / 'nope'}' failed: there is no "
                                "such directory at the source; check the path.")
     assert "command: " in info.value.details and "change_dir" in info.value.details
+
+
+def test_source_that_is_a_file_is_a_sentence(dirs, tmp_path):
+    _, staging, temp = dirs
+    (tmp_path / "events.out.tfevents.1").write_bytes(b"")
+    source = str(tmp_path / "events.out.tfevents.1") + "/"
+    with pytest.raises(TransferError) as info:
+        run_rsync(RSYNC, Source("train", source), str(staging), str(temp))
+    assert str(info.value).endswith("failed: the source is a file, not a directory; name the "
+                                    "folder that holds the runs.")
+
+
+def test_rsync_killed_by_a_signal_says_so(dirs, tmp_path):
+    """A stand-in rsync that aborts itself (as a crashing rsync would): the signal is named."""
+    src, staging, temp = dirs
+    crashing = tmp_path / "rsync"
+    crashing.write_text("#!/bin/sh\nkill -ABRT $$\n")
+    crashing.chmod(0o755)
+    with pytest.raises(TransferError) as info:
+        run_rsync(str(crashing), Source("train", str(src)), str(staging), str(temp))
+    assert str(info.value).endswith("failed: rsync was killed by signal SIGABRT.")
 
 
 def test_missing_rsync_binary_is_a_sentence(dirs, tmp_path):
@@ -514,3 +536,37 @@ def test_file_reported_vanished_by_both_processes_is_one_warning(dirs, tmp_path)
     assert result.changed == (EVENTS,)
     assert result.warnings == ("Sync of 'train': 1 file(s) vanished at the source while being "
                                "copied; the next sync picks up what is left.",)
+
+
+GRPC_NEIGHBOUR = """
+import concurrent.futures, shutil, sys
+import grpc
+from tb_rsync_plugin import config, rsync
+from tb_rsync_plugin.errors import TransferError
+server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=10)
+src, staging, temp, count = sys.argv[1:5]
+failures = []
+for _ in range(int(count)):
+    try:
+        rsync.run_rsync(shutil.which("rsync"), config.Source("s", src + "/"), staging, temp)
+    except TransferError as e:
+        failures.append(str(e))
+print(len(failures), failures[:1])
+"""
+
+
+def test_rsync_starts_cleanly_beside_grpc(dirs):
+    """TensorBoard runs grpc threads; rsync must start without running Python fork handlers.
+
+    With a Python pre-exec hook, grpc's fork handler aborted about 1 in 150 children here
+    ("rsync failed with exit code -6"); 150 syncs (300 rsync starts) caught it most runs.
+    """
+    src, staging, temp = dirs
+    (src / "notes.txt").write_text("hello")
+    result = subprocess.run([sys.executable, "-c", GRPC_NEIGHBOUR, str(src), str(staging),
+                             str(temp), "150"], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "0 []", result.stdout

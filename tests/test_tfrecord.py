@@ -170,6 +170,10 @@ def test_event_field_parser():
         b"\x09" + event.SerializeToString()[1:9]
     assert event_wall_time_and_step(payload) == (2.0, 3)
     assert event_wall_time_and_step(b"\x09\x00") == (None, None)
+    # A non-finite time is no time: it would be invalid JSON in the status (Infinity).
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        assert event_wall_time_and_step(make_event(4, wall_time=bad).SerializeToString()) == \
+            (None, 4)
 
 
 def test_matches_tensorboards_own_reader(tmp_path):
