@@ -73,6 +73,9 @@ def _print_error(error):
 def _service(args, interval_s=0.0):
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
                                      interval_s)
+    if not config.sources and args.config:
+        raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
+                                     "tables; add one or pass --source NAME=SOURCE.")
     if not config.sources:
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
     config_lib.find_rsync()
@@ -223,7 +226,11 @@ def _bytes(n):
 
 
 class ProgressPrinter:
-    """A live progress line on a terminal; a plain line every few seconds otherwise."""
+    """A live progress line on a terminal; a plain line every few seconds otherwise.
+
+    Off a terminal the first line comes only after `plain_every_s`: a sync that ends sooner
+    is reported by its result line alone, not by a snapshot of a progress bar.
+    """
 
     def __init__(self, stream, plain_every_s=5.0):
         self._stream = stream
@@ -240,7 +247,8 @@ class ProgressPrinter:
             if self._tty:
                 self._stream.write("\r\x1b[K" + text)
                 self._shown = True
-            elif time.monotonic() - self._last_plain.get(name, 0) >= self._plain_every_s:
+            elif time.monotonic() - self._last_plain.setdefault(name, time.monotonic()) \
+                    >= self._plain_every_s:
                 self._last_plain[name] = time.monotonic()
                 self._stream.write(text + "\n")
             self._stream.flush()

@@ -210,16 +210,23 @@ def _make_source(table, where):
     timeout = _number(table, "timeout", where)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
-    return Source(
+    source = Source(
         name=name,
         source=table["source"].strip(),
         ssh=ssh.strip() if ssh else None,
         bwlimit_kib=bwlimit,
         include=patterns["include"],
         exclude=patterns["exclude"],
-        interval_s=interval,
-        timeout_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+        interval_s=None if interval is None else float(interval),
+        timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
     )
+    if source.ssh and not source.is_remote_shell:
+        # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
+        kind = "an rsync daemon" if source.is_daemon else "a local folder"
+        raise ConfigError(f"In {where}: 'ssh' only applies to host:dir sources, and "
+                          f"'{source.source}' is {kind}; remove 'ssh' or write the source "
+                          "as HOST:DIR.")
+    return source
 
 
 def _number(table, key, where, integer=False):

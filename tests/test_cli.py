@@ -1,5 +1,6 @@
 """`tb-rsync` end to end in subprocesses: exit codes, messages, status output."""
 
+import io
 import os
 import signal
 import subprocess
@@ -96,6 +97,15 @@ def test_bad_arguments(tmp_path):
     assert inside.returncode == 1 and "outside the logdir" in inside.stderr
     usage = tb_rsync("frobnicate")
     assert usage.returncode == 2
+
+
+def test_a_config_file_without_sources_says_so(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "empty.toml").write_text("# nothing yet\n")
+    result = tb_rsync("sync", "--logdir", tmp_path / "logs", "--config", tmp_path / "empty.toml")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: The config file '{tmp_path / 'empty.toml'}' has no "
+                                     "[[source]] tables; add one or pass --source NAME=SOURCE.")
 
 
 def test_missing_rsync_is_a_sentence(tmp_path):
@@ -244,3 +254,17 @@ def test_a_corrupt_file_keeps_its_run_in_error_while_another_file_grows(tmp_path
     assert steps_in(logdir / "n1" / "run 1" / EVENTS) == [0, 1, 2, 3, 4, 5]
     status = tb_rsync("status", "--logdir", logdir, "--staging", staging).stdout
     assert "corrupt record" not in status, status
+
+
+def test_plain_progress_lines_only_for_syncs_that_take_a_while():
+    from tb_rsync_plugin.cli import ProgressPrinter
+    from tb_rsync_plugin.rsync import Progress
+    out = io.StringIO()  # not a terminal
+    printer = ProgressPrinter(out, plain_every_s=0.3)
+    printer.update("gpu1", Progress(1024, 10, 2048.0, "events"))
+    printer.update("gpu1", Progress(2048, 20, 2048.0, "events"))
+    assert out.getvalue() == "", "a short sync prints no progress snapshot"
+    time.sleep(0.35)
+    printer.update("gpu1", Progress(4096, 40, 2048.0, "events"))
+    printer.update("gpu1", Progress(5000, 50, 2048.0, "events"))
+    assert out.getvalue() == "gpu1: events 4.0 KiB 40% 2.0 KiB/s\n"

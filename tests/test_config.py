@@ -43,6 +43,7 @@ source = "/data/runs"
     assert gpu.is_remote_shell and not gpu.is_local
     assert local.is_local and local.source_dir == "/data/runs/"
     assert cfg.interval_for(gpu) == 15 and cfg.interval_for(local) == 30
+    assert isinstance(gpu.interval_s, float)  # the status JSON documents floats
     assert cfg.staging_dir("gpu 1") == str(tmp_path / "staging" / "staging" / "gpu 1")
 
 
@@ -63,6 +64,10 @@ source = "/data/runs"
     ('[[source]]\nname = "a"\nsource = "/x"\ninclude = "*.txt"\n', "'include' must be a list"),
     ('[[source]]\nname = "a"\nsource = "/x"\nssh = ""\n', "'ssh' must be a command"),
     ('[[source]]\nname = "a"\nsource = "/x"\nssh = "ssh \'unclosed"\n', "'ssh' cannot be parsed"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nssh = "ssh -p 2222"\n',
+     "'ssh' only applies to host:dir sources, and '/x' is a local folder"),
+    ('[[source]]\nname = "a"\nsource = "rsync://h/m/"\nssh = "ssh -p 2222"\n',
+     "'rsync://h/m/' is an rsync daemon"),
     ('[[source]]\nname = "a"\nsource = "/x"\n[[source]]\nname = "a"\nsource = "/y"\n',
      "used twice"),
     ('source = "oops"\n', "write each source as a [[source]] table"),
