@@ -32,14 +32,13 @@ const SOURCE_STATE_LABELS = {
 // sources[].progress.phase as the backend reports it (tb_rsync_plugin/state.py, rsync.py).
 const PHASE_LABELS = {
   connecting: 'connecting\u2026',
-  list: 'listing files\u2026',
   events: 'appending event files',
   files: 'copying other files',
   restage: 're-fetching rewritten files',
   reloading: 'waiting for TensorBoard to reload',
 };
 // Phases without a byte count of their own: an indeterminate bar, no "0 B · 0%".
-const WAITING_PHASES = new Set(['connecting', 'list', 'reloading']);
+const WAITING_PHASES = new Set(['connecting', 'reloading']);
 
 const LOADER_LABELS = {
   legacy: 'legacy loader (--load_fast=false)',

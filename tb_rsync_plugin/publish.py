@@ -41,7 +41,8 @@ _ENTRY_KEYS = ("aligned_len", "size", "inode", "newest_wall_time", "newest_step"
                "corrupt_at", "corrupt_staged_size", "staged")
 _COMPARE_BYTES = 1024 * 1024
 # Before appending, the last bytes published are compared with the staged ones: a cheap
-# guard against a staged file that was replaced whole by unrelated content of equal framing.
+# guard against a damaged staged copy (rsync --append never rewrites those bytes, so a
+# source rewrite is caught by the record checks, not here).
 _TAIL_CHECK_BYTES = 4096
 # Staged bytes kept before the published length when the prefix is released: far more than
 # the tail check reads, in whole filesystem blocks.
@@ -532,7 +533,9 @@ class _Publisher:
         self._act(rel, "error", 0, message)
 
     def save_manifest(self, manifest_path, quiet=False):
-        if not self.dirty:
+        # Also written when missing: a source without event files would otherwise have no
+        # manifest, and a missing manifest makes every sync walk the whole staging tree.
+        if not self.dirty and os.path.exists(manifest_path):
             return
         try:
             _save_manifest(manifest_path, self.manifest)

@@ -108,7 +108,13 @@ class FastLoaderReloader(NoReloader):
             return _RESTART_REASON + " (The staging folder is on another filesystem.)"
         try:
             for name in names:
-                os.rename(os.path.join(run_dir, name), os.path.join(held_dir, name))
+                held = os.path.join(held_dir, name)
+                try:
+                    os.link(os.path.join(run_dir, name), held)  # never over a parked copy
+                except FileExistsError:
+                    return (_RESTART_REASON + f" (An older parked copy '{held}' is in the way; "
+                            "compare it with the published file and remove it.)")
+                os.unlink(os.path.join(run_dir, name))
             gone = self._wait_until_dropped(run, cancel)
         finally:
             # Always put the files back, even if waiting failed: the logdir must converge.
@@ -140,7 +146,7 @@ class FastLoaderReloader(NoReloader):
 
 
 def restore_held_runs(holding_dir, logdir):
-    """Put back every file a killed process left parked (at start-up only)."""
+    """Put back every file under `holding_dir` into the same place under `logdir`."""
     if os.path.isdir(holding_dir):
         for folder, _, _ in os.walk(holding_dir):
             restore_held_files(folder, os.path.join(logdir, os.path.relpath(folder, holding_dir)))

@@ -93,7 +93,9 @@ _DIE_WITH_PARENT = _die_with_parent_prefix()
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """One progress report. `bytes_done` sums every rsync process of this sync; `percent` and
-    `rate_bytes_s` are those of the process in `phase` ("events", "files" or "restage")."""
+    `rate_bytes_s` are those of the process in `phase` ("events", "files" or "restage").
+    The service adds two phases of its own: "connecting" (before rsync reports) and
+    "reloading" (a fast-loader reload cycle)."""
 
     bytes_done: int
     percent: int
@@ -362,16 +364,23 @@ class _Run:
         return args
 
     def start(self, phase, options, files=None, progress=True):
+        """Start one rsync; if that fails, the run's other processes are stopped too (they
+        must not go on writing into staging after the caller gave up and let go of the lock).
+        """
+        try:
+            return self._start(phase, options, files, progress)
+        except BaseException:
+            self._stop()
+            raise
+
+    def _start(self, phase, options, files, progress):
         args = self.base_args() + options
         src = self.source.source_dir if not self.source.is_local \
             else os.path.abspath(os.path.expanduser(self.source.source_dir)) + "/"
         files_from = None
         if files is not None:
             src, prefix = _files_from_base(self.source, src)
-            fd, files_from = tempfile.mkstemp(prefix=".tb-rsync-files-", dir=self.temp_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"".join((prefix + p).encode("utf-8", "surrogateescape") + b"\0"
-                                 for p in files))
+            files_from = self._write_file_list(prefix, files)
             args += ["--from0", f"--files-from={files_from}"]
         if progress and self.on_progress is not None:
             args.append("--info=progress2")
@@ -387,6 +396,21 @@ class _Run:
                 f"({e.strerror}); install rsync or fix the path.", shlex.join(args)) from None
         self.jobs.append(job)
         return job
+
+    def _write_file_list(self, prefix, files):
+        """rsync's --files-from list, in the temp folder; a write error is a sentence."""
+        try:
+            fd, path = tempfile.mkstemp(prefix=".tb-rsync-files-", dir=self.temp_dir)
+        except OSError as e:
+            raise TransferError(_temp_write_error(self.source, self.temp_dir, e)) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join((prefix + p).encode("utf-8", "surrogateescape") + b"\0"
+                                 for p in files))
+        except OSError as e:
+            _unlink(path)
+            raise TransferError(_temp_write_error(self.source, self.temp_dir, e)) from None
+        return path
 
     def report(self, job, percent, rate):
         with self._lock:
@@ -590,6 +614,14 @@ _DIAGNOSES = [
     ("connection unexpectedly closed", "the connection closed unexpectedly; check that "
      "'ssh HOST rsync --version' works"),
 ]
+
+
+def _temp_write_error(source, temp_dir, error):
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (f"Sync of '{source.name}' could not write its file list into '{temp_dir}' "
+            f"({error.strerror}); " + ("free space on that disk or choose another "
+                                       "--rsync_staging folder." if full else
+                                       "check that the staging folder is writable."))
 
 
 def _signal_name(number):

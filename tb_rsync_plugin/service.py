@@ -11,6 +11,7 @@ Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging ro
 """
 
 import atexit
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -33,6 +34,7 @@ MAX_PARALLEL_SOURCES = 4
 LOADED_REFRESH_S = 2.0
 LOCK_WAIT_S = 600.0
 STOP_WAIT_S = 10.0  # rsync gets TERM, then KILL after a grace period
+TIMER_MAX_SLEEP_S = 1.0  # the timer looks again at least this often (a click moves times)
 
 
 class SyncService:
@@ -55,7 +57,12 @@ class SyncService:
         # before atexit handlers run, so a TensorBoard stopped mid-sync would wait for rsync
         # to finish instead of cancelling it in `stop()`.
         self._queue = queue.Queue()
-        self._idle = {}  # source name -> Event set when no cycle is queued or running
+        # Per source: cycles queued or running, and an Event set when that count is 0. The
+        # count (not "set after each cycle") keeps a request that lands while a worker is
+        # finishing from being reported idle by `wait()`.
+        self._pending = collections.Counter()
+        self._pending_lock = threading.Lock()
+        self._idle = {}
         self._threads = [
             threading.Thread(target=self._worker, name=f"tb-rsync-worker-{i}", daemon=True)
             for i in range(min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))))]
@@ -66,8 +73,8 @@ class SyncService:
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
         state.restore(config.state_path)
-        # A process killed while a run's files were parked for a fast-loader reload.
-        reload_lib.restore_held_runs(config.holding_dir, config.logdir)
+        for source in config.sources:
+            self._restore_parked(source.name)
         try:
             self._rsync_path = config_lib.find_rsync()
         except SyncError as e:
@@ -86,7 +93,9 @@ class SyncService:
             if not self.state.try_queue(name):
                 joined.append(name)
                 continue
-            self._idle.setdefault(name, threading.Event()).clear()
+            with self._pending_lock:
+                self._pending[name] += 1
+                self._idle.setdefault(name, threading.Event()).clear()
             self._queue.put(name)
             started.append(name)
         return {"started": started, "joined": joined}
@@ -107,7 +116,10 @@ class SyncService:
                 else:
                     self.state.fail(name, f"Sync of '{name}' was cancelled: tb-rsync is stopping.")
             finally:
-                self._idle[name].set()
+                with self._pending_lock:
+                    self._pending[name] -= 1
+                    if not self._pending[name]:
+                        self._idle[name].set()
 
     def run_cycle(self, name, on_progress=None):
         """One blocking cycle for source `name`; raises `SyncError` on failure (CLI)."""
@@ -137,9 +149,14 @@ class SyncService:
             if self._rsync_path is None:
                 self._rsync_path = config_lib.find_rsync()
             with self._source_lock(name):
-                transfer, report = self._transfer_and_publish(source, progress)
-                # Under the lock: a fast-loader reload parks this source's files for a while.
-                notes = self._reload(report, progress, transfer.bytes_received)
+                transfer, retry = self._transfer(source, progress)
+                # Another process with another staging root holds another source lock, so
+                # the published folder is locked too, before publishing into it: else both
+                # would append the same new records. Also held while a fast-loader reload
+                # parks this source's files.
+                with self._publish_lock(name):
+                    transfer, report = self._publish(source, transfer, retry, progress)
+                    notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
             self._refresh_loaded(list(report.runs))
         except SyncError as e:
@@ -151,8 +168,6 @@ class SyncService:
             raise
         finally:
             self._save_state()
-            interval = self.config.interval_for(source)
-            self.state.set_next_sync(name, self._clock() + interval if interval > 0 else None)
 
     def _reload(self, report, progress, bytes_done):
         """Tell TensorBoard; a failure here never turns a good publish into a failed sync."""
@@ -172,16 +187,19 @@ class SyncService:
         except Exception:
             logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
 
-    def _transfer_and_publish(self, source, progress):
+    def _dirty_marker(self, name):
+        return os.path.join(self.config.staging_root, "locks", name + ".unpublished")
+
+    def _transfer(self, source, progress):
+        """rsync into staging; returns the transfer and what an earlier cycle left to retry."""
         cfg, name = self.config, source.name
         staging_dir = cfg.staging_dir(name)
         for folder in (staging_dir, cfg.temp_dir):
             os.makedirs(folder, exist_ok=True)
         # A cycle that stopped between rsync and publish left staged files rsync will not
         # report again; the marker makes the next publish walk the whole staging tree.
-        dirty_marker = os.path.join(cfg.staging_root, "locks", name + ".unpublished")
+        dirty_marker = self._dirty_marker(name)
         retry = _read_retry(dirty_marker)
-        walk_all = retry == [] or not os.path.exists(cfg.manifest_path(name))
         with open(dirty_marker, "w"):
             pass
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
@@ -194,6 +212,13 @@ class SyncService:
                                             cfg.temp_dir, transfer.same_size,
                                             on_progress=progress, cancel=self._stop)
             transfer = _merge_transfers(transfer, again)
+        return transfer, retry
+
+    def _publish(self, source, transfer, retry, progress):
+        """Publish what the transfer staged (or everything, after an interrupted cycle)."""
+        cfg, name = self.config, source.name
+        staging_dir, dirty_marker = cfg.staging_dir(name), self._dirty_marker(name)
+        walk_all = retry == [] or not os.path.exists(cfg.manifest_path(name))
         publish_args = (staging_dir, cfg.logdir, name, cfg.quarantine_dir(name),
                         cfg.manifest_path(name))
         changed = None if walk_all else sorted(set(transfer.changed) | set(retry or ()))
@@ -227,21 +252,61 @@ class SyncService:
         path = self.config.lock_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as f:
-            deadline = time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self._stop.is_set() or time.monotonic() > deadline:
-                        raise SyncError(
-                            f"Source '{name}' is being synced by another tb-rsync process "
-                            f"(lock '{path}'); wait for it or stop that process.") from None
-                    self._stop.wait(0.2)
+            self._flock(f.fileno(), name, path)
+            yield
+
+    @contextlib.contextmanager
+    def _publish_lock(self, name):
+        """An exclusive `flock` on `LOGDIR/NAME` itself (nothing is written for it)."""
+        path = os.path.join(self.config.logdir, name)
+        try:
+            os.mkdir(path)  # publishing creates it anyway
+        except FileExistsError:
+            pass
+        except OSError:
+            yield  # unusable: publish() refuses it with a sentence
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            yield  # a symlink: publish() refuses it with a sentence
+            return
+        try:
+            self._flock(fd, name, path)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _restore_parked(self, name):
+        """Put back files a killed process left parked for a fast-loader reload.
+
+        Skipped while another process holds the source: it is parking them right now, and
+        putting them back early would keep TensorBoard from ever dropping the run.
+        """
+        held = os.path.join(self.config.holding_dir, name)
+        if not os.path.isdir(held):
+            return
+        path = self.config.lock_path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
             try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            reload_lib.restore_held_runs(held, os.path.join(self.config.logdir, name))
+
+    def _flock(self, fd, name, path):
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    raise SyncError(
+                        f"Source '{name}' is being synced by another tb-rsync process "
+                        f"(lock '{path}'); wait for it or stop that process.") from None
+                self._stop.wait(0.2)
 
     def _save_state(self):
         try:
@@ -263,22 +328,27 @@ class SyncService:
         self.wait(timeout_s=STOP_WAIT_S)
 
     def _timer_loop(self):
-        now = self._clock()
-        due = {}
-        for source in self.config.sources:
-            interval = self.config.interval_for(source)
-            if interval > 0:
-                due[source.name] = now  # first sync right away
-                self.state.set_next_sync(source.name, now)
-        while due and not self._stop.is_set():
-            now = self._clock()
-            for name, when in due.items():
+        """Sync each timed source when its `next_sync_unix_s` (shown in the tab) comes.
+
+        The end of every cycle sets that time to end + interval, so the tab's countdown is
+        the one the timer keeps, a click postpones the next timed sync, and a sync longer
+        than the interval is never followed by another at once.
+        """
+        timed = [s.name for s in self.config.sources if self.config.interval_for(s) > 0]
+        for name in timed:
+            self.state.set_next_sync(name, self._clock())  # first sync right away
+        while timed and not self._stop.is_set():
+            now, wake = self._clock(), self._clock() + TIMER_MAX_SLEEP_S
+            for name in timed:
+                when = self.state.next_sync(name)
+                if when is None:
+                    continue  # queued or syncing: the cycle's end sets the next time
                 if now >= when:
+                    self.state.set_next_sync(name, None)
                     self.request([name])
-                    interval = self.config.interval_for(self.config.source(name))
-                    due[name] = now + interval
-                    self.state.set_next_sync(name, due[name])
-            self._stop.wait(max(0.05, min(due.values()) - self._clock()))
+                else:
+                    wake = min(wake, when)
+            self._stop.wait(max(0.05, wake - self._clock()))
 
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):

@@ -105,6 +105,7 @@ class SyncState:
             status.progress = None
             status.error = None
             status.last_end_unix_s = status.last_ok_unix_s = now
+            _schedule_after(status)
             status.warnings = list(transfer.warnings)
             status.last_result = {
                 "bytes_received": transfer.bytes_received,
@@ -155,10 +156,15 @@ class SyncState:
             status.last_end_unix_s = self._clock()
             status.error = {"message": message, "details": details,
                             "unix_s": status.last_end_unix_s}
+            _schedule_after(status)
 
     def set_next_sync(self, name, unix_s):
         with self._lock:
             self._sources[name].next_sync_unix_s = unix_s
+
+    def next_sync(self, name):
+        with self._lock:
+            return self._sources[name].next_sync_unix_s
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
@@ -269,6 +275,12 @@ class SyncState:
                 fresh.file_errors = dict(saved.get("file_errors") or {})
                 # "restart_needed" is not restored: this process is the restart.
                 self._runs[fresh.run] = fresh
+
+
+def _schedule_after(status):
+    """The next timed sync of a source whose cycle just ended (the timer keeps this time)."""
+    status.next_sync_unix_s = status.last_end_unix_s + status.interval_s \
+        if status.interval_s > 0 else None
 
 
 @contextlib.contextmanager

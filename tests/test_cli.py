@@ -223,7 +223,7 @@ def test_a_bug_in_the_engine_exits_3_with_its_traceback(tmp_path):
     assert result.returncode == 3, result.stderr
     assert "KeyError: 'injected bug'" in result.stderr
     assert result.stderr.rstrip().endswith("please report it with the traceback above.")
-    assert os.listdir(logdir) == [], "nothing was published"
+    assert [files for _, _, files in os.walk(logdir) if files] == [], "nothing was published"
     status = tb_rsync("status", "--logdir", logdir, "--staging", tmp_path / "staging")
     assert "Internal error in tb-rsync (KeyError" in status.stdout
 
@@ -268,3 +268,25 @@ def test_plain_progress_lines_only_for_syncs_that_take_a_while():
     printer.update("gpu1", Progress(4096, 40, 2048.0, "events"))
     printer.update("gpu1", Progress(5000, 50, 2048.0, "events"))
     assert out.getvalue() == "gpu1: events 4.0 KiB 40% 2.0 KiB/s\n"
+
+
+def test_two_processes_with_their_own_staging_publish_each_record_once(tmp_path):
+    """Two tb-rsync processes, each with its own staging root (so its own source lock), sync
+    one source into one logdir at the same moment: the lock on LOGDIR/NAME keeps them from
+    appending the same new records twice."""
+    remote, logdir = make_remote(tmp_path)
+    source_file = remote / "run 1" / EVENTS
+    step = 4
+    for round_ in range(12):
+        append_scalars(str(source_file), range(step, step + 2000))  # ~100 KB per round
+        step += 2000
+        procs = [subprocess.Popen([sys.executable, "-m", "tb_rsync_plugin.cli", "sync",
+                                   "--logdir", str(logdir), "--source", f"n1={remote}/",
+                                   "--staging", str(tmp_path / f"staging{i}")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        published = (logdir / "n1" / "run 1" / EVENTS).read_bytes()
+        assert published == source_file.read_bytes(), f"round {round_}: published differs"

@@ -270,6 +270,7 @@ MESSAGES = [
     ("cli.py", "error: this is a bug in tb-rsync; please report it with the traceback above."),
     ("rsync.py", "cannot create the {what} folder"),
     ("rsync.py", "install rsync or fix the path."),
+    ("rsync.py", "could not write its file list into "),
     ("rsync.py", "was cancelled."),
     ("rsync.py", "the source is slow or unreachable "),
     ("rsync.py", "file(s) vanished "),

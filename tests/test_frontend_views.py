@@ -827,7 +827,7 @@ def test_tab_hung_status_request_shows_not_reachable(tab, fake_plugin):
 def test_phase_labels_and_progress(page):
     got = page.evaluate("""(now) => {
       const v = window.views;
-      const phases = ['connecting', 'list', 'events', 'files', 'restage', 'reloading', 'transfer', null];
+      const phases = ['connecting', 'events', 'files', 'restage', 'reloading', 'transfer', null];
       const sources = phases.map((phase, i) => ({name: `s${i}`, source: 'x:/y/', state: 'syncing',
         interval_s: 0, progress: {bytes_done: phase === 'connecting' ? 0 : 2048, percent: 40,
           rate_bytes_s: 1024, phase}, last_result: null, error: null, warnings: []}));
@@ -838,18 +838,18 @@ def test_phase_labels_and_progress(page):
         determinate: [...table.querySelectorAll('progress')].map((b) => b.hasAttribute('value')),
       };
     }""", NOW)
-    assert got["labels"] == ["connecting\u2026", "listing files\u2026", "appending event files",
+    assert got["labels"] == ["connecting\u2026", "appending event files",
                              "copying other files", "re-fetching rewritten files",
                              "waiting for TensorBoard to reload", "transfer", ""]
     t = got["texts"]
     assert t[0] == "connecting\u2026"  # no "0 B · 0%" before anything moved
-    assert t[2] == "appending event files \u00b7 2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
-    assert t[3].startswith("copying other files \u00b7 ")
-    assert t[4].startswith("re-fetching rewritten files \u00b7 ")
-    assert t[5] == "waiting for TensorBoard to reload \u00b7 2.0 KiB"
-    assert t[6].startswith("transfer \u00b7 2.0 KiB")  # unknown phase: shown as sent
-    assert t[7] == "2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
-    assert got["determinate"] == [False, False, True, True, True, False, True, True]
+    assert t[1] == "appending event files \u00b7 2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
+    assert t[2].startswith("copying other files \u00b7 ")
+    assert t[3].startswith("re-fetching rewritten files \u00b7 ")
+    assert t[4] == "waiting for TensorBoard to reload \u00b7 2.0 KiB"
+    assert t[5].startswith("transfer \u00b7 2.0 KiB")  # unknown phase: shown as sent
+    assert t[6] == "2.0 KiB \u00b7 40% \u00b7 1.0 KiB/s"
+    assert got["determinate"] == [False, True, True, True, False, True, True]
 
 
 def test_connection_notice_and_announcements_are_polite(page):

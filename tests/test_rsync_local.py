@@ -1,5 +1,6 @@
 """rsync.py against the real rsync binary with local folders."""
 
+import errno
 import os
 import shlex
 import shutil
@@ -570,3 +571,51 @@ def test_rsync_starts_cleanly_beside_grpc(dirs):
                              str(temp), "150"], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "0 []", result.stdout
+
+
+def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
+    """The third rsync of a sync cannot start (an injected Popen failure: EAGAIN cannot be
+    caused safely here); the slow whole-file fetch already running must stop with it."""
+    from tb_rsync_plugin import rsync as rsync_lib
+    from tests.processes import processes_mentioning
+    src, staging, temp = dirs
+    write(src / "run1" / EVENTS, os.urandom(2_000_000))
+    write(staging / "run1" / EVENTS, os.urandom(3_000_000))  # staged longer: fetched whole
+    write(src / "run1" / "notes.txt", b"new")  # another file: a third rsync
+    real_popen, started = subprocess.Popen, []
+
+    def popen(args, **kwargs):
+        if any(a.startswith("--files-from=") for a in args) and started:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        proc = real_popen(args, **kwargs)
+        if any(a.startswith("--files-from=") for a in args):
+            started.append(proc)
+        return proc
+
+    monkeypatch.setattr(rsync_lib.subprocess, "Popen", popen)
+    with pytest.raises(TransferError, match="could not start rsync"):
+        run_rsync(RSYNC, Source("train", str(src), bwlimit_kib=200), str(staging), str(temp))
+    assert started, "the whole-file fetch started"
+    assert started[0].poll() is not None, "the whole-file fetch was stopped"
+    assert not processes_mentioning(str(staging), "rsync")
+    assert not [n for n in os.listdir(temp) if n.startswith(".tb-rsync-files-")]
+
+
+def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
+    """A full disk under the temp folder (injected: this machine has no small filesystem to
+    fill) is a sentence that says so, not an internal error."""
+    from tb_rsync_plugin import rsync as rsync_lib
+    src, _, _ = dirs
+    write(src / "run1" / EVENTS, scalar_bytes(range(3), header=True))
+    sync(dirs)
+    write(src / "run1" / "notes.txt", b"new")  # needs a --files-from list
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rsync_lib.tempfile, "mkstemp", full)
+    with pytest.raises(TransferError) as info:
+        sync(dirs)
+    assert "could not write its file list into" in str(info.value)
+    assert str(info.value).endswith("(No space left on device); free space on that disk or "
+                                    "choose another --rsync_staging folder.")

@@ -1,0 +1,123 @@
+"""The sync service's scheduling: the timer keeps the time the tab shows."""
+
+import fcntl
+import os
+import threading
+import time
+
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import service as service_lib
+from tb_rsync_plugin import state as state_lib
+from tests.events import append_scalars, event_file_name
+from tests.fixtures_tensorboard import wait_until
+
+INTERVAL_S = 1.5
+
+
+def source_of(snapshot):
+    (source,) = snapshot["sources"]
+    return source
+
+
+def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path):
+    remote, logdir = tmp_path / "remote", tmp_path / "logs"
+    (remote / "run").mkdir(parents=True)
+    logdir.mkdir()
+    append_scalars(str(remote / "run" / event_file_name()), range(3))
+    config = config_lib.build_config(str(logdir), [f"n={remote}/"], None,
+                                     str(tmp_path / "staging"), INTERVAL_S)
+    state = state_lib.SyncState(config.sources, config.interval_for)
+    service = service_lib.SyncService(config, state, reload_lib.NoReloader())
+    service.start()
+    try:
+        wait_until(lambda: source_of(state.snapshot())["last_end_unix_s"], 10,
+                   message="the first timed sync")
+        for _ in range(2):
+            before = source_of(state.snapshot())
+            shown = before["next_sync_unix_s"]
+            assert shown == before["last_end_unix_s"] + INTERVAL_S
+            wait_until(lambda: (source_of(state.snapshot())["last_start_unix_s"] or 0) >
+                       before["last_end_unix_s"], 10, message="the next timed sync")
+            started = source_of(state.snapshot())["last_start_unix_s"]
+            assert shown - 0.01 <= started <= shown + 1.0, (shown, started)
+            wait_until(lambda: source_of(state.snapshot())["state"] == "idle", 10,
+                       message="the timed sync to end")
+        # A click: the next timed sync moves to its end + interval.
+        service.request(["n"])
+        service.wait(["n"], timeout_s=10)
+        after = source_of(state.snapshot())
+        assert after["next_sync_unix_s"] == after["last_end_unix_s"] + INTERVAL_S
+        time.sleep(INTERVAL_S / 2)
+        assert source_of(state.snapshot())["last_start_unix_s"] == after["last_start_unix_s"], \
+            "no timed sync right after the click"
+    finally:
+        service.stop()
+
+
+def make_service(tmp_path, interval_s=0.0):
+    remote, logdir = tmp_path / "remote", tmp_path / "logs"
+    (remote / "run").mkdir(parents=True, exist_ok=True)
+    logdir.mkdir(exist_ok=True)
+    config = config_lib.build_config(str(logdir), [f"n={remote}/"], None,
+                                     str(tmp_path / "staging"), interval_s)
+    state = state_lib.SyncState(config.sources, config.interval_for)
+    return lambda: service_lib.SyncService(config, state, reload_lib.NoReloader()), config
+
+
+def park(config, data=b"parked events"):
+    held = os.path.join(config.holding_dir, "n", "run")
+    os.makedirs(held)
+    with open(os.path.join(held, event_file_name()), "wb") as f:
+        f.write(data)
+    return os.path.join(config.logdir, "n", "run", event_file_name())
+
+
+def test_files_parked_by_a_killed_process_are_put_back_at_start(tmp_path):
+    new_service, config = make_service(tmp_path)
+    published = park(config)
+    new_service().stop()
+    with open(published, "rb") as f:
+        assert f.read() == b"parked events"
+    assert os.listdir(os.path.join(config.holding_dir, "n", "run")) == []
+
+
+def test_files_parked_by_a_live_process_are_left_to_it(tmp_path):
+    """Another process holds the source while its run is parked: starting must not put the
+    files back early, or TensorBoard would never drop the run."""
+    new_service, config = make_service(tmp_path)
+    published = park(config)
+    os.makedirs(os.path.dirname(config.lock_path("n")), exist_ok=True)
+    with open(config.lock_path("n"), "a") as held_lock:
+        fcntl.flock(held_lock, fcntl.LOCK_EX)
+        new_service().stop()
+        assert not os.path.exists(published)
+    new_service().stop()  # that process is gone now
+    assert os.path.exists(published)
+
+
+def test_parking_never_replaces_an_older_parked_copy(tmp_path):
+    """A copy left parked (its name was taken in the logdir meanwhile) stays; the rewritten
+    run is not cycled and says why."""
+    logdir, holding = tmp_path / "logs", tmp_path / "holding"
+    (logdir / "n" / "run").mkdir(parents=True)
+    (holding / "n" / "run").mkdir(parents=True)
+    (logdir / "n" / "run" / event_file_name()).write_bytes(b"published")
+    (holding / "n" / "run" / event_file_name()).write_bytes(b"older parked copy")
+    reloader = reload_lib.FastLoaderReloader(None, str(holding), reload_interval_s=1.0)
+    reason = reloader._cycle_run(str(logdir), "n/run", threading.Event())
+    assert "An older parked copy" in reason and "is in the way" in reason
+    assert (logdir / "n" / "run" / event_file_name()).read_bytes() == b"published"
+    assert (holding / "n" / "run" / event_file_name()).read_bytes() == b"older parked copy"
+
+
+def test_a_source_without_event_files_gets_a_manifest(tmp_path):
+    """Without one, every later sync would walk the whole staging tree."""
+    new_service, config = make_service(tmp_path)
+    (tmp_path / "remote" / "run" / "notes.txt").write_text("no events here")
+    service = new_service()
+    try:
+        service.run_cycle("n")
+    finally:
+        service.stop()
+    assert os.path.exists(config.manifest_path("n"))
