@@ -66,6 +66,7 @@ class FastLoaderReloader(NoReloader):
 
     def __init__(self, data_provider, holding_dir, reload_interval_s):
         self._data_provider = data_provider
+        self.loaded_wall_times = LoadedTimes(data_provider)
         self._holding_dir = holding_dir
         self._reload_interval_s = reload_interval_s
         if reload_interval_s > 0:
@@ -141,9 +142,6 @@ class FastLoaderReloader(NoReloader):
             cancel.wait(0.25)
         return False
 
-    def loaded_wall_times(self, runs):
-        return _loaded_wall_times(self._data_provider, runs)
-
 
 def restore_held_runs(holding_dir, logdir):
     """Put back every file under `holding_dir` into the same place under `logdir`."""
@@ -185,7 +183,7 @@ class LegacyReloader(NoReloader):
 
     def __init__(self, multiplexer, data_provider):
         self._multiplexer = multiplexer
-        self._data_provider = data_provider
+        self.loaded_wall_times = LoadedTimes(data_provider)
 
     def apply(self, logdir, report, cancel=None):
         for run, update in sorted(report.runs.items()):
@@ -219,8 +217,6 @@ class LegacyReloader(NoReloader):
         mux.AddRun(path, run)
         mux.GetAccumulator(run).Reload()
 
-    def loaded_wall_times(self, runs):
-        return _loaded_wall_times(self._data_provider, runs)
 
 
 def _touches_only_newest(run_dir, files):
@@ -249,37 +245,64 @@ def make_reloader(context, holding_dir):
     return FastLoaderReloader(context.data_provider, holding_dir, reload_interval_s)
 
 
-# Which list call finds which kind of data: scalars, histograms/distributions and text
-# (tensors), images and audio (blob sequences). A run with any of them counts as loaded.
-_LISTINGS = (
-    ("list_scalars", "scalars"),
-    ("list_tensors", "histograms"),
-    ("list_tensors", "text"),
-    ("list_blob_sequences", "images"),
-    ("list_blob_sequences", "audio"),
-)
+class LoadedTimes:
+    """The newest wall time TensorBoard serves per run, over every plugin's data.
 
+    `list_plugins` names the plugins with data (scalars, histograms, text, images, PR
+    curves, a custom plugin...); each keeps its data in one of three classes, so the list
+    call that answers for a plugin is learnt once. A plugin none of them answers for (run
+    graphs, for instance) is asked again only after `RETRY_S`.
+    """
 
-def _loaded_wall_times(data_provider, runs):
-    """{run: newest wall time TensorBoard serves, or None} through the data provider."""
-    from tensorboard import context as tb_context
-    from tensorboard.data import provider
+    METHODS = ("list_scalars", "list_tensors", "list_blob_sequences")
+    RETRY_S = 30.0
 
-    result = {run: None for run in runs}
-    if data_provider is None or not runs:
-        return result
-    ctx = tb_context.RequestContext()
-    run_filter = provider.RunTagFilter(runs=list(runs))
-    for method, plugin_name in _LISTINGS:
+    def __init__(self, data_provider, clock=time.monotonic):
+        self._data_provider = data_provider
+        self._clock = clock
+        self._method_of = {}  # plugin name -> the list method with its data
+        self._silent_until = {}  # plugin name -> when to try a plugin with no data again
+
+    def __call__(self, runs):
+        """{run: newest wall time TensorBoard serves, or None}."""
+        from tensorboard import context as tb_context
+        from tensorboard.data import provider
+
+        result = {run: None for run in runs}
+        if self._data_provider is None or not runs:
+            return result
+        ctx = tb_context.RequestContext()
+        run_filter = provider.RunTagFilter(runs=list(runs))
         try:
-            listing = getattr(data_provider, method)(
-                ctx, experiment_id="", plugin_name=plugin_name, run_tag_filter=run_filter)
-        except Exception as e:  # a loader without this kind of data, or not ready yet
-            logger.debug("tb-rsync: %s(%s) failed: %s", method, plugin_name, e)
-            continue
-        for run, tags in listing.items():
-            for series in tags.values():
-                wall_time = series.max_wall_time
-                if run in result and (result[run] is None or wall_time > result[run]):
-                    result[run] = wall_time
-    return result
+            plugins = sorted(self._data_provider.list_plugins(ctx, experiment_id=""))
+        except Exception as e:  # not ready yet
+            logger.debug("tb-rsync: list_plugins failed: %s", e)
+            return result
+        now = self._clock()
+        for plugin in plugins:
+            if self._silent_until.get(plugin, 0) > now:
+                continue
+            known = self._method_of.get(plugin)
+            for method in (known,) if known else self.METHODS:
+                try:
+                    listing = getattr(self._data_provider, method)(
+                        ctx, experiment_id="", plugin_name=plugin, run_tag_filter=run_filter)
+                except Exception as e:  # data of another class, or not ready yet
+                    logger.debug("tb-rsync: %s(%s) failed: %s", method, plugin, e)
+                    continue
+                if listing:
+                    self._method_of[plugin] = method
+                    _merge_newest(result, listing)
+                    break
+            else:
+                if not known:
+                    self._silent_until[plugin] = now + self.RETRY_S
+        return result
+
+
+def _merge_newest(result, listing):
+    for run, tags in listing.items():
+        for series in tags.values():
+            wall_time = series.max_wall_time
+            if run in result and (result[run] is None or wall_time > result[run]):
+                result[run] = wall_time

@@ -90,8 +90,9 @@ def big_event_bytes(step, size, wall_time0=1_700_000_000.0):
                                         summary=summary_pb2.Summary(value=[value]))])
 
 
-def text_bytes(steps, tag="notes", wall_time0=1_700_000_000.0):
-    """Records of text summaries (the text plugin's tensor form), for runs without scalars."""
+def text_bytes(steps, tag="notes", wall_time0=1_700_000_000.0, plugin_name="text"):
+    """Records of text summaries (the text plugin's tensor form), for runs without scalars;
+    with another `plugin_name`, string tensors of that plugin (a custom dashboard's data)."""
     from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
     events = [file_version_event(wall_time0)]
@@ -100,7 +101,8 @@ def text_bytes(steps, tag="notes", wall_time0=1_700_000_000.0):
                                         tensor_shape=tensor_shape_pb2.TensorShapeProto(),
                                         string_val=[f"step {step}".encode()])
         metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin_name),
+            data_class=summary_pb2.DATA_CLASS_TENSOR)
         value = summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
         events.append(event_pb2.Event(wall_time=wall_time0 + step, step=step,
                                       summary=summary_pb2.Summary(value=[value])))

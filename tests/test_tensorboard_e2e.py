@@ -104,6 +104,23 @@ def test_a_text_only_run_counts_as_live(tmp_path, tensorboard_server):
     wait_until(lambda: _run(tb, "node/notes", "live"), 10, message="the text-only run 'live'")
 
 
+@pytest.mark.parametrize("loader", ["--load_fast=false", "--load_fast=true"])
+def test_a_run_with_only_another_plugins_data_counts_as_live(tmp_path, tensorboard_server,
+                                                             loader):
+    """A run holding only a plugin tb-rsync has no list for (a custom dashboard's tensors)
+    is found through list_plugins, in both loaders."""
+    remote = tmp_path / "remote" / "curves"
+    remote.mkdir(parents=True)
+    (remote / EVENTS).write_bytes(text_bytes(range(3), tag="pr", plugin_name="my_curves"))
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = tensorboard_server(logdir, "--rsync_source", f"node={remote.parent}/",
+                            "--rsync_staging", tmp_path / "staging", loader,
+                            "--reload_interval", "1")
+    sync_and_wait(tb)
+    wait_until(lambda: _run(tb, "node/curves", "live"), 20, message="the run 'live'")
+
+
 def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
     tb, path, _ = start_node(tmp_path, tensorboard_server, range(10),
                              "--load_fast=false", "--reload_interval", "0")
