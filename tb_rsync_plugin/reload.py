@@ -109,13 +109,11 @@ class FastLoaderReloader(NoReloader):
             return _RESTART_REASON + " (The staging folder is on another filesystem.)"
         try:
             for name in names:
-                held = os.path.join(held_dir, name)
-                try:
-                    os.link(os.path.join(run_dir, name), held)  # never over a parked copy
-                except FileExistsError:
+                held, published = os.path.join(held_dir, name), os.path.join(run_dir, name)
+                if not _link_once(published, held):  # never over another parked copy
                     return (_RESTART_REASON + f" (An older parked copy '{held}' is in the way; "
                             "compare it with the published file and remove it.)")
-                os.unlink(os.path.join(run_dir, name))
+                os.unlink(published)
             gone = self._wait_until_dropped(run, cancel)
         finally:
             # Always put the files back, even if waiting failed: the logdir must converge.
@@ -165,13 +163,21 @@ def restore_held_files(held_dir, run_dir):
         if not os.path.isfile(held):
             continue
         os.makedirs(run_dir, exist_ok=True)
-        try:
-            os.link(held, dest)
-        except FileExistsError:
+        if not _link_once(held, dest):
             logger.warning("tb-rsync: '%s' exists, so its parked copy stays at '%s'; compare "
                            "them and move the one to keep into the logdir.", dest, held)
             continue
         os.unlink(held)
+
+
+def _link_once(src, dest):
+    """Link `src` as `dest`; False if `dest` is another file. If `dest` is `src` itself (a
+    process killed between linking and unlinking), that counts as done."""
+    try:
+        os.link(src, dest)
+        return True
+    except FileExistsError:
+        return os.path.samefile(src, dest)
 
 
 class LegacyReloader(NoReloader):
@@ -249,19 +255,20 @@ class LoadedTimes:
     """The newest wall time TensorBoard serves per run, over every plugin's data.
 
     `list_plugins` names the plugins with data (scalars, histograms, text, images, PR
-    curves, a custom plugin...); each keeps its data in one of three classes, so the list
-    call that answers for a plugin is learnt once. A plugin none of them answers for (run
-    graphs, for instance) is asked again only after `RETRY_S`.
+    curves, a custom plugin...). Each keeps its data in one of three classes; for the
+    built-in ones the list call is known, for others the one that answers is learnt, so a
+    refresh costs one call per plugin. An empty answer only means "not loaded yet" (or not
+    for these runs) and is asked again next time: nothing is muted.
     """
 
     METHODS = ("list_scalars", "list_tensors", "list_blob_sequences")
-    RETRY_S = 30.0
+    BUILT_IN = {"scalars": "list_scalars", "histograms": "list_tensors", "text": "list_tensors",
+                "pr_curves": "list_tensors", "images": "list_blob_sequences",
+                "audio": "list_blob_sequences"}
 
-    def __init__(self, data_provider, clock=time.monotonic):
+    def __init__(self, data_provider):
         self._data_provider = data_provider
-        self._clock = clock
-        self._method_of = {}  # plugin name -> the list method with its data
-        self._silent_until = {}  # plugin name -> when to try a plugin with no data again
+        self._method_of = dict(self.BUILT_IN)  # plugin name -> the list call with its data
 
     def __call__(self, runs):
         """{run: newest wall time TensorBoard serves, or None}."""
@@ -274,14 +281,13 @@ class LoadedTimes:
         ctx = tb_context.RequestContext()
         run_filter = provider.RunTagFilter(runs=list(runs))
         try:
-            plugins = sorted(self._data_provider.list_plugins(ctx, experiment_id=""))
+            plugins = self._data_provider.list_plugins(ctx, experiment_id="")
         except Exception as e:  # not ready yet
             logger.debug("tb-rsync: list_plugins failed: %s", e)
             return result
-        now = self._clock()
-        for plugin in plugins:
-            if self._silent_until.get(plugin, 0) > now:
-                continue
+        if plugins is None:  # a provider that cannot list its plugins
+            plugins = self.BUILT_IN
+        for plugin in sorted(plugins):
             known = self._method_of.get(plugin)
             for method in (known,) if known else self.METHODS:
                 try:
@@ -294,9 +300,6 @@ class LoadedTimes:
                     self._method_of[plugin] = method
                     _merge_newest(result, listing)
                     break
-            else:
-                if not known:
-                    self._silent_until[plugin] = now + self.RETRY_S
         return result
 
 

@@ -47,6 +47,7 @@ Patterns are rsync patterns: without a ``/`` they match a basename at any depth.
 import collections
 import dataclasses
 import errno
+import functools
 import os
 import re
 import shlex
@@ -73,7 +74,8 @@ _CONNECT_TIMEOUT_S = 10
 _KILL_GRACE_S = 2.0
 
 
-def _die_with_parent_prefix():
+@functools.lru_cache(maxsize=None)
+def _die_with_parent():
     """A command prefix that makes rsync get SIGTERM when the thread that started it dies.
 
     rsync runs in its own session (Ctrl-C in a terminal must not kill it half-way; we stop
@@ -81,13 +83,19 @@ def _die_with_parent_prefix():
     still writing into staging without holding the source's lock. util-linux's `setpriv`
     sets PR_SET_PDEATHSIG and execs rsync. Not a Python `preexec_fn`: that runs the
     interpreter's fork handlers in the child, and grpc's (TensorBoard loads grpc) abort it
-    now and then (rsync "exit code -6"). Without setpriv (not Linux): no prefix.
+    now and then (rsync "exit code -6"). Probed once, since util-linux before 2.33 (and
+    busybox) have no --pdeathsig; without a working setpriv: no prefix.
     """
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
-
-
-_DIE_WITH_PARENT = _die_with_parent_prefix()
+    if not setpriv:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "TERM", "--")
+    try:
+        probe = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return prefix if probe.returncode == 0 else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,15 +249,21 @@ class _Job:
         self.bytes_done = 0
         self.done = threading.Event()
         self._progress = progress
-        if _DIE_WITH_PARENT and shutil.which(args[0]) is None:
+        prefix = _die_with_parent()
+        if prefix and shutil.which(args[0]) is None:
             # setpriv would start and then fail to exec: say so here, as Popen would.
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args[0])
         self.proc = subprocess.Popen(
-            [*_DIE_WITH_PARENT, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            [*prefix, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"), start_new_session=True)
-        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
-        self._err_thread.start()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+        try:
+            self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
+            self._err_thread.start()
+            threading.Thread(target=self._read_stdout, daemon=True).start()
+        except BaseException:  # "can't start new thread": no rsync may run unwatched
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     @property
     def command(self):
@@ -388,12 +402,13 @@ class _Run:
         try:
             job = _Job(self, phase, args, files_from, progress,
                        dict(phase=phase, options=options, files=files, progress=progress))
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # RuntimeError: no thread to read its output
             if files_from:
                 _unlink(files_from)
             raise TransferError(
                 f"Sync of '{self.source.name}' could not start rsync '{self.rsync_path}' "
-                f"({e.strerror}); install rsync or fix the path.", shlex.join(args)) from None
+                f"({getattr(e, 'strerror', None) or e}); install rsync or fix the path.",
+                shlex.join(args)) from None
         self.jobs.append(job)
         return job
 

@@ -63,6 +63,7 @@ class SyncService:
         self._pending = collections.Counter()
         self._pending_lock = threading.Lock()
         self._idle = {}
+        self._publish_lock_warned = False
         self._threads = [
             threading.Thread(target=self._worker, name=f"tb-rsync-worker-{i}", daemon=True)
             for i in range(min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))))]
@@ -267,12 +268,21 @@ class SyncService:
             yield  # unusable: publish() refuses it with a sentence
             return
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # a symlink: publish() judges it
         except OSError:
-            yield  # a symlink: publish() refuses it with a sentence
+            yield  # unusable: publish() refuses it with a sentence
             return
         try:
-            self._flock(fd, name, path)
+            try:
+                self._flock(fd, name, path)
+            except OSError as e:
+                # NFS emulates flock with write locks (EBADF on a directory), Lustre without
+                # -o flock has none (ENOSYS): publish as before this lock existed.
+                if not self._publish_lock_warned:
+                    self._publish_lock_warned = True
+                    logger.warning("tb-rsync: cannot lock '%s' (%s); two tb-rsync processes "
+                                   "with different staging folders must not sync one source "
+                                   "at once.", path, e.strerror or e)
             yield
         finally:
             os.close(fd)  # releases the lock

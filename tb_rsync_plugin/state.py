@@ -234,9 +234,11 @@ class SyncState:
         not have. The read-merge-write runs under an exclusive lock on a sibling file, so two
         savers never drop each other's update.
         """
-        data = self.snapshot()
-        data["format"] = STATE_FORMAT
         with _exclusive(path + ".lock"):
+            # Taken under the lock: two threads saving out of order would otherwise let the
+            # older snapshot of this process's own sources land last.
+            data = self.snapshot()
+            data["format"] = STATE_FORMAT
             earlier = load_snapshot(path) or {}
             if earlier.get("format") == STATE_FORMAT:
                 ours = set(self._sources)

@@ -271,6 +271,8 @@ MESSAGES = [
     ("rsync.py", "cannot create the {what} folder"),
     ("rsync.py", "install rsync or fix the path."),
     ("rsync.py", "could not write its file list into "),
+    ("reload.py", "is in the way; "),
+    ("service.py", "with different staging folders must not sync one source "),
     ("rsync.py", "was cancelled."),
     ("rsync.py", "the source is slow or unreachable "),
     ("rsync.py", "file(s) vanished "),

@@ -1,5 +1,6 @@
 """The sync service's scheduling: the timer keeps the time the tab shows."""
 
+import errno
 import fcntl
 import os
 import threading
@@ -121,3 +122,38 @@ def test_a_source_without_event_files_gets_a_manifest(tmp_path):
     finally:
         service.stop()
     assert os.path.exists(config.manifest_path("n"))
+
+
+def test_a_park_cut_between_link_and_unlink_heals_at_start(tmp_path):
+    """Killed after linking a file into holding/ but before unlinking it from the logdir:
+    both names are one file; start-up drops the parked name instead of warning forever."""
+    new_service, config = make_service(tmp_path)
+    published = park(config, b"same file")
+    os.makedirs(os.path.dirname(published))
+    parked = os.path.join(config.holding_dir, "n", "run", event_file_name())
+    os.link(parked, published)
+    new_service().stop()
+    assert not os.path.exists(parked)
+    with open(published, "rb") as f:
+        assert f.read() == b"same file"
+
+
+def test_publishing_goes_on_where_the_logdir_cannot_be_locked(tmp_path, monkeypatch):
+    """NFS answers flock on a directory with EBADF (emulated here: no NFS server can run in
+    this sandbox); the sync must publish as it did before that lock existed."""
+    new_service, config = make_service(tmp_path)
+    append_scalars(str(tmp_path / "remote" / "run" / event_file_name()), range(3))
+    real_flock = service_lib.fcntl.flock
+
+    def flock(fd, op):
+        if isinstance(fd, int) and os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(service_lib.fcntl, "flock", flock)
+    service = new_service()
+    try:
+        service.run_cycle("n")
+    finally:
+        service.stop()
+    assert os.path.getsize(os.path.join(config.logdir, "n", "run", event_file_name())) > 0
