@@ -7,7 +7,7 @@
 // rows are updated by name, cell by cell (an open error <details> keeps its selection while
 // another source's progress moves). Polling sleeps while nobody can see the tab.
 
-import {Poller, pageHidden, requestSync} from './model.js';
+import {Poller, idlePollMs, pageHidden, requestSync} from './model.js';
 import * as views from './views.js';
 
 const STORAGE_KEY = 'tb-rsync.ui.v1';
@@ -212,6 +212,8 @@ class SyncTab {
     this.prevSources = (status.sources || []).map((s) => ({name: s.name, state: s.state,
       error: s.error}));
     this.status = status;
+    const pollMs = idlePollMs(status);
+    if (pollMs !== null) this.poller.slowMs = Math.min(this.poller.slowMs, pollMs);
     this.receivedAtMs = Date.now();
     this.conn = {ok: true};
     if (news.length) this.announce(news.join('. '));
@@ -219,7 +221,12 @@ class SyncTab {
     for (const [name, answeredAtMs] of this.pending) {
       if (requestedAtMs >= answeredAtMs) this.pending.delete(name);
     }
-    this.runsJson = JSON.stringify(status.runs || []);
+    // A run whose source is failing may have newer data at the source than anything shown:
+    // its row says so (rows are keyed by this JSON, so they update when that changes).
+    const failing = new Set((status.sources || []).filter((s) => s.state === 'error')
+        .map((s) => s.name));
+    this.runs = (status.runs || []).map((r) => failing.has(r.source) ? {...r, source_failing: true} : r);
+    this.runsJson = JSON.stringify(this.runs);
     this.renderAll();
   }
 
@@ -237,6 +244,7 @@ class SyncTab {
     const target = e.target.closest('button');
     if (!target || !this.app.contains(target) || target.disabled) return;
     const action = target.getAttribute('data-action');
+    if (action === 'sync' && !this.conn.ok) return;
     if (action === 'sync') {
       const name = target.hasAttribute('data-source') ? target.getAttribute('data-source') : null;
       await this.sync(name, target);
@@ -305,6 +313,9 @@ class SyncTab {
     if (this.connLive.textContent !== message) this.connLive.textContent = message;
     const cls = this.conn.ok ? 'rs-conn' : 'rs-conn rs-alert';
     if (this.connBox.className !== cls) this.connBox.className = cls;
+    // Unreachable: the tables are only what TensorBoard said last; grey them, and a Sync
+    // click could not reach it anyway.
+    this.app.classList.toggle('rs-offline', !this.conn.ok);
     const key = JSON.stringify(this.conn);
     if (!this.changed('conn', key)) return;
     const old = this.connBox.querySelector('[data-role="conn-retry"]');
@@ -411,7 +422,7 @@ class SyncTab {
     const key = `${this.sort.key}|${this.sort.dir}|${this.filter}|${this.runsJson}`;
     if (!this.changed('runs', key)) return;
     const t0 = performance.now();
-    const runs = st.runs || [];
+    const runs = this.runs || [];
     const shown = views.sortRuns(views.filterRuns(runs, this.filter), this.sort);
     const nowS = this.nowS();
     const jsons = shown.map((r) => JSON.stringify(r));

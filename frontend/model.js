@@ -105,6 +105,18 @@ export function pageHidden() {
   return document.visibilityState === 'hidden' || window.innerHeight === 0;
 }
 
+/**
+ * How often to ask while idle when sources sync on a timer: twice per shortest interval
+ * (1 to 5 s), so "next sync" and freshness are never a whole sync behind. Null when no
+ * source has a timer (keep the default).
+ */
+export function idlePollMs(status) {
+  const intervals = ((status && status.sources) || []).map((s) => s.interval_s)
+      .filter((s) => typeof s === 'number' && s > 0);
+  if (!intervals.length) return null;
+  return Math.min(SLOW_POLL_MS, Math.max(FAST_POLL_MS, Math.min(...intervals) * 500));
+}
+
 /** True while any source is syncing or queued: the poller then asks every second. */
 export function isBusy(status) {
   return !!(status && Array.isArray(status.sources) &&

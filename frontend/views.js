@@ -457,7 +457,10 @@ function lastResultCell(source) {
   const main = [];
   if (isNum(r.files_transferred)) main.push(plural(r.files_transferred, 'file'));
   if (isNum(r.bytes_received)) main.push(`${formatBytes(r.bytes_received)} received`);
-  td.append(el('div', {text: main.join(', ') || '\u2014'}));
+  // After a failure this is still the last good sync's result: say so.
+  const stale = source.state === 'error';
+  td.append(el('div', {cls: stale ? 'muted' : '',
+    text: `${stale ? 'last success: ' : ''}${main.join(', ') || '\u2014'}`}));
   const sub = [];
   if (isNum(r.files_published) || isNum(r.bytes_published)) {
     sub.push(`published ${isNum(r.files_published) ? plural(r.files_published, 'file') : ''}` +
@@ -506,6 +509,7 @@ function lastCell(s, nowS) {
   if (s.state === 'syncing' && isNum(s.last_start_unix_s)) {
     last.append(el('span', {text: 'started '}), ageSpan(s.last_start_unix_s, nowS));
   } else if (isNum(s.last_end_unix_s)) {
+    if (s.state === 'error') last.append(el('span', {cls: 'err-message', text: 'failed '}));
     last.append(ageSpan(s.last_end_unix_s, nowS));
     if (isNum(s.last_ok_unix_s) && s.last_ok_unix_s !== s.last_end_unix_s) {
       const ok = el('div', {cls: 'small muted'});
@@ -520,8 +524,10 @@ function lastCell(s, nowS) {
 
 function nextCell(s, nowS) {
   const next = el('td', {cls: 'col-next'});
-  if (isNum(s.interval_s) && s.interval_s > 0 && isNum(s.next_sync_unix_s)) {
-    next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
+  if (isNum(s.interval_s) && s.interval_s > 0) {
+    // No time while a sync is queued or running: its end sets the next one.
+    if (isNum(s.next_sync_unix_s)) next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
+    else next.append(el('span', {text: 'after this sync'}));
     next.append(el('div', {cls: 'small muted', text: `every ${formatDuration(s.interval_s)}`}));
   } else {
     next.append(el('span', {cls: 'muted', text: 'on request'}));
@@ -656,6 +662,19 @@ export function runsCountText(shown, total) {
   return shown === total ? `(${total})` : `(${shown} of ${total})`;
 }
 
+/** `text` with command-line flags (`--reload_interval 0`) in <code> that does not wrap. */
+export function textWithFlags(text) {
+  const span = document.createElement('span');
+  const flag = /--[A-Za-z][\w-]*(?:=[^\s),;]+| \d+(?=[\s.,;)]|$))?/g;
+  let at = 0;
+  for (const m of text.matchAll(flag)) {
+    span.append(text.slice(at, m.index), el('code', {cls: 'flag', text: m[0]}));
+    at = m.index + m[0].length;
+  }
+  span.append(text.slice(at));
+  return span;
+}
+
 /** One runs-table row. */
 export function buildRunRow(r, nowS) {
   const tr = document.createElement('tr');
@@ -700,7 +719,18 @@ export function buildRunRow(r, nowS) {
 
   const detail = document.createElement('td');
   detail.className = 'col-detail small';
-  if (r.state_detail) detail.appendChild(document.createTextNode(r.state_detail));
+  if (r.source_failing) {
+    detail.appendChild(el('div', {cls: 'err-message', text: `Source ${r.source} is failing: ` +
+      'the source may have newer events (see Sources).', attrs: {'data-role': 'source-failing'}}));
+  }
+  // "live" needs no words; other states say why, with flags kept on one line.
+  if (r.state_detail && r.state !== 'live') detail.appendChild(textWithFlags(r.state_detail));
+  if (r.state === 'waiting' && isNum(r.loaded_wall_time) && isNum(r.source_wall_time) &&
+      r.source_wall_time > r.loaded_wall_time) {
+    detail.appendChild(el('div', {cls: 'muted', attrs: {'data-role': 'lag'},
+      text: `TensorBoard is ${formatDuration(r.source_wall_time - r.loaded_wall_time)} behind.`}));
+  }
+  if (r.state_detail && r.state === 'live') badge.title = r.state_detail;
   if (isNum(r.rewritten_unix_s)) {
     const w = document.createElement('div');
     w.className = 'muted';

@@ -344,6 +344,64 @@ def test_sources_table(page):
     assert got["clicked"]["disabled"]
 
 
+def test_sources_table_words_failures_and_timer_syncs(page):
+    """A failed source says "failed" and labels its old result; a timed source that is
+    syncing says when the next one comes instead of "on request"."""
+    sources = [
+        source_fixture("bad", state="error", last_end_unix_s=NOW - 3, error={
+            "message": "Sync of 'bad' failed: the host is unreachable.", "details": "",
+            "unix_s": NOW - 3}),
+        source_fixture("timed", state="syncing", next_sync_unix_s=None, interval_s=5.0),
+    ]
+    got = page.evaluate("""(sources) => {
+      const table = window.views.buildSourcesTable(sources, %r);
+      const cell = (n, c) => table.querySelector(`tr[data-source="${n}"] .col-${c}`).textContent;
+      return {badLast: cell('bad', 'last'), badResult: cell('bad', 'result'),
+              timedNext: cell('timed', 'next')};
+    }""" % NOW, sources)
+    assert got["badLast"].startswith("failed 3 s ago") and "last success 39 s ago" in got["badLast"]
+    assert got["badResult"].startswith("last success: 3 files, 1.0 MiB received")
+    assert got["timedNext"] == "after this syncevery 5 s"
+
+
+def test_run_rows_explain_only_what_needs_explaining(page):
+    runs = [
+        run_fixture("live", NOW - 5),
+        run_fixture("behind", NOW - 5, state="waiting", loaded_wall_time=NOW - 17,
+                    state_detail="Published; TensorBoard's fast loader shows it at its next "
+                                 "reload (every 5 s)."),
+        run_fixture("stuck", NOW - 5, state="restart_needed",
+                    state_detail="Published; TensorBoard runs with --reload_interval 0 and "
+                                 "never reloads: restart it to see this."),
+        run_fixture("orphan", NOW - 5, source_failing=True),
+    ]
+    got = page.evaluate("""(runs) => {
+      const tbody = document.createElement('tbody');
+      tbody.append(window.views.buildRunRows(runs, %r));
+      return Object.fromEntries([...tbody.rows].map((tr) => [tr.getAttribute('data-run'), {
+        detail: tr.querySelector('.col-detail').textContent,
+        flags: [...tr.querySelectorAll('code.flag')].map((c) => c.textContent),
+        badgeTitle: tr.querySelector('[data-role=run-state]').title,
+      }]));
+    }""" % NOW, runs)
+    assert got["live"]["detail"] == ""
+    assert got["live"]["badgeTitle"] == "TensorBoard shows the newest published event."
+    assert got["behind"]["detail"].endswith("TensorBoard is 12 s behind.")
+    assert got["stuck"]["flags"] == ["--reload_interval 0"]
+    assert got["stuck"]["detail"].startswith("Published; TensorBoard runs with --reload_interval 0")
+    assert got["orphan"]["detail"].startswith("Source train is failing: the source may have "
+                                              "newer events")
+
+
+def test_idle_poll_follows_the_shortest_sync_interval(page):
+    got = page.evaluate("""() => {
+      const f = window.model.idlePollMs;
+      const st = (...intervals) => ({sources: intervals.map((i) => ({interval_s: i}))});
+      return [f(st(0)), f(st(3, 60)), f(st(30)), f(st(1)), f(null)];
+    }""")
+    assert got == [None, 1500, 5000, 1000, None]
+
+
 def test_run_rows_states_freshness_and_hover(page):
     runs = [
         run_fixture("fresh", NOW - 12, step=1200),
@@ -682,9 +740,16 @@ def test_tab_unreachable_then_back(tab, fake_plugin):
     # The countdown ticks every second: "retrying in N s", or "retrying now" at zero.
     assert re.search(r"retrying (in \d+ s|now)", banner.text_content())
     assert tab.locator("tr[data-run]").count() == 30  # last known data stays on screen
+    # ... greyed out, and Sync does nothing while TensorBoard cannot be reached.
+    assert tab.locator(".rs-offline .table-wrap").count() == 2
+    requests = len(fake_plugin.sync_requests)
+    tab.locator("button[data-action=sync][data-source='train']").click(force=True)
+    tab.wait_for_timeout(300)
+    assert len(fake_plugin.sync_requests) == requests
     tab.unroute("**/plugin/rsync/status")
     tab.locator("button[data-action=retry]").click()
     banner.wait_for(state="detached", timeout=10000)
+    assert tab.locator(".rs-offline").count() == 0
 
 
 def test_tab_no_sources_explains_configuration(tab, fake_plugin):
