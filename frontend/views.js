@@ -188,10 +188,13 @@ export function sortRuns(runs, sort = DEFAULT_SORT) {
   return keyed.map((k) => k.r);
 }
 
-/** The next sort after clicking header `key`: same key flips, another key starts ascending. */
+/**
+ * The next sort after clicking header `key`: same key flips; another key starts ascending,
+ * except Step, which starts with the furthest run.
+ */
 export function nextSort(sort, key) {
   if (sort.key === key) return {key, dir: sort.dir === 'asc' ? 'desc' : 'asc'};
-  return {key, dir: 'asc'};
+  return {key, dir: key === 'step' ? 'desc' : 'asc'};
 }
 
 // ---------------------------------------------------------------------------------------

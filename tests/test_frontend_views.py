@@ -454,7 +454,8 @@ def test_sort_and_filter_are_pure(page):
         filter: names(v.filterRuns(runs, '  RUN_ ')),
         filterSource: names(v.filterRuns(runs, 'EVAL')),
         untouched: names(runs),
-        next: [v.nextSort({key: 'name', dir: 'asc'}, 'name'), v.nextSort({key: 'name', dir: 'desc'}, 'age')],
+        next: [v.nextSort({key: 'name', dir: 'asc'}, 'name'), v.nextSort({key: 'name', dir: 'desc'}, 'age'),
+               v.nextSort({key: 'age', dir: 'asc'}, 'step')],
       };
     }""", runs)
     assert got["name"] == ["eval/x", "Run_1", "run_2", "run_10"]
@@ -464,7 +465,8 @@ def test_sort_and_filter_are_pure(page):
     assert got["filter"] == ["run_10", "run_2", "Run_1"]
     assert got["filterSource"] == ["eval/x"]
     assert got["untouched"] == ["run_10", "run_2", "Run_1", "eval/x"]
-    assert got["next"] == [{"key": "name", "dir": "desc"}, {"key": "age", "dir": "asc"}]
+    assert got["next"] == [{"key": "name", "dir": "desc"}, {"key": "age", "dir": "asc"},
+                           {"key": "step", "dir": "desc"}]  # the furthest run first
 
 
 def test_thousand_runs_render_filter_sort(page):
