@@ -175,9 +175,12 @@ def server(fake_plugin):
                     "body": json.loads(body or b"null"),
                 })
                 code = fake_plugin.sync_code
-            if code != 202:
-                return self._send(code, json.dumps({"error": "Unknown source."}).encode())
-            return self._send(202, json.dumps({"started": ["train"], "joined": []}).encode())
+            answer = (code, json.dumps({"error": "Unknown source."}).encode()) if code != 202 \
+                else (202, json.dumps({"started": ["train"], "joined": []}).encode())
+            try:
+                return self._send(*answer)
+            except OSError:
+                return None  # the browser gave up on a held request
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
