@@ -57,12 +57,17 @@ function followTheme(root) {
   apply();
 }
 
+/** A busy (aria-disabled) or disabled button: clicks on it do nothing. */
+function isBusy(button) {
+  return button.disabled || button.getAttribute('aria-disabled') === 'true';
+}
+
 /**
  * Replace a slot's content, keeping keyboard focus on the "same" element (by data-key).
  *
- * A button that is disabled while its sync runs cannot hold focus; `memo.key` remembers it
- * and focus goes back to it once it is enabled again, unless the user focused something else
- * meanwhile. Keyboard users then press Enter on "Sync" and stay where they were.
+ * Keyboard users press Enter on "Sync" and stay where they were: the rebuilt button gets
+ * focus back. (A `disabled` control cannot hold focus; `memo.key` then remembers it until it
+ * is enabled again, unless the user focused something else meanwhile.)
  */
 function replaceSlot(slot, node, memo) {
   keepFocus(slot, memo, () => slot.replaceChildren(node), slot);
@@ -79,7 +84,7 @@ function keepFocus(scope, memo, replace, searchIn) {
   const target = root.matches && root.matches(`[data-key="${CSS.escape(key)}"]`) ? root :
     root.querySelector(`[data-key="${CSS.escape(key)}"]`);
   if (!target) return;
-  if (target.disabled) {
+  if (target.disabled) {  // a disabled control cannot hold focus: give it back later
     memo.key = key;
   } else {
     memo.key = null;
@@ -242,7 +247,7 @@ class SyncTab {
 
   async onClick(e) {
     const target = e.target.closest('button');
-    if (!target || !this.app.contains(target) || target.disabled) return;
+    if (!target || !this.app.contains(target) || isBusy(target)) return;
     const action = target.getAttribute('data-action');
     if (action === 'sync' && !this.conn.ok) return;
     if (action === 'sync') {
@@ -260,7 +265,7 @@ class SyncTab {
   async sync(name, button) {
     const key = name === null ? '*' : name;
     if (document.activeElement === button) this.focusMemo.key = button.getAttribute('data-key');
-    button.disabled = true; // at once: a second click must not wait for a round trip
+    button.setAttribute('aria-disabled', 'true'); // at once: a second click must not wait
     button.textContent = 'Syncing\u2026';
     this.pending.set(key, Infinity);
     this.message = null;

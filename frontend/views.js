@@ -259,7 +259,9 @@ function syncButton(label, {source, disabled, busyLabel, cls}) {
     attrs['data-source'] = source;
     attrs['aria-label'] = `Sync ${source}`;
   }
-  if (disabled) attrs['disabled'] = true;
+  // aria-disabled, not disabled: a busy button keeps keyboard focus (index.js ignores its
+  // clicks), so Tab after Enter continues from it instead of from the page's start.
+  if (disabled) attrs['aria-disabled'] = 'true';
   return el('button', {cls: cls || 'btn', text: disabled && busyLabel ? busyLabel : label, attrs});
 }
 

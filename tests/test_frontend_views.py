@@ -278,7 +278,7 @@ def test_header_and_empty_states(page):
         alertRole: header.querySelector('[data-role=rsync-error]').getAttribute('role'),
         note: header.querySelector('[data-role=reload-note]').textContent,
         syncAll: header.querySelector('button[data-action=sync]').textContent,
-        syncAllDisabled: busy.querySelector('button[data-action=sync]').disabled,
+        syncAllDisabled: busy.querySelector('button[data-action=sync]').getAttribute('aria-disabled') === 'true',
         none: none.textContent,
         noRuns: noRuns.textContent,
         noMatch: noMatch.textContent,
@@ -321,7 +321,7 @@ def test_sources_table(page):
         out[s.name] = {
           text: r.textContent,
           state: r.querySelector('[data-role=source-state]').textContent,
-          disabled: button.disabled,
+          disabled: button.getAttribute('aria-disabled') === 'true',
           button: button.textContent,
           buttonSource: button.getAttribute('data-source'),
           progress: r.querySelector('progress') ? r.querySelector('progress').value : null,
@@ -660,9 +660,14 @@ def bump_status(fake_plugin, dt=1.0, **changes):
     return status
 
 
+def busy(button):
+    """A Sync button in flight: aria-disabled (it keeps focus), its clicks ignored."""
+    return button.get_attribute("aria-disabled") == "true"
+
+
 def test_tab_sync_click_disables_at_once_and_posts(tab, fake_plugin):
     button = tab.locator("button[data-source='train']")
-    assert button.is_enabled()
+    assert not busy(button)
     # The server will report the sync on the next status answer.
     status = bump_status(fake_plugin)
     status["sources"][0]["state"] = "syncing"
@@ -670,7 +675,7 @@ def test_tab_sync_click_disables_at_once_and_posts(tab, fake_plugin):
                                         "phase": "transfer"}
     fake_plugin.set_status(status)
     button.click()
-    assert tab.locator("button[data-source='train']").is_disabled()
+    assert busy(tab.locator("button[data-source='train']"))
     tab.wait_for_function("document.querySelector(\"tr[data-source='train'] progress\")")
     assert fake_plugin.sync_requests[-1]["body"] == {"source": "train"}
     assert fake_plugin.sync_requests[-1]["headers"]["x-tb-rsync"] == "1"
@@ -678,7 +683,7 @@ def test_tab_sync_click_disables_at_once_and_posts(tab, fake_plugin):
     status = bump_status(fake_plugin)
     status["sources"][0].update(state="idle", progress=None)
     fake_plugin.set_status(status)
-    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+    tab.wait_for_function("document.querySelector(\"button[data-source='train']\").getAttribute('aria-disabled') !== 'true'",
                           timeout=5000)
     # Sync all posts {}.
     tab.locator("button[data-key='sync-all']").click()
@@ -693,7 +698,7 @@ def test_tab_refused_sync_says_why(tab, fake_plugin):
     message.wait_for()
     assert "refused (HTTP 404)" in message.text_content()
     assert "Unknown source." in message.text_content()
-    assert tab.locator("button[data-source='bad']").is_enabled()
+    assert not busy(tab.locator("button[data-source='bad']"))
 
 
 def test_tab_filter_sort_details_survive_refreshes(tab, fake_plugin):
@@ -796,11 +801,13 @@ def test_tab_keyboard_sync_keeps_focus_on_the_button(tab, fake_plugin):
     tab.locator("button[data-source='train']").focus()
     tab.keyboard.press("Enter")
     tab.wait_for_function("window.__tbRsync.pending.size === 0", timeout=10000)
-    assert tab.locator("button[data-source='train']").is_disabled()  # the server says syncing
+    assert busy(tab.locator("button[data-source='train']"))  # the server says syncing
+    # Focus stayed on the busy button all along: Tab goes on from it.
+    assert tab.evaluate("document.activeElement.getAttribute('data-key')") == "sync:train"
     status = bump_status(fake_plugin)
     status["sources"][0]["state"] = "idle"
     fake_plugin.set_status(status)
-    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+    tab.wait_for_function("document.querySelector(\"button[data-source='train']\").getAttribute('aria-disabled') !== 'true'",
                           timeout=10000)
     assert tab.evaluate("document.activeElement.getAttribute('data-key')") == "sync:train"
 
@@ -1021,7 +1028,7 @@ def test_tab_source_progress_keeps_error_details_selection(tab, fake_plugin):
     status = bump_status(fake_plugin)
     status["sources"][0].update(state="idle", progress=None)
     fake_plugin.set_status(status)
-    tab.wait_for_function("!document.querySelector(\"button[data-source='train']\").disabled",
+    tab.wait_for_function("document.querySelector(\"button[data-source='train']\").getAttribute('aria-disabled') !== 'true'",
                           timeout=5000)
     got = tab.evaluate("""() => ({
       selection: getSelection().toString(),

@@ -92,12 +92,13 @@ def seen_texts(frame, selector):
 
 
 def click_and_check_disabled_at_once(frame, button):
-    """Click, and report whether the button was disabled in the click's own event dispatch."""
+    """Click, and report whether the button was busy (aria-disabled) in the click's own event
+    dispatch."""
     frame.locator("body").evaluate("""() => {
       window.__disabledAtClick = null;
       document.addEventListener('click', (e) => {
         const b = e.target.closest('button');
-        if (b) window.__disabledAtClick = b.disabled;
+        if (b) window.__disabledAtClick = b.getAttribute('aria-disabled') === 'true';
       }, {once: true});
     }""")
     button.click()
@@ -154,7 +155,7 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     assert run_row(frame, run).locator("[data-role=step]").text_content() == "4"
     assert frame.locator("tr[data-run]").count() == 3
     wait_until(lambda: len(tb.scalars(run)) == 5, 10, message="TensorBoard to serve 5 points")
-    wait_until(lambda: demo_button.is_enabled(), 15, message="the Sync button to come back")
+    wait_until(lambda: demo_button.get_attribute("aria-disabled") != "true", 15, message="the Sync button to come back")
     # A local sync of a few KB may finish between two polls: report, do not assert, "syncing".
     print("source states seen:", seen_texts(frame, "tr[data-source='demo'] [data-role=source-state]"))
     shot(page, "ui-02-after-first-sync.png")
@@ -191,7 +192,7 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     append_scalars(str(remote / "resnet lr=0.1" / EVENTS), range(15, 20), wall_time0=now - 15)
     frame.locator("button[data-source='demo']").click()
     run_row(frame, run).locator("[data-role=step]", has_text="19").wait_for(timeout=30000)
-    wait_until(lambda: demo_button.is_enabled(), 30, message="the sync to finish")
+    wait_until(lambda: demo_button.get_attribute("aria-disabled") != "true", 30, message="the sync to finish")
     page.wait_for_timeout(1500)
     assert details.evaluate("d => d.open && d === window.__details") is True
     assert "1 file" in frame.locator("tr[data-source='demo'] .col-result").text_content()
