@@ -23,6 +23,8 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 
 DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
+# How a message names the staging option: both commands print the same sentences.
+STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
 _SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout"}
 
 
@@ -283,7 +285,8 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
     if is_within(staging_root, logdir) or is_within(logdir, staging_root):
         raise ConfigError(
             f"Staging folder '{staging_root}' overlaps the logdir '{logdir}'; TensorBoard would "
-            "load half-copied files as runs. Choose a --rsync_staging folder outside the logdir."
+            f"load half-copied files as runs. Choose a staging folder outside the logdir "
+            f"{STAGING_FLAGS}."
         )
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s))

@@ -138,7 +138,8 @@ def _check_folders(staging_dir, logdir, name, quarantine_dir):
         if config.is_within(os.path.realpath(path), real_logdir):
             raise PublishError(
                 f"{what} '{path}' is inside the logdir '{logdir}'; TensorBoard would load its "
-                "files as runs. Choose a --rsync_staging folder outside the logdir."
+                f"files as runs. Choose a staging folder outside the logdir "
+                f"{config.STAGING_FLAGS}."
             )
     if not os.path.isdir(staging_dir):
         raise PublishError(

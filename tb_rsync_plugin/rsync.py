@@ -61,7 +61,7 @@ import threading
 import time
 from typing import Tuple
 
-from tb_rsync_plugin.config import is_event_file
+from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 
 _PREFIX = b"<tb-rsync> "
@@ -614,13 +614,13 @@ _DIAGNOSES = [
     ("@ERROR: auth failed", "the rsync daemon refused the login; tb-rsync cannot type a "
      "password, so use a module without auth or set RSYNC_PASSWORD"),
     ("No space left on device", "the disk holding the staging folder is full; free space "
-     "or choose another --rsync_staging folder"),
+     f"or choose another staging folder {STAGING_FLAGS}"),
     ("Disk quota exceeded", "the disk quota of the staging folder is exceeded; free space"),
     # EFBIG (a file-size limit such as 'ulimit -f', or the filesystem's largest file):
     # without this the user only read "rsync failed with exit code 11".
     ("File too large", "a staged file grew past the largest file allowed (the file-size "
      "limit 'ulimit -f' or the staging filesystem's maximum); raise the limit or choose "
-     "another --rsync_staging folder"),
+     f"another staging folder {STAGING_FLAGS}"),
     ("command not found", "rsync is not installed on the remote host; install it there"),
     ("rsync: not found", "rsync is not installed on the remote host; install it there"),
     ("timeout in data send/receive", "the connection stalled (no data for too long); "
@@ -634,8 +634,8 @@ _DIAGNOSES = [
 def _temp_write_error(source, temp_dir, error):
     full = error.errno in (errno.ENOSPC, errno.EDQUOT)
     return (f"Sync of '{source.name}' could not write its file list into '{temp_dir}' "
-            f"({error.strerror}); " + ("free space on that disk or choose another "
-                                       "--rsync_staging folder." if full else
+            f"({error.strerror}); " + ("free space on that disk or choose another staging "
+                                       f"folder {STAGING_FLAGS}." if full else
                                        "check that the staging folder is writable."))
 
 

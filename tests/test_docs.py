@@ -260,7 +260,7 @@ MESSAGES = [
     ("config.py", "No logdir given; pass --logdir DIR."),
     ("config.py", "is not a local folder; tb-rsync publishes into a local logdir."),
     ("config.py", "is used twice; give each source its own name."),
-    ("config.py", "load half-copied files as runs. Choose a --rsync_staging folder outside the"),
+    ("config.py", "load half-copied files as runs. Choose a staging folder outside the logdir "),
     ("config.py", "rsync is not installed or not on PATH; install it (for example "),
     ("plugin.py", "--rsync_source needs --logdir (a single local folder to publish "),
     ("cli.py", "No sources given; add --source NAME=SOURCE or --config FILE."),

@@ -480,7 +480,8 @@ def test_append_pass_error_is_one_sentence(dirs, tmp_path):
         run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
     assert str(info.value) == (f"Sync of 'train' from '{src}' failed: the disk holding the "
                                "staging folder is full; free space or choose another "
-                               "--rsync_staging folder.")
+                               "staging folder (--rsync_staging in TensorBoard, --staging for "
+                               "tb-rsync).")
     assert "--append" in info.value.details
 
 
@@ -618,7 +619,8 @@ def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
         sync(dirs)
     assert "could not write its file list into" in str(info.value)
     assert str(info.value).endswith("(No space left on device); free space on that disk or "
-                                    "choose another --rsync_staging folder.")
+                                    "choose another staging folder (--rsync_staging in TensorBoard, --staging for "
+                                    "tb-rsync).")
 
 
 def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
