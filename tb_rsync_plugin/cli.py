@@ -42,7 +42,11 @@ def build_parser():
     add_common(watch)
     watch.add_argument("--interval", type=float, default=30.0,
                        help="seconds between syncs (default 30)")
-    add_common(commands.add_parser("status", help="show per-run freshness"), with_sources=False)
+    status = commands.add_parser("status", help="show per-run freshness")
+    add_common(status, with_sources=False)
+    status.add_argument("--forget", action="append", default=[], metavar="NAME",
+                        help="drop a source you no longer sync (and its runs) from the saved "
+                             "state first; its published files stay in the logdir")
     return parser
 
 
@@ -170,6 +174,14 @@ def _sync_sources(service, names):
 
 def cmd_status(args):
     config = config_lib.build_config(args.logdir, staging=args.staging)
+    if args.forget:
+        found = state_lib.forget_sources(config.state_path, args.forget)
+        missing = [name for name in args.forget if name not in found]
+        if missing:
+            raise config_lib.ConfigError(
+                f"No source named {', '.join(repr(n) for n in missing)} in the saved state of "
+                f"logdir '{config.logdir}'; 'tb-rsync status' lists the ones there.")
+        print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir).")
     snapshot = state_lib.load_snapshot(config.state_path)
     if snapshot is None:
         print(f"No sync has run for logdir '{config.logdir}' yet "

@@ -296,6 +296,26 @@ def _exclusive(lock_path):
         os.close(fd)
 
 
+def forget_sources(path, names):
+    """Drop sources `names` and their runs from the saved state; returns those it held.
+
+    For a source nobody syncs any more (a typo, a retired node): saves merge in what the
+    file holds about other processes' sources, so it would otherwise stay listed, and stay
+    in error, for good.
+    """
+    names = set(names)
+    with _exclusive(path + ".lock"):
+        data = load_snapshot(path)
+        if data is None or data.get("format") != STATE_FORMAT:
+            return []
+        found = [s["name"] for s in data.get("sources", []) if s.get("name") in names]
+        if found:
+            data["sources"] = [s for s in data["sources"] if s.get("name") not in names]
+            data["runs"] = [r for r in data.get("runs", []) if r.get("source") not in names]
+            atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+    return found
+
+
 def load_snapshot(path):
     """The saved snapshot for `tb-rsync status`, or None if no sync has run yet."""
     try:

@@ -290,3 +290,20 @@ def test_two_processes_with_their_own_staging_publish_each_record_once(tmp_path)
             assert proc.returncode == 0, err
         published = (logdir / "n1" / "run 1" / EVENTS).read_bytes()
         assert published == source_file.read_bytes(), f"round {round_}: published differs"
+
+
+def test_status_forgets_a_source_nobody_syncs_any_more(tmp_path):
+    """One typo'd source would keep `status` in error (exit 1) for good; --forget drops it."""
+    remote, logdir = make_remote(tmp_path)
+    staging = tmp_path / "staging"
+    args = ("--logdir", logdir, "--staging", staging)
+    assert tb_rsync("sync", *args, "--source", f"typo={tmp_path / 'nope'}/").returncode == 1
+    assert tb_rsync("sync", *args, "--source", f"n1={remote}/").returncode == 0
+    assert tb_rsync("status", *args).returncode == 1
+    result = tb_rsync("status", *args, "--forget", "typo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("tb-rsync: forgot typo (published files stay in the logdir).")
+    assert "source typo" not in result.stdout and "source n1" in result.stdout
+    unknown = tb_rsync("status", *args, "--forget", "nobody")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().startswith("error: No source named 'nobody' in the saved state")

@@ -252,6 +252,8 @@ MESSAGES = [
     ("config.py", "'ssh' is empty; write a command"),
     ("config.py", "'ssh' only applies to host:dir sources, and "),
     ("cli.py", "tables; add one or pass --source NAME=SOURCE."),
+    ("cli.py", "'tb-rsync status' lists the ones there."),
+    ("cli.py", "(published files stay in the logdir)."),
     ("config.py", "must be a list of rsync patterns."),
     ("config.py", "'timeout' must be more than 0 seconds."),
     ("config.py", "a whole number"),
