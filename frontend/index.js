@@ -58,7 +58,7 @@ function followTheme(root) {
 }
 
 /** A busy (aria-disabled) or disabled button: clicks on it do nothing. */
-function isBusy(button) {
+function ignoresClicks(button) {
   return button.disabled || button.getAttribute('aria-disabled') === 'true';
 }
 
@@ -247,7 +247,7 @@ class SyncTab {
 
   async onClick(e) {
     const target = e.target.closest('button');
-    if (!target || !this.app.contains(target) || isBusy(target)) return;
+    if (!target || !this.app.contains(target) || ignoresClicks(target)) return;
     const action = target.getAttribute('data-action');
     if (action === 'sync' && !this.conn.ok) return;
     if (action === 'sync') {

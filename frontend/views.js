@@ -716,7 +716,10 @@ export function buildRunRow(r, nowS) {
   badge.setAttribute('data-role', 'run-state');
   badge.setAttribute('data-state', stateKey);
   badge.textContent = runStateLabel(r.state);
-  if (isNum(r.loaded_wall_time)) {
+  // "live" keeps its sentence here (the Detail cell stays empty); others say what TB has.
+  if (r.state === 'live' && r.state_detail) {
+    badge.title = r.state_detail;
+  } else if (isNum(r.loaded_wall_time)) {
     badge.title = `TensorBoard has events up to ${formatLocalTime(r.loaded_wall_time)}`;
   }
   state.appendChild(badge);
@@ -728,14 +731,13 @@ export function buildRunRow(r, nowS) {
     detail.appendChild(el('div', {cls: 'err-message', text: `Source ${r.source} is failing: ` +
       'the source may have newer events (see Sources).', attrs: {'data-role': 'source-failing'}}));
   }
-  // "live" needs no words; other states say why, with flags kept on one line.
+  // Other states say why, with flags kept on one line.
   if (r.state_detail && r.state !== 'live') detail.appendChild(textWithFlags(r.state_detail));
   if (r.state === 'waiting' && isNum(r.loaded_wall_time) && isNum(r.source_wall_time) &&
       r.source_wall_time > r.loaded_wall_time) {
     detail.appendChild(el('div', {cls: 'muted', attrs: {'data-role': 'lag'},
       text: `TensorBoard is ${formatDuration(r.source_wall_time - r.loaded_wall_time)} behind.`}));
   }
-  if (r.state_detail && r.state === 'live') badge.title = r.state_detail;
   if (isNum(r.rewritten_unix_s)) {
     const w = document.createElement('div');
     w.className = 'muted';

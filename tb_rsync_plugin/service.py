@@ -250,24 +250,24 @@ class SyncService:
     @contextlib.contextmanager
     def _source_lock(self, name):
         """An exclusive `flock` on the source, shared with other tb-rsync processes."""
+        with self._open_source_lock(name) as f:
+            self._flock(f.fileno(), name, f.name)
+            yield
+
+    def _open_source_lock(self, name):
         path = self.config.lock_path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a") as f:
-            self._flock(f.fileno(), name, path)
-            yield
+        return open(path, "a")
 
     @contextlib.contextmanager
     def _publish_lock(self, name):
         """An exclusive `flock` on `LOGDIR/NAME` itself (nothing is written for it)."""
         path = os.path.join(self.config.logdir, name)
         try:
-            os.mkdir(path)  # publishing creates it anyway
-        except FileExistsError:
-            pass
-        except OSError:
-            yield  # unusable: publish() refuses it with a sentence
-            return
-        try:
+            try:
+                os.mkdir(path)  # publishing creates it anyway
+            except FileExistsError:
+                pass
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # a symlink: publish() judges it
         except OSError:
             yield  # unusable: publish() refuses it with a sentence
@@ -296,9 +296,7 @@ class SyncService:
         held = os.path.join(self.config.holding_dir, name)
         if not os.path.isdir(held):
             return
-        path = self.config.lock_path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a") as f:
+        with self._open_source_lock(name) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -246,8 +246,7 @@ class SyncState:
                                     if s.get("name") not in ours]
                 data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
                 data["runs"].sort(key=lambda r: r.get("run", ""))
-            # Compact: json.dumps with indent falls back to the pure-Python encoder (~4x slower).
-            atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+            _write_snapshot(path, data)
 
     def restore(self, path):
         """Load runs and last results saved by an earlier process, if any (best effort)."""
@@ -312,8 +311,14 @@ def forget_sources(path, names):
         if found:
             data["sources"] = [s for s in data["sources"] if s.get("name") not in names]
             data["runs"] = [r for r in data.get("runs", []) if r.get("source") not in names]
-            atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+            _write_snapshot(path, data)
     return found
+
+
+def _write_snapshot(path, data):
+    """Temp file + rename. Compact: json.dumps with indent falls back to the pure-Python
+    encoder (~4x slower)."""
+    atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
 
 def load_snapshot(path):

@@ -220,11 +220,9 @@ def test_source_that_is_a_file_is_a_sentence(dirs, tmp_path):
 def test_rsync_killed_by_a_signal_says_so(dirs, tmp_path):
     """A stand-in rsync that aborts itself (as a crashing rsync would): the signal is named."""
     src, staging, temp = dirs
-    crashing = tmp_path / "rsync"
-    crashing.write_text("#!/bin/sh\nkill -ABRT $$\n")
-    crashing.chmod(0o755)
+    crashing = rsync_wrapper(tmp_path, "os.abort()\n")
     with pytest.raises(TransferError) as info:
-        run_rsync(str(crashing), Source("train", str(src)), str(staging), str(temp))
+        run_rsync(crashing, Source("train", str(src)), str(staging), str(temp))
     assert str(info.value).endswith("failed: rsync was killed by signal SIGABRT.")
 
 

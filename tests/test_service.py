@@ -21,15 +21,21 @@ def source_of(snapshot):
     return source
 
 
-def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path):
+def make_service(tmp_path, interval_s=0.0):
     remote, logdir = tmp_path / "remote", tmp_path / "logs"
-    (remote / "run").mkdir(parents=True)
-    logdir.mkdir()
-    append_scalars(str(remote / "run" / event_file_name()), range(3))
+    (remote / "run").mkdir(parents=True, exist_ok=True)
+    logdir.mkdir(exist_ok=True)
     config = config_lib.build_config(str(logdir), [f"n={remote}/"], None,
-                                     str(tmp_path / "staging"), INTERVAL_S)
+                                     str(tmp_path / "staging"), interval_s)
     state = state_lib.SyncState(config.sources, config.interval_for)
-    service = service_lib.SyncService(config, state, reload_lib.NoReloader())
+    return lambda: service_lib.SyncService(config, state, reload_lib.NoReloader()), config
+
+
+def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path):
+    new_service, _ = make_service(tmp_path, INTERVAL_S)
+    append_scalars(str(tmp_path / "remote" / "run" / event_file_name()), range(3))
+    service = new_service()
+    state = service.state
     service.start()
     try:
         wait_until(lambda: source_of(state.snapshot())["last_end_unix_s"], 10,
@@ -54,16 +60,6 @@ def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path
             "no timed sync right after the click"
     finally:
         service.stop()
-
-
-def make_service(tmp_path, interval_s=0.0):
-    remote, logdir = tmp_path / "remote", tmp_path / "logs"
-    (remote / "run").mkdir(parents=True, exist_ok=True)
-    logdir.mkdir(exist_ok=True)
-    config = config_lib.build_config(str(logdir), [f"n={remote}/"], None,
-                                     str(tmp_path / "staging"), interval_s)
-    state = state_lib.SyncState(config.sources, config.interval_for)
-    return lambda: service_lib.SyncService(config, state, reload_lib.NoReloader()), config
 
 
 def park(config, data=b"parked events"):
