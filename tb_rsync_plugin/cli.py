@@ -2,7 +2,9 @@
 
 The error boundary lives here: a `SyncError` becomes one `error:` line (plus its details
 when there are any) and exit 1; Ctrl-C exits 130; anything else is a bug and exits 3 with a
-traceback. Progress is a live line on a terminal and plain lines otherwise.
+traceback. Progress is a live line on a terminal and plain lines otherwise. `sync` and
+`watch` run the same scheduler as TensorBoard (bounded parallelism, per-host limits,
+backoff) and print each source's line the moment it ends.
 """
 
 import argparse
@@ -37,11 +39,24 @@ def build_parser():
                              help="rsync source published under LOGDIR/NAME (repeatable)")
             sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
 
-    add_common(commands.add_parser("sync", help="sync every source once, then exit"))
+    def add_limits(sub):
+        sub.add_argument("--max-parallel", type=int, default=config_lib.DEFAULT_MAX_PARALLEL,
+                         metavar="N", help="at most N sources sync at once (default "
+                                           "%(default)s)")
+        sub.add_argument("--max-per-host", type=int, default=config_lib.DEFAULT_MAX_PER_HOST,
+                         metavar="N", help="at most N sources sync at once from one host "
+                                           "(default %(default)s)")
+
+    sync = commands.add_parser("sync", help="sync every source once, then exit")
+    add_common(sync)
+    add_limits(sync)
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
     add_common(watch)
+    add_limits(watch)
     watch.add_argument("--interval", type=float, default=30.0,
                        help="seconds between syncs (default 30)")
+    watch.add_argument("--summary-every", type=float, default=300.0, metavar="SECONDS",
+                       help="print a one-line summary this often (default 300; 0: never)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -74,9 +89,13 @@ def _print_error(error):
             print(f"  {line}", file=sys.stderr)
 
 
-def _service(args, interval_s=0.0):
+def _service(args, interval_s=0.0, on_progress=None):
+    for flag in ("max_parallel", "max_per_host"):
+        if getattr(args, flag) < 1:
+            raise config_lib.ConfigError(f"--{flag.replace('_', '-')} must be at least 1.")
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
-                                     interval_s)
+                                     interval_s, max_parallel=args.max_parallel,
+                                     max_per_host=args.max_per_host)
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
                                      "tables; add one or pass --source NAME=SOURCE.")
@@ -84,13 +103,21 @@ def _service(args, interval_s=0.0):
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
     config_lib.find_rsync()
     state = state_lib.SyncState(config.sources, config.interval_for)
-    return service_lib.SyncService(config, state, reload_lib.NoReloader())
+    return service_lib.SyncService(config, state, reload_lib.NoReloader(),
+                                   on_progress=on_progress)
 
 
 def cmd_sync(args):
-    service = _service(args)
+    progress = ProgressPrinter(sys.stderr)
+    service = _service(args, on_progress=progress.update)
+    report = CycleReporter(service, progress, quiet_when_unchanged=False)
+    service.scheduler.add_listener(report.on_end)
     try:
-        return EXIT_OK if _sync_all(service) else EXIT_FAILED
+        service.start(timers=False)
+        service.request()
+        _wait_interruptibly(service)
+        report.raise_bug()
+        return EXIT_OK if not report.failing else EXIT_FAILED
     finally:
         service.stop()  # on Ctrl-C too: cancels rsync children
 
@@ -98,91 +125,133 @@ def cmd_sync(args):
 def cmd_watch(args):
     if args.interval <= 0:
         raise config_lib.ConfigError("--interval must be more than 0 seconds.")
-    service = _service(args, args.interval)
-    print(f"tb-rsync: syncing {len(service.config.sources)} source(s) into "
-          f"{service.config.logdir} every {args.interval:g} s (or each source's own "
-          "'interval'); Ctrl-C stops.", flush=True)
-    due = {source.name: time.monotonic() for source in service.config.sources}
+    progress = ProgressPrinter(sys.stderr)
+    service = _service(args, args.interval, on_progress=progress.update)
+    config = service.config
+    report = CycleReporter(service, progress, quiet_when_unchanged=True)
+    service.scheduler.add_listener(report.on_end)
+    print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir} every "
+          f"{args.interval:g} s (or each source's own 'interval'; idle sources back off to "
+          "4x); Ctrl-C stops.", flush=True)
     try:
+        service.start(timers=True)
+        # interval = 0 means "only when asked": synced once, at the start.
+        service.request([s.name for s in config.sources if config.interval_for(s) <= 0])
+        if all(config.interval_for(s) <= 0 for s in config.sources):
+            _wait_interruptibly(service)
+            report.raise_bug()
+            print("tb-rsync: every source has interval 0 (sync only when asked); "
+                  "nothing more to do.", flush=True)
+            return EXIT_OK
+        next_summary = time.monotonic() + args.summary_every
         while True:
-            now = time.monotonic()
-            names = [name for name, when in due.items() if when <= now]
-            if names:
-                _sync_sources(service, names)
-                for name in names:
-                    interval = service.config.interval_for(service.config.source(name))
-                    # interval = 0 means "only when asked": synced once, at the start.
-                    due[name] = now + interval if interval > 0 else float("inf")
-            if all(when == float("inf") for when in due.values()):
-                print("tb-rsync: every source has interval 0 (sync only when asked); "
-                      "nothing more to do.", flush=True)
-                return EXIT_OK
-            time.sleep(max(0.05, min(due.values()) - time.monotonic()))
+            time.sleep(0.2)
+            report.raise_bug()
+            if args.summary_every > 0 and time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + args.summary_every
+                report.print_summary(args.summary_every)
     finally:
         service.stop()
 
 
-def _sync_all(service):
-    """One pass over every source; True when all succeeded."""
-    _sync_sources(service, [s.name for s in service.config.sources])
-    return all(s["state"] != "error" for s in service.state.snapshot()["sources"])
+def _wait_interruptibly(service):
+    while not service.wait(timeout_s=0.2):
+        pass  # a short wait so Ctrl-C is delivered
 
 
-def _sync_sources(service, names):
-    """Sync `names` in parallel, printing one result line per source and every problem.
+class CycleReporter:
+    """Prints each source's line as soon as its cycle ends, from the scheduler's threads.
 
-    An unexpected exception in a worker thread (a bug) is raised here, after the report, so
-    the error boundary in main() exits 3 instead of the thread swallowing it.
+    `sync` prints every source; `watch` (`quiet_when_unchanged`) prints only changes, errors
+    (once, and again when the sentence changes) and recoveries, and a summary now and then.
+    A bug in a cycle (not a `SyncError`) is kept and raised in the main thread, so the error
+    boundary in main() exits 3 instead of a thread swallowing it.
     """
-    progress = ProgressPrinter(sys.stderr)
-    failures, bugs = {}, []
 
-    def run(name):
-        try:
-            service.run_cycle(name, on_progress=progress.update)
-        except SyncError as e:
-            failures[name] = e
-        except Exception as e:  # recorded in state too; re-raised in the main thread
-            bugs.append(e)
+    def __init__(self, service, progress, quiet_when_unchanged):
+        self._service = service
+        self._progress = progress
+        self._quiet = quiet_when_unchanged
+        self._lock = threading.Lock()
+        self._shown_error = {}
+        self._shown_warnings = {}
+        self._bugs = []
+        self.failing = set()
+        self._totals = {"syncs": 0, "files": 0, "bytes": 0}
 
-    threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)  # join with a timeout so Ctrl-C is delivered
-    progress.clear()
-    snapshot = service.state.snapshot()
-    for source in snapshot["sources"]:
-        name = source["name"]
-        if name not in names:
-            continue
-        if name in failures:
-            print(f"{name}: ", end="", file=sys.stderr)
-            _print_error(failures[name])
-            continue
-        result = source["last_result"] or {}
-        print(f"{name}: {_bytes(result.get('bytes_received', 0))} received, "
-              f"{result.get('files_published', 0)} file(s) published, "
-              f"{result.get('runs_updated', 0)} run(s) updated "
-              f"in {result.get('duration_s', 0):.1f} s", flush=True)
-        for warning in source["warnings"]:
-            print(f"{name}: warning: {warning}", file=sys.stderr, flush=True)
-    if bugs:
-        raise bugs[0]
+    def on_end(self, end):
+        status = self._service.state.source(end.name)
+        with self._lock:
+            self._progress.clear()
+            self._totals["syncs"] += 1
+            if end.error is not None:
+                self.failing.add(end.name)
+                if not isinstance(end.error, SyncError):
+                    self._bugs.append(end.error)
+                    return
+                if self._quiet and self._shown_error.get(end.name) == str(end.error):
+                    return
+                self._shown_error[end.name] = str(end.error)
+                print(f"{end.name}: ", end="", file=sys.stderr)
+                _print_error(end.error)
+                if self._quiet and end.retry_in_s:
+                    print(f"{end.name}: retrying in {end.retry_in_s:.0f} s", file=sys.stderr,
+                          flush=True)
+                return
+            self.failing.discard(end.name)
+            self._shown_error.pop(end.name, None)
+            result = status["last_result"] or {}
+            self._totals["files"] += result.get("files_published", 0)
+            self._totals["bytes"] += result.get("bytes_received", 0)
+            if end.recovered:
+                print(f"{end.name}: syncs again after {end.previous_failures} failed "
+                      "attempt(s)", flush=True)
+            if end.changed or not self._quiet:
+                print(f"{end.name}: {_bytes(result.get('bytes_received', 0))} received, "
+                      f"{result.get('files_published', 0)} file(s) published, "
+                      f"{result.get('runs_updated', 0)} run(s) updated "
+                      f"in {result.get('duration_s', 0):.1f} s", flush=True)
+            warnings = list(status["warnings"])
+            if not self._quiet or warnings != self._shown_warnings.get(end.name, []):
+                for warning in warnings:
+                    print(f"{end.name}: warning: {warning}", file=sys.stderr, flush=True)
+            self._shown_warnings[end.name] = warnings
+
+    def print_summary(self, window_s):
+        with self._lock:
+            total = len(self._service.config.sources)
+            totals, self._totals = self._totals, {"syncs": 0, "files": 0, "bytes": 0}
+            failing = sorted(self.failing)
+            self._progress.clear()
+        line = (f"tb-rsync: {total - len(failing)} of {total} source(s) ok; "
+                f"{totals['syncs']} sync(s), {totals['files']} file(s) and "
+                f"{_bytes(totals['bytes'])} published in the last {_duration(window_s)}")
+        if failing:
+            shown = ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
+            line += f"; failing: {shown}"
+        print(line, flush=True)
+
+    def raise_bug(self):
+        with self._lock:
+            if self._bugs:
+                raise self._bugs[0]
+
+
+def _duration(seconds):
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def cmd_status(args):
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
-        found = state_lib.forget_sources(config.state_path, args.forget)
+        found = state_lib.forget_sources(config.state_dir, args.forget)
         missing = [name for name in args.forget if name not in found]
         if missing:
             raise config_lib.ConfigError(
                 f"No source named {', '.join(repr(n) for n in missing)} in the saved state of "
                 f"logdir '{config.logdir}'; 'tb-rsync status' lists the ones there.")
         print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir).")
-    snapshot = state_lib.load_snapshot(config.state_path)
+    snapshot = state_lib.load_snapshot(config.state_dir)
     if snapshot is None:
         print(f"No sync has run for logdir '{config.logdir}' yet "
               f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")
@@ -196,7 +265,10 @@ def format_status(snapshot, now):
     """The freshness table: sources first, then one line per run."""
     lines = []
     for s in snapshot["sources"]:
-        lines.append(f"source {s['name']} ({s['source']}): {s['state']}, last sync "
+        retry = s.get("next_sync_unix_s") if s.get("retrying") else None
+        retrying = "" if retry is None else \
+            (f", retrying in {retry - now:.0f} s" if retry > now else ", retrying now")
+        lines.append(f"source {s['name']} ({s['source']}): {s['state']}{retrying}, last sync "
                      f"{_age(s['last_end_unix_s'], now)}")
         if s.get("error"):
             lines.append(f"  error: {s['error']['message']}")

@@ -25,7 +25,12 @@ DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
 # How a message names the staging option: both commands print the same sentences.
 STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
-_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout"}
+_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout",
+                "max_per_host"}
+DEFAULT_MAX_PARALLEL = 8
+# Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
+# MaxSessions (10 each), with or without connection sharing.
+DEFAULT_MAX_PER_HOST = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Source:
         (semantics in rsync.py's module docstring).
       interval_s: automatic sync period for this source; None uses the global interval.
       timeout_s: wall-clock limit for one rsync run (rsync's own I/O timeout is derived).
+      max_per_host: at most this many syncs at once against this source's host; None uses
+        the global limit.
     """
 
     name: str
@@ -51,6 +58,22 @@ class Source:
     exclude: Tuple[str, ...] = ()
     interval_s: Optional[float] = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    max_per_host: Optional[int] = None
+
+    @property
+    def host(self):
+        """The machine this source is read from, for per-host limits; None for local folders.
+
+        `user@gpu1:dir`, `gpu1:dir`, `rsync://gpu1:873/mod/` and `gpu1::mod` all give 'gpu1':
+        sshd's connection limits are per server, whatever the user.
+        """
+        if self.is_local:
+            return None
+        text = self.source[len("rsync://"):] if self.source.startswith("rsync://") \
+            else self.source
+        match = re.match(r"(?:[^@/:\[]+@)?(\[[^\]]*\]|[^:/]+)", text)
+        host = match.group(1) if match else text
+        return host.strip("[]")
 
     @property
     def is_remote_shell(self):
@@ -82,6 +105,8 @@ class SyncConfig:
     staging_root: str
     sources: Tuple[Source, ...]
     interval_s: float = 0.0
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    max_per_host: int = DEFAULT_MAX_PER_HOST
 
     def source(self, name):
         for source in self.sources:
@@ -98,9 +123,9 @@ class SyncConfig:
         return os.path.join(self.staging_root, "quarantine", name)
 
     @property
-    def state_path(self):
-        """The freshness state shared by the plugin and `tb-rsync status`."""
-        return os.path.join(self.staging_root, "state.json")
+    def state_dir(self):
+        """Freshness journals, one per source, shared by the plugin and `tb-rsync status`."""
+        return os.path.join(self.staging_root, "state")
 
     @property
     def holding_dir(self):
@@ -121,6 +146,12 @@ class SyncConfig:
 
     def interval_for(self, source):
         return source.interval_s if source.interval_s is not None else self.interval_s
+
+    def host_limit_for(self, source):
+        """Syncs at once against `source`'s host: the smallest limit any of its sources set."""
+        limits = [s.max_per_host for s in self.sources
+                  if s.host == source.host and s.max_per_host is not None]
+        return min(limits + [self.max_per_host])
 
 
 def is_event_file(path):
@@ -208,6 +239,9 @@ def _make_source(table, where):
             raise ConfigError(f"In {where}: '{key}' must be a list of rsync patterns.")
         patterns[key] = tuple(value)
     bwlimit = _number(table, "bwlimit", where, integer=True)
+    max_per_host = _number(table, "max_per_host", where, integer=True)
+    if max_per_host == 0:
+        raise ConfigError(f"In {where}: 'max_per_host' must be at least 1.")
     interval = _number(table, "interval", where)
     timeout = _number(table, "timeout", where)
     if timeout is not None and timeout <= 0:
@@ -221,6 +255,7 @@ def _make_source(table, where):
         exclude=patterns["exclude"],
         interval_s=None if interval is None else float(interval),
         timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
+        max_per_host=max_per_host,
     )
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
@@ -254,7 +289,19 @@ def parse_interval(text, what="--rsync_interval"):
     return value
 
 
-def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0):
+def parse_limit(text, what):
+    """A positive whole number from a flag value (a limit on parallel syncs)."""
+    try:
+        value = int(str(text).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number of syncs, not '{text}'.") from None
+    if value < 1:
+        raise ConfigError(f"{what} must be at least 1, not {value}.")
+    return value
+
+
+def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0,
+                 max_parallel=DEFAULT_MAX_PARALLEL, max_per_host=DEFAULT_MAX_PER_HOST):
     """Validate everything and return a `SyncConfig`.
 
     Raises:
@@ -289,7 +336,8 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"{STAGING_FLAGS}."
         )
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
-                      interval_s=float(interval_s))
+                      interval_s=float(interval_s), max_parallel=max_parallel,
+                      max_per_host=max_per_host)
 
 
 def is_within(path, root):

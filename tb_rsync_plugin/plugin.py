@@ -7,7 +7,10 @@ reaches a command line or a filesystem path (static files are served from a fixe
 
 import importlib.resources
 import json
+import logging
 import mimetypes
+import os
+import threading
 
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
@@ -18,7 +21,10 @@ from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
 from tb_rsync_plugin.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 PLUGIN_NAME = "rsync"
+CONFIG_POLL_S = 2.0  # how often --rsync_config is checked for edits
 CSRF_HEADER = "X-TB-Rsync"
 MAX_BODY_BYTES = 4096
 STATIC_FILES = ("index.js", "model.js", "views.js", "style.css")
@@ -44,6 +50,14 @@ class RsyncPluginLoader(base_plugin.TBLoader):
             "--rsync_staging", default="", metavar="DIR",
             help="Where rsync stages files before publishing (must be outside the logdir). "
                  "Default: a per-logdir folder under ~/.cache/tb-rsync.")
+        group.add_argument(
+            "--rsync_max_parallel", default=str(config_lib.DEFAULT_MAX_PARALLEL), metavar="N",
+            help="At most N sources sync at once (default %(default)s); sources that keep "
+                 "failing or run long retry beside them, never in their way.")
+        group.add_argument(
+            "--rsync_max_per_host", default=str(config_lib.DEFAULT_MAX_PER_HOST), metavar="N",
+            help="At most N sources sync at once from one host (default %(default)s), which "
+                 "keeps sshd's MaxStartups and MaxSessions (10) from refusing connections.")
 
     def fix_flags(self, flags):
         try:
@@ -68,8 +82,13 @@ def _config_from_flags(flags):
     if not logdir:
         raise ConfigError("--rsync_source needs --logdir (a single local folder to publish "
                           "into); --logdir_spec is not supported.")
+    limits = {key: config_lib.parse_limit(getattr(flags, "rsync_" + key, default) or default,
+                                          "--rsync_" + key)
+              for key, default in (("max_parallel", config_lib.DEFAULT_MAX_PARALLEL),
+                                   ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     return config_lib.build_config(logdir, sources, config_file,
-                                   getattr(flags, "rsync_staging", "") or None, interval)
+                                   getattr(flags, "rsync_staging", "") or None, interval,
+                                   **limits)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
@@ -83,6 +102,33 @@ class RsyncPlugin(base_plugin.TBPlugin):
         reloader = reload_lib.make_reloader(context, config.holding_dir)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.start()
+        if getattr(context.flags, "rsync_config", ""):
+            threading.Thread(target=self._follow_config_file, args=(context.flags,),
+                             name="tb-rsync-config", daemon=True).start()
+
+    def _follow_config_file(self, flags):
+        """Re-read --rsync_config when it changes: sources come and go without a restart.
+
+        A bad edit keeps the running configuration; the tab and TensorBoard's log say why.
+        """
+        path = os.path.expanduser(flags.rsync_config)
+        seen = _file_signature(path)
+        while not self._service.stopped.wait(CONFIG_POLL_S):
+            signature = _file_signature(path)
+            if signature == seen:
+                continue
+            seen = signature
+            try:
+                config = _config_from_flags(flags)
+            except ConfigError as e:
+                logger.warning("tb-rsync: %s Keeping the running configuration.", e)
+                self._service.state.set_config_error(f"{e} The sources in use are those "
+                                                     "from before that edit.")
+                continue
+            self._config = config
+            self._service.reconfigure(config)
+            self._service.state.set_config_error(None)
+            logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 
     def get_plugin_apps(self):
         apps = {"/status": self._status_route, "/sync": self._sync_route}
@@ -102,7 +148,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
     def _status_route(self, request):
         if request.method != "GET":
             return _json({"error": "Use GET."}, 405)
-        return _json(self.status_impl())
+        return _json_bytes(self._service.state.status_json())
 
     @wrappers.Request.application
     def _sync_route(self, request):
@@ -165,8 +211,19 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
 
 def _json(data, code=200):
-    response = wrappers.Response(json.dumps(data), status=code,
-                                 content_type="application/json")
+    return _json_bytes(json.dumps(data), code)
+
+
+def _json_bytes(body, code=200):
+    response = wrappers.Response(body, status=code, content_type="application/json")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _file_signature(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,41 +1,33 @@
 """rsync into the staging tree; the only module that starts subprocesses.
 
-Event files and everything else need opposite handling. One sync starts two rsyncs side by
-side and, only when they leave something to do, up to three more:
+Event files and everything else need opposite handling. One sync is one walk of the source,
+and more processes only when that walk found something to move:
 
 1. A listing: ``rsync --dry-run`` over the filtered tree itemizes every file whose size or
-   mtime differs from its staged copy (nothing is itemized when nothing changed).
-2. At the same time, the append pass: ``rsync --append --prune-empty-dirs`` over the same
-   filtered tree narrowed to event files (basename contains ``tfevents``; the user's rules
-   still apply, see `_Run.filters`). Event files only ever grow at the source, so this moves
-   just the new bytes of new and grown ones (a 1 GB file grown by 1 MB: 0.02 s instead of
-   3.7 s). In the common case (training jobs appended, nothing else changed) these two
-   processes are the whole sync: about one rsync of wall time.
-3. After both: ``--append`` silently skips an event file whose staged copy is as long or
-   longer, so the listing's event files that the append pass did NOT itemize are decided by
-   comparing the listed length with the staged size (untouched by this sync, so the
-   comparison is fair): longer in staging (shrunk) -> fetched whole with ``--whole-file
-   --ignore-times`` (``TransferResult.restaged``); same size, other mtime ->
-   ``TransferResult.same_size``, not fetched; missing or shorter in staging (created or grown
-   at the source after the append pass looked) -> a second ``--append``. An event file the
-   append pass itemized is never judged by the listing: the source may have grown since, or
-   the listing may have looked at the staged copy half-way through the append, and an older
-   length must not read as "shrunk". A file rewritten to a longer length is appended onto the
-   old prefix; the publisher notices when the new bytes do not start with a valid record
-   and calls `restage_files` (a rewrite with the very same record sizes goes unnoticed:
-   see docs/ARCHITECTURE.md).
-4. Every other changed file (and symlink) of the listing: ``--files-from`` with rsync's
-   default algorithm, written in ``--temp-dir`` and renamed into place (never ``--inplace``).
-The transfers of steps 3 and 4 run concurrently. All processes share one deadline and one
-cancel flag; a failure stops all of them and raises one `TransferError`, the listing's when
-both first processes fail (a missing source folder, an unreachable host). A process that a
-daemon's ``max connections`` refused is started again alone once the others are done.
-Measured (loopback, 2 busy cores): see docs/BENCHMARKS.md B1 and B3. Nothing is ever deleted
-from staging (files deleted at the source stay); the publisher is told what changed, so
-nobody walks the tree.
+   mtime differs from its staged copy. When nothing changed this is the whole sync (one
+   login, one walk, nothing written).
+2. Then, side by side, each with ``--files-from`` (no second walk):
+   - event files (basename contains ``tfevents``) that are new or longer at the source:
+     ``rsync --append``, which moves just the new bytes (a 1 GB file grown by 1 MB: 0.02 s
+     instead of 3.7 s). A file that grew again since the listing is appended up to its
+     current length; the publisher only publishes whole records.
+   - event files shorter at the source than staged (rewritten), or not a regular file in
+     staging: fetched whole with ``--whole-file --ignore-times`` (``TransferResult.restaged``).
+   - every other changed file (and symlink): rsync's default algorithm, written in
+     ``--temp-dir`` and renamed into place (never ``--inplace``).
+   Event files of the same size with another mtime are reported as
+   ``TransferResult.same_size``, not fetched: the caller decides. A file rewritten to a longer
+   length is appended onto the old prefix; the publisher notices when the new bytes do not
+   start with a valid record and calls `restage_files` (a rewrite with the very same record
+   sizes goes unnoticed: see docs/ARCHITECTURE.md).
+All processes share one deadline and one cancel flag; a failure stops all of them and raises
+one `TransferError`. A process that a daemon's ``max connections`` refused is started again
+alone once the others are done. Measured (loopback, 2 busy cores): see docs/BENCHMARKS.md B1
+and B3. Nothing is ever deleted from staging (files deleted at the source stay); the
+publisher is told what changed, so nobody walks the tree.
 
-Filter semantics (``Source.include`` / ``Source.exclude``), applied by the listing and the
-append pass (the later transfers use explicit file lists):
+Filter semantics (``Source.include`` / ``Source.exclude``), applied by the listing (the
+transfers use its explicit file lists):
   1. ``exclude`` patterns come first and always win: a matching file or folder is skipped.
   2. Every other folder is descended into.
   3. With ``include`` patterns, only files matching one of them are synced ("only these");
@@ -136,7 +128,8 @@ class TransferResult:
     same_size: Tuple[str, ...] = ()
 
 
-def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None):
+def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None,
+              before_write=None):
     """Bring `staging_dir` up to date with `source` (never deleting anything).
 
     Args:
@@ -146,48 +139,43 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       temp_dir: rsync's --temp-dir, outside the staging tree on the same filesystem.
       on_progress: called with `Progress` from rsync's reader threads (never concurrently).
       cancel: a `threading.Event`; when set, rsync is stopped and TransferError raised.
+      before_write: called once before the first process that writes into staging starts
+        (never when nothing changed), so the caller can mark staging as unpublished.
 
     Raises:
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
     run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel)
-    # The common case (event files grew, nothing else changed) is settled by these two
-    # processes running side by side: one rsync of wall time instead of two in sequence.
-    listing = run.start("list", ["--dry-run"] + run.filters(), progress=False)
-    events = run.start("events", ["--append", "--prune-empty-dirs"] + run.filters(events=True))
-    listing, events = run.settle([listing, events])
-    appended = {path for _, _, _, path in events.items}
+    # One walk: the listing itemizes only what differs from staging. A sync that finds
+    # nothing ends here, having written nothing.
+    (listing,) = run.settle([run.start("list", ["--dry-run"] + run.filters(), progress=False)])
     append, whole, others, same_size = [], [], [], []
     for kind, length, _, path in listing.items:
         if kind[1:2] == "d":
             continue  # folders come with the files inside them
-        event = is_event_file(path)
-        if event and path in appended:
-            # The append pass brought it up to date (or made the symlink). Never judged by
-            # the listing's length: the source may have grown since, or the listing may have
-            # looked at the staged copy half-way through the append.
-            continue
-        if not (kind.startswith(">f") and event):
+        if not (kind.startswith(">f") and is_event_file(path)):
             if kind.startswith(">f") or kind[1:2] == "L":
                 others.append(path)
             continue
-        # An event file the append pass did not touch, so its staged copy is as the previous
-        # sync left it and the listing's length is a fair comparison.
         try:
             staged = os.lstat(os.path.join(staging_dir, path))
         except FileNotFoundError:
-            append.append(path)  # created at the source after the append pass looked
+            append.append(path)  # new: --append writes it from byte 0
             continue
         if not stat.S_ISREG(staged.st_mode) or staged.st_size > length:
-            whole.append(path)
+            whole.append(path)  # shrank at the source, or not a file here: fetch whole
         elif staged.st_size < length:
-            append.append(path)  # grew after the append pass looked
+            append.append(path)  # grew: only the new bytes move
         else:
-            # Same size, other mtime: --append skips it. Reported, not fetched: a corrupt
-            # record fixed in place at the source changes no size, and without this the fix
-            # was never fetched (tests/test_faults.py, corrupt records case).
+            # Same size, other mtime: --append would skip it. Reported, not fetched: a
+            # corrupt record fixed in place at the source changes no size, and without this
+            # the fix was never fetched (tests/test_faults.py, corrupt records case).
             same_size.append(path)
     jobs = []
+    if (append or whole or others) and before_write is not None:
+        before_write()
+    # --append with an explicit list: no second walk; a file that grew again since the
+    # listing is appended up to its current length (the publisher keeps whole records).
     if append:
         jobs.append(run.start("events", ["--append"], files=append))
     if whole:
@@ -195,8 +183,18 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     if others:
         jobs.append(run.start("files", [], files=others))
     jobs = run.settle(jobs)
-    return dataclasses.replace(run.result([listing, events] + jobs, restaged_phase="restage"),
+    return dataclasses.replace(run.result([listing] + jobs, restaged_phase="restage"),
                                same_size=tuple(sorted(same_size)))
+
+
+def io_timeout_s(timeout_s):
+    """rsync's --timeout: no data for this long fails the transfer.
+
+    Bounded to 30 s: it is also how long a daemon that accepted the connection and never
+    answers can hold a slot (--contimeout covers only the TCP connect), and rsync sends
+    keep-alives while it builds file lists, so a healthy but slow source does not trip it.
+    """
+    return int(min(max(timeout_s / 4, 10), 30))
 
 
 def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=None,
@@ -343,16 +341,10 @@ class _Run:
                     f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
                     f"({e.strerror}); check its permissions and free space.") from None
 
-    def filters(self, events=False):
-        """The user's rules: excludes win, every folder is descended, includes mean 'only'.
-
-        With `events`, the same selection narrowed to event files (basename contains
-        'tfevents'): a file passes both or neither rule set, except non-event files.
-        """
+    def filters(self):
+        """The user's rules: excludes win, every folder is descended, includes mean 'only'."""
         rules = [f"--exclude={p}" for p in self.source.exclude
                  if not (p == "*" and self.source.include)]
-        if events:
-            rules += ["--include=*/", "--filter=-! *tfevents*"]
         if self.source.include:
             rules.append("--include=*/")
             rules += [f"--include={p}" for p in self.source.include]
@@ -368,7 +360,7 @@ class _Run:
         args = [self.rsync_path, "-rlpt", "--safe-links", "--chmod=Du+rwx,Fu+rw",
                 "--modify-window=-1",
                 f"--temp-dir={os.path.abspath(self.temp_dir)}", "--no-human-readable",
-                _OUT_FORMAT, f"--timeout={int(min(max(timeout_s / 4, 10), 120))}"]
+                _OUT_FORMAT, f"--timeout={io_timeout_s(timeout_s)}"]
         if source.is_remote_shell:
             args.append("--rsh=" + ssh_command(source.ssh))
         if source.is_daemon:

@@ -1,23 +1,20 @@
-"""One sync cycle per source (rsync -> publish -> reload -> state), and its scheduling.
+"""One source's sync cycle: rsync -> publish -> reload -> state.
 
-Requests never block: `request()` queues a cycle on a small worker pool and returns what was
-started and what was joined (a source already queued or syncing is joined, so twenty clicks
-make one rsync). A timer thread requests sources whose interval has elapsed, and a monitor
-thread asks TensorBoard what it has loaded. `run_cycle()` is the same cycle, blocking, for
-the CLI.
+`SyncService.cycle(name)` is the whole job for one source, blocking. When and how many
+cycles run is the scheduler's business (scheduler.py): the service owns one, hands it
+`cycle`, and exposes its `request` / `wait` to the plugin and the CLI. A thread asks
+TensorBoard, every `LOADED_REFRESH_S`, what it has loaded.
 
 Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging root; an
 `flock` per source keeps them from syncing the same source at once.
 """
 
 import atexit
-import collections
 import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
-import queue
 import threading
 import time
 import traceback
@@ -26,54 +23,57 @@ from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
+from tb_rsync_plugin import scheduler as scheduler_lib
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)
 
-MAX_PARALLEL_SOURCES = 4
 LOADED_REFRESH_S = 2.0
 LOCK_WAIT_S = 600.0
 STOP_WAIT_S = 10.0  # rsync gets TERM, then KILL after a grace period
-TIMER_MAX_SLEEP_S = 1.0  # the timer looks again at least this often (a click moves times)
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleOutcome:
+    """What one successful cycle did; `changed` is False when it published nothing."""
+
+    name: str
+    transfer: rsync_lib.TransferResult
+    report: publish_lib.PublishReport
+
+    @property
+    def changed(self):
+        return bool(self.transfer.changed or self.report.runs or self.report.actions)
 
 
 class SyncService:
-    """Runs sync cycles for the sources of one `SyncConfig`.
+    """Runs sync cycles for the sources of one `SyncConfig`, through its own scheduler.
 
     Args:
       config: the validated `SyncConfig`.
       state: the `SyncState` every cycle reports into.
       reloader: from `reload.make_reloader`; tells TensorBoard about published runs.
       clock: Unix seconds; injected for tests.
+      on_progress: called with (name, `rsync.Progress`) from every cycle (the CLI's line).
     """
 
-    def __init__(self, config, state, reloader, clock=time.time):
+    def __init__(self, config, state, reloader, clock=time.time, on_progress=None):
         self.config = config
         self.state = state
         self.reloader = reloader
         self._clock = clock
+        self._on_progress = on_progress
         self._stop = threading.Event()
-        # Daemon worker threads, not a ThreadPoolExecutor: the executor's workers are joined
-        # before atexit handlers run, so a TensorBoard stopped mid-sync would wait for rsync
-        # to finish instead of cancelling it in `stop()`.
-        self._queue = queue.Queue()
-        # Per source: cycles queued or running, and an Event set when that count is 0. The
-        # count (not "set after each cycle") keeps a request that lands while a worker is
-        # finishing from being reported idle by `wait()`.
-        self._pending = collections.Counter()
-        self._pending_lock = threading.Lock()
-        self._idle = {}
         self._publish_lock_warned = False
-        self._threads = [
-            threading.Thread(target=self._worker, name=f"tb-rsync-worker-{i}", daemon=True)
-            for i in range(min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))))]
-        for thread in self._threads:
-            thread.start()
         self._rsync_path = None
+        self.scheduler = scheduler_lib.Scheduler(
+            self.cycle, state, config.max_parallel,
+            on_end=[lambda end: self._save_state(), _log_transition])
+        self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
         state.loader, state.loader_note, state.not_live = \
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
-        state.restore(config.state_path)
+        state.restore(config.state_dir)
         for source in config.sources:
             self._restore_parked(source.name)
         try:
@@ -81,70 +81,57 @@ class SyncService:
         except SyncError as e:
             state.rsync_error = str(e)
 
-    # --- asking for syncs --------------------------------------------------------------
+    # --- asking for syncs (the scheduler decides when) ---------------------------------
     def request(self, names=None):
         """Start or join syncs for `names` (all sources when None); never blocks.
 
         Returns:
           {"started": [...], "joined": [...]} of source names.
         """
-        names = [s.name for s in self.config.sources] if names is None else list(names)
-        started, joined = [], []
-        for name in names:
-            if not self.state.try_queue(name):
-                joined.append(name)
-                continue
-            with self._pending_lock:
-                self._pending[name] += 1
-                self._idle.setdefault(name, threading.Event()).clear()
-            self._queue.put(name)
-            started.append(name)
-        return {"started": started, "joined": joined}
+        return self.scheduler.request(names)
 
     def wait(self, names=None, timeout_s=None):
         """Block until the cycles in flight for `names` end (tests, CLI)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        for name, idle in list(self._idle.items()):
-            if names is None or name in names:
-                idle.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.scheduler.wait(names, timeout_s)
 
-    def _worker(self):
-        while True:
-            name = self._queue.get()
-            try:
-                if not self._stop.is_set():
-                    self._guarded_cycle(name)
-                else:
-                    self.state.fail(name, f"Sync of '{name}' was cancelled: tb-rsync is stopping.")
-            finally:
-                with self._pending_lock:
-                    self._pending[name] -= 1
-                    if not self._pending[name]:
-                        self._idle[name].set()
+    def reconfigure(self, config):
+        """Follow a new configuration (same logdir and staging): sources come and go.
+
+        A removed source's running cycle ends normally; its published files stay.
+        """
+        added = [s for s in config.sources if s.name not in
+                 {old.name for old in self.config.sources}]
+        self.config = config
+        self.state.set_sources(config.sources, config.interval_for)
+        self.state.restore(config.state_dir, [s.name for s in added])
+        for source in added:
+            self._restore_parked(source.name)
+        self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
 
     def run_cycle(self, name, on_progress=None):
-        """One blocking cycle for source `name`; raises `SyncError` on failure (CLI)."""
+        """One blocking cycle for source `name` outside the scheduler; raises `SyncError`."""
         if not self.state.try_queue(name):
             raise SyncError(f"Source '{name}' is already being synced; wait for it to finish.")
-        self._cycle(name, on_progress)
-
-    def _guarded_cycle(self, name):
         try:
-            self._cycle(name)
-        except SyncError:
-            pass  # already recorded in state by _cycle
-        except Exception:  # a bug: keep the worker alive and show it
-            logger.exception("tb-rsync: sync of %r failed unexpectedly", name)
+            return self.cycle(name, on_progress)
+        finally:
+            self._save_state()
 
     # --- one cycle ---------------------------------------------------------------------
-    def _cycle(self, name, on_progress=None):
+    def cycle(self, name, on_progress=None):
+        """rsync -> publish -> reload -> state for one source; returns a `CycleOutcome`.
+
+        Raises:
+          SyncError: recorded in state first; anything else is a bug, recorded likewise.
+        """
         source = self.config.source(name)
         self.state.begin(name)
+        listeners = [f for f in (on_progress, self._on_progress) if f is not None]
 
         def progress(p):
             self.state.progress(name, p)
-            if on_progress:
-                on_progress(name, p)
+            for listener in listeners:
+                listener(name, p)
 
         try:
             if self._rsync_path is None:
@@ -159,7 +146,9 @@ class SyncService:
                     transfer, report = self._publish(source, transfer, retry, progress)
                     notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
-            self._refresh_loaded(list(report.runs))
+            if report.runs:
+                self._refresh_loaded(list(report.runs))
+            return CycleOutcome(name, transfer, report)
         except SyncError as e:
             self.state.fail(name, str(e), getattr(e, "details", ""))
             raise
@@ -167,8 +156,6 @@ class SyncService:
             self.state.fail(name, f"Internal error in tb-rsync ({type(e).__name__}: {e}); "
                                   "please report it.", traceback.format_exc())
             raise
-        finally:
-            self._save_state()
 
     def _reload(self, report, progress, bytes_done):
         """Tell TensorBoard; a failure here never turns a good publish into a failed sync."""
@@ -198,17 +185,24 @@ class SyncService:
         for folder in (staging_dir, cfg.temp_dir):
             os.makedirs(folder, exist_ok=True)
         # A cycle that stopped between rsync and publish left staged files rsync will not
-        # report again; the marker makes the next publish walk the whole staging tree.
+        # report again; the marker, made before rsync first writes into staging, makes the
+        # next publish walk the whole staging tree. A sync that changes nothing writes none.
         dirty_marker = self._dirty_marker(name)
         retry = _read_retry(dirty_marker)
-        with open(dirty_marker, "w"):
-            pass
+
+        def mark_unpublished():
+            if retry is None:
+                with open(dirty_marker, "w"):
+                    pass
+
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                       on_progress=progress, cancel=self._stop)
+                                       on_progress=progress, cancel=self._stop,
+                                       before_write=mark_unpublished)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
             # publisher compares them with what it published (append, or rewrite).
+            mark_unpublished()
             again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
                                             cfg.temp_dir, transfer.same_size,
                                             on_progress=progress, cancel=self._stop)
@@ -244,7 +238,8 @@ class SyncService:
             with open(dirty_marker, "w", encoding="utf-8") as f:
                 f.write("\n".join(failed) + "\n")
         else:
-            os.unlink(dirty_marker)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dirty_marker)
         return _explain_problems(source, staging_dir, transfer, report)
 
     @contextlib.contextmanager
@@ -318,51 +313,49 @@ class SyncService:
 
     def _save_state(self):
         try:
-            self.state.save(self.config.state_path)
+            self.state.save(self.config.state_dir)
         except OSError as e:
-            logger.warning("tb-rsync: cannot save state to %s: %s", self.config.state_path, e)
+            logger.warning("tb-rsync: cannot save state to %s: %s", self.config.state_dir, e)
 
     # --- background threads ------------------------------------------------------------
-    def start(self):
-        """Start the interval timer and the loaded-data monitor (daemon threads)."""
-        for target in (self._timer_loop, self._loaded_loop):
-            threading.Thread(target=target, name=f"tb-rsync-{target.__name__}",
+    def start(self, timers=True):
+        """Start scheduling (with `timers`, every timed source syncs now and then on its
+        interval) and the loaded-data monitor (daemon threads)."""
+        self.scheduler.start(timers)
+        if self.reloader.kind != "none":
+            threading.Thread(target=self._loaded_loop, name="tb-rsync-loaded",
                              daemon=True).start()
         atexit.register(self.stop)
 
     def stop(self):
         """Cancel running rsyncs (their process groups are killed) and stop threads."""
         self._stop.set()
-        self.wait(timeout_s=STOP_WAIT_S)
+        self.scheduler.stop(STOP_WAIT_S)
 
-    def _timer_loop(self):
-        """Sync each timed source when its `next_sync_unix_s` (shown in the tab) comes.
-
-        The end of every cycle sets that time to end + interval, so the tab's countdown is
-        the one the timer keeps, a click postpones the next timed sync, and a sync longer
-        than the interval is never followed by another at once.
-        """
-        timed = [s.name for s in self.config.sources if self.config.interval_for(s) > 0]
-        for name in timed:
-            self.state.set_next_sync(name, self._clock())  # first sync right away
-        while timed and not self._stop.is_set():
-            now, wake = self._clock(), self._clock() + TIMER_MAX_SLEEP_S
-            for name in timed:
-                when = self.state.next_sync(name)
-                if when is None:
-                    continue  # queued or syncing: the cycle's end sets the next time
-                if now >= when:
-                    self.state.set_next_sync(name, None)
-                    self.request([name])
-                else:
-                    wake = min(wake, when)
-            self._stop.wait(max(0.05, wake - self._clock()))
+    @property
+    def stopped(self):
+        """An Event set once `stop()` was called (threads of others wait on it)."""
+        return self._stop
 
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):
             runs = self.state.runs()
             if runs:
                 self._refresh_loaded(runs)
+
+
+def _log_transition(end):
+    """TensorBoard's log names a source going into error and coming back, once each."""
+    if end.error is not None and not isinstance(end.error, SyncError):
+        logger.error("tb-rsync: sync of %r failed unexpectedly", end.name,
+                     exc_info=end.error)
+    elif end.error is not None and end.previous_failures == 0:
+        retry = f"retrying in {end.retry_in_s:.0f} s" if end.retry_in_s else \
+            "next attempt when asked"
+        logger.warning("tb-rsync: sync of %r failed (%s): %s", end.name, retry, end.error)
+    elif end.recovered:
+        logger.warning("tb-rsync: %r syncs again after %d failed attempt(s).", end.name,
+                       end.previous_failures)
 
 
 def _explain_problems(source, staging_dir, transfer, report):

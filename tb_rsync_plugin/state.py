@@ -1,9 +1,16 @@
 """Per-source and per-run freshness: the one place the rest of the program writes status.
 
-Writers (sync workers, the loaded-data monitor) call the methods below; readers (HTTP, the
-CLI) take `snapshot()`, a plain dict matching docs/API.md. One lock guards everything, and
-snapshots are built under it, so a reader never sees half an update. The state is also saved
-to `state.json` in the staging root so `tb-rsync status` can show it without TensorBoard.
+Writers (sync cycles, the scheduler, the loaded-data monitor) call the methods below;
+readers (HTTP, the CLI) take `snapshot()`, a plain dict matching docs/API.md, or
+`status_json()`, the same as bytes, rebuilt only when something changed. One lock guards
+everything, and snapshots are built under it, so a reader never sees half an update.
+
+For `tb-rsync status` and the next start, what changed is also appended to a journal per
+source (`state/<name>.jsonl` in the staging root, one JSON object a line, the last line
+about a source or run wins). A sync that changed nothing writes nothing, except a heartbeat
+every `HEARTBEAT_S` so 'last sync' stays roughly current; a journal is compacted when it has
+grown to several times its live size. Each process appends only about the sources it syncs,
+under an `flock`, so processes sharing a staging root never drop each other's lines.
 """
 
 import contextlib
@@ -18,7 +25,15 @@ from typing import Optional
 
 from tb_rsync_plugin import __version__, atomic, config, publish
 
-STATE_FORMAT = 1
+HEARTBEAT_S = 60.0
+# Saved for `tb-rsync status`, not restored: the new process makes its own schedule.
+_SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures")
+COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
+COMPACT_MIN_BYTES = 64 * 1024
+# Source fields kept across restarts (the rest describe this process's schedule).
+_SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
+                      "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
+                      "failures")
 
 
 @dataclasses.dataclass
@@ -28,6 +43,9 @@ class SourceStatus:
     interval_s: float
     state: str = "idle"  # idle | queued | syncing | error
     next_sync_unix_s: Optional[float] = None
+    retrying: bool = False  # next_sync_unix_s is a retry after a failure
+    failures: int = 0  # consecutive failed syncs
+    idle_factor: int = 1  # automatic syncs back off to this many intervals while idle
     last_start_unix_s: Optional[float] = None
     last_end_unix_s: Optional[float] = None
     last_ok_unix_s: Optional[float] = None
@@ -73,39 +91,92 @@ class SyncState:
         self.not_live = ("unknown", "Published; no TensorBoard attached to ask what it shows.")
         self.logdir = ""
         self.rsync_error = None
+        self.config_error = None  # a bad edit of --rsync_config, while the old one runs
+        self._version = 0  # bumped by every change: status_json() rebuilds only then
+        self._cached = (-1, b"")
+        # What the journal does not know yet: sources whose saved fields changed, runs.
+        self._unsaved_sources = set()
+        self._unsaved_runs = set()
+        self._saved_at = {}  # source -> when its status was last journalled (Unix s)
 
     # --- sources -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _changing(self):
+        with self._lock:
+            self._version += 1
+            yield
+
+    def set_sources(self, sources, interval_for):
+        """Follow a new configuration: add sources, drop removed ones and their runs."""
+        with self._changing():
+            old = self._sources
+            self._sources = {}
+            for s in sources:
+                status = old.get(s.name) or SourceStatus(s.name, s.source, interval_for(s))
+                status.source, status.interval_s = s.source, interval_for(s)
+                self._sources[s.name] = status
+            self._runs = {run: fresh for run, fresh in self._runs.items()
+                          if fresh.source in self._sources}
+
     def try_queue(self, name):
         """Mark `name` queued unless a sync is already queued or running; True if marked."""
-        with self._lock:
+        with self._changing():
             status = self._sources[name]
             if status.state in ("queued", "syncing"):
                 return False
             status.state = "queued"
             return True
 
+    def cancel_queued(self, name):
+        """A queued sync that will not run (tb-rsync is stopping)."""
+        with self._changing():
+            status = self._sources.get(name)
+            if status is not None and status.state == "queued":
+                status.state = "error" if status.error else "idle"
+
+    def set_config_error(self, message):
+        with self._changing():
+            self.config_error = message
+
+    def set_schedule(self, name, delay_s, retry=False, idle_factor=1):
+        """The scheduler's next automatic sync of `name`: `delay_s` after the end of the
+        last one (None: only on request)."""
+        with self._changing():
+            status = self._sources.get(name)
+            if status is not None:
+                status.next_sync_unix_s = None if delay_s is None else \
+                    (status.last_end_unix_s or self._clock()) + delay_s
+                status.retrying = retry and delay_s is not None
+                status.idle_factor = idle_factor
+
     def begin(self, name):
-        with self._lock:
-            status = self._sources[name]
+        with self._changing():
+            status = self._sources.get(name)
+            if status is None:
+                return  # removed from the configuration: its last cycle is not shown
             status.state = "syncing"
             status.last_start_unix_s = self._clock()
             status.progress = {"bytes_done": 0, "percent": 0, "rate_bytes_s": 0.0,
                                "phase": "connecting"}
 
     def progress(self, name, progress):
-        with self._lock:
-            self._sources[name].progress = dataclasses.asdict(progress)
+        with self._changing():
+            if name in self._sources:
+                self._sources[name].progress = dataclasses.asdict(progress)
 
     def finish(self, name, transfer, report, reload_notes):
         """Record a successful cycle: the source's result and every run it touched."""
         now = self._clock()
-        with self._lock:
-            status = self._sources[name]
+        with self._changing():
+            status = self._sources.get(name)
+            if status is None:
+                return
+            before = _saved_fields(status)
             status.state = "idle"
             status.progress = None
             status.error = None
+            status.failures = 0
             status.last_end_unix_s = status.last_ok_unix_s = now
-            _schedule_after(status)
             status.warnings = list(transfer.warnings)
             status.last_result = {
                 "bytes_received": transfer.bytes_received,
@@ -130,7 +201,10 @@ class SyncState:
                     fresh.rewritten_unix_s = now
                     fresh.source_wall_time = update.newest_wall_time
                 fresh.restart_reason = reload_notes.get(run)
+                self._unsaved_runs.add(run)
             self._record_file_errors(name, report)
+            if report.runs or _meaningful(before) != _meaningful(_saved_fields(status)):
+                self._unsaved_sources.add(name)
 
     def _record_file_errors(self, name, report):
         """Clear the errors of event files that published cleanly; add this cycle's.
@@ -142,29 +216,32 @@ class SyncState:
         for action in report.actions:
             if action.action in publish.PUBLISHED_ACTIONS and action.path not in errors:
                 fresh = self._runs.get(publish.run_of(name, action.path))
-                if fresh is not None:
-                    fresh.file_errors.pop(action.path, None)
+                if fresh is not None and fresh.file_errors.pop(action.path, None):
+                    self._unsaved_runs.add(fresh.run)
         for rel, message in errors.items():
             run = publish.run_of(name, rel)
             self._runs.setdefault(run, RunFreshness(run, name)).file_errors[rel] = message
+            self._unsaved_runs.add(run)
 
     def fail(self, name, message, details=""):
-        with self._lock:
-            status = self._sources[name]
+        with self._changing():
+            status = self._sources.get(name)
+            if status is None:
+                return
+            before = _saved_fields(status)
             status.state = "error"
             status.progress = None
+            status.failures += 1
             status.last_end_unix_s = self._clock()
             status.error = {"message": message, "details": details,
                             "unix_s": status.last_end_unix_s}
-            _schedule_after(status)
+            # Journalled each time (with its retry time): failures back off, so this is rare.
+            self._unsaved_sources.add(name)
 
-    def set_next_sync(self, name, unix_s):
+    def source(self, name):
+        """One source's status as in `snapshot()["sources"]`."""
         with self._lock:
-            self._sources[name].next_sync_unix_s = unix_s
-
-    def next_sync(self, name):
-        with self._lock:
-            return self._sources[name].next_sync_unix_s
+            return dataclasses.asdict(self._sources[name])
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
@@ -175,26 +252,50 @@ class SyncState:
         """What TensorBoard serves: {run: newest loaded wall time or None}."""
         with self._lock:
             for run, wall_time in loaded_wall_times.items():
-                if run in self._runs:
+                fresh = self._runs.get(run)
+                if fresh is not None:
                     finite = wall_time is not None and math.isfinite(wall_time)
-                    self._runs[run].loaded_wall_time = wall_time if finite else None
+                    wall_time = wall_time if finite else None
+                    if fresh.loaded_wall_time != wall_time:
+                        fresh.loaded_wall_time = wall_time
+                        self._version += 1
 
     # --- readers -----------------------------------------------------------------------
     def snapshot(self):
         """Everything as the JSON-ready dict of docs/API.md."""
         with self._lock:
-            runs = [self._run_json(r) for r in sorted(self._runs.values(), key=lambda r: r.run)]
-            return {
-                "server_unix_s": self._clock(),
-                "version": __version__,
-                "logdir": self.logdir,
-                "loader": self.loader,
-                "reload_note": self.loader_note,
-                "rsync_error": self.rsync_error,
-                "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
-                "sources": [dataclasses.asdict(s) for s in self._sources.values()],
-                "runs": runs,
-            }
+            return self._snapshot()
+
+    def status_json(self):
+        """`snapshot()` as JSON bytes; the part after the clock is rebuilt only on change.
+
+        The Sync tab polls every second or two, with hundreds of runs, while syncs run: the
+        route must not build and encode the whole state each time (docs/BENCHMARKS.md B4).
+        """
+        with self._lock:
+            version, body = self._cached
+            if version != self._version:
+                data = self._snapshot()
+                del data["server_unix_s"]
+                body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+                self._cached = (self._version, body)
+            now = self._clock()
+        return b'{"server_unix_s":' + json.dumps(now).encode() + b"," + body[1:]
+
+    def _snapshot(self):
+        runs = [self._run_json(r) for r in sorted(self._runs.values(), key=lambda r: r.run)]
+        return {
+            "server_unix_s": self._clock(),
+            "version": __version__,
+            "logdir": self.logdir,
+            "loader": self.loader,
+            "reload_note": self.loader_note,
+            "rsync_error": self.rsync_error,
+            "config_error": self.config_error,
+            "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
+            "sources": [dataclasses.asdict(s) for s in self._sources.values()],
+            "runs": runs,
+        }
 
     def _run_json(self, fresh):
         state, detail = self._run_state(fresh)
@@ -226,62 +327,81 @@ class SyncState:
         return self.not_live
 
     # --- persistence -------------------------------------------------------------------
-    def save(self, path):
-        """Write the snapshot atomically (temp file + rename) for `tb-rsync status`.
+    def save(self, state_dir):
+        """Append what changed since the last save to each source's journal.
 
-        Another process (a TensorBoard, a `tb-rsync watch`) may sync other sources into the
-        same staging root, so this keeps what the file holds about sources this process does
-        not have. The read-merge-write runs under an exclusive lock on a sibling file, so two
-        savers never drop each other's update.
+        Returns the number of lines written (0 after a sync that changed nothing).
         """
-        with _exclusive(path + ".lock"):
-            # Taken under the lock: two threads saving out of order would otherwise let the
-            # older snapshot of this process's own sources land last.
-            data = self.snapshot()
-            data["format"] = STATE_FORMAT
-            earlier = load_snapshot(path) or {}
-            if earlier.get("format") == STATE_FORMAT:
-                ours = set(self._sources)
-                data["sources"] += [s for s in earlier.get("sources", [])
-                                    if s.get("name") not in ours]
-                data["runs"] += [r for r in earlier.get("runs", []) if r.get("source") not in ours]
-                data["runs"].sort(key=lambda r: r.get("run", ""))
-            _write_snapshot(path, data)
-
-    def restore(self, path):
-        """Load runs and last results saved by an earlier process, if any (best effort)."""
-        try:
-            data = load_snapshot(path)
-        except OSError:
-            return
-        if data is None or data.get("format") != STATE_FORMAT:
-            return
+        now = self._clock()
         with self._lock:
-            for saved in data.get("sources", []):
-                status = self._sources.get(saved.get("name"))
-                if status is None:
+            lines = {}
+            for name, status in self._sources.items():
+                if name in self._unsaved_sources or \
+                        now - self._saved_at.get(name, 0.0) >= HEARTBEAT_S:
+                    lines.setdefault(name, []).append({"source": _saved_fields(status)})
+            for run in sorted(self._unsaved_runs):
+                fresh = self._runs.get(run)
+                if fresh is not None:
+                    lines.setdefault(fresh.source, []).append({"run": self._run_json(fresh)})
+            self._unsaved_sources.clear()
+            self._unsaved_runs.clear()
+            for name in lines:
+                self._saved_at[name] = now
+        written = 0
+        for name, entries in lines.items():
+            try:
+                _append_journal(journal_path(state_dir, name), entries)
+            except OSError:
+                with self._lock:  # try again next time
+                    self._unsaved_sources.add(name)
+                    self._unsaved_runs.update(e["run"]["run"] for e in entries if "run" in e)
+                raise
+            written += len(entries)
+        return written
+
+    def restore(self, state_dir, names=None):
+        """Load runs and last results saved by an earlier process, if any (best effort)."""
+        with self._changing():
+            for name, status in self._sources.items():
+                if names is not None and name not in names:
                     continue
-                for key in ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
-                            "last_result", "error"):
-                    setattr(status, key, saved.get(key))
+                status.failures = 0
+                try:
+                    saved_source, runs = _read_journal(journal_path(state_dir, name))
+                except OSError:
+                    continue
+                for key in _SAVED_SOURCE_KEYS:
+                    if key in saved_source and key not in _SCHEDULE_KEYS:
+                        setattr(status, key, saved_source[key])
                 if status.error:
                     status.state = "error"
-            for saved in data.get("runs", []):
-                if saved.get("source") not in self._sources:
-                    continue
-                fresh = RunFreshness(saved["run"], saved["source"])
-                for key in ("source_wall_time", "source_step", "published_unix_s",
-                            "rewritten_unix_s"):
-                    setattr(fresh, key, saved.get(key))
-                fresh.file_errors = dict(saved.get("file_errors") or {})
-                # "restart_needed" is not restored: this process is the restart.
-                self._runs[fresh.run] = fresh
+                for saved in runs.values():
+                    fresh = RunFreshness(saved["run"], name)
+                    for key in ("source_wall_time", "source_step", "published_unix_s",
+                                "rewritten_unix_s"):
+                        setattr(fresh, key, saved.get(key))
+                    fresh.file_errors = dict(saved.get("file_errors") or {})
+                    # "restart_needed" is not restored: this process is the restart.
+                    self._runs[fresh.run] = fresh
+                self._saved_at[name] = status.last_end_unix_s or 0.0
 
 
-def _schedule_after(status):
-    """The next timed sync of a source whose cycle just ended (the timer keeps this time)."""
-    status.next_sync_unix_s = status.last_end_unix_s + status.interval_s \
-        if status.interval_s > 0 else None
+def _saved_fields(status):
+    fields = {key: getattr(status, key) for key in _SAVED_SOURCE_KEYS}
+    fields.update(name=status.name, source=status.source, interval_s=status.interval_s,
+                  state="error" if status.error else "idle")
+    return fields
+
+
+def _meaningful(fields):
+    """Saved fields minus what every sync changes (times, duration): a change here is news."""
+    result = dict(fields.get("last_result") or {}, duration_s=None)
+    error = fields.get("error") or {}
+    return (result, error.get("message"), error.get("details"), fields.get("warnings"))
+
+
+def journal_path(state_dir, name):
+    return os.path.join(state_dir, name + ".jsonl")
 
 
 @contextlib.contextmanager
@@ -295,38 +415,80 @@ def _exclusive(lock_path):
         os.close(fd)
 
 
-def forget_sources(path, names):
-    """Drop sources `names` and their runs from the saved state; returns those it held.
-
-    For a source nobody syncs any more (a typo, a retired node): saves merge in what the
-    file holds about other processes' sources, so it would otherwise stay listed, and stay
-    in error, for good.
-    """
-    names = set(names)
+def _append_journal(path, entries):
+    """Append `entries` as lines; compact the journal when it has grown too long."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for e in entries)
     with _exclusive(path + ".lock"):
-        data = load_snapshot(path)
-        if data is None or data.get("format") != STATE_FORMAT:
-            return []
-        found = [s["name"] for s in data.get("sources", []) if s.get("name") in names]
-        if found:
-            data["sources"] = [s for s in data["sources"] if s.get("name") not in names]
-            data["runs"] = [r for r in data.get("runs", []) if r.get("source") not in names]
-            _write_snapshot(path, data)
-    return found
+        with open(path, "ab") as f:
+            f.write(data)
+            size = f.tell()
+        if size > COMPACT_MIN_BYTES:
+            source, runs = _read_journal(path)
+            live = _journal_bytes(source, runs)
+            if size > COMPACT_FACTOR * len(live):
+                atomic.write_bytes(path, live)
 
 
-def _write_snapshot(path, data):
-    """Temp file + rename. Compact: json.dumps with indent falls back to the pure-Python
-    encoder (~4x slower)."""
-    atomic.write_bytes(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+def _journal_bytes(source, runs):
+    entries = ([{"source": source}] if source else []) + [{"run": r} for r in runs.values()]
+    return b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for e in entries)
 
 
-def load_snapshot(path):
-    """The saved snapshot for `tb-rsync status`, or None if no sync has run yet."""
+def _read_journal(path):
+    """Fold a journal: (the last source line, {run: its last line}). Raises OSError."""
+    source, runs = {}, {}
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash; the lines after it still count
+            if isinstance(entry.get("source"), dict):
+                source = entry["source"]
+            elif isinstance(entry.get("run"), dict) and "run" in entry["run"]:
+                runs[entry["run"]["run"]] = entry["run"]
+    return source, runs
+
+
+def load_snapshot(state_dir):
+    """Every source's saved state for `tb-rsync status`, or None if no sync has run yet."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        names = sorted(n[:-len(".jsonl")] for n in os.listdir(state_dir)
+                       if n.endswith(".jsonl"))
     except FileNotFoundError:
         return None
-    except ValueError:
-        return None  # written by a crashed older version; the next sync rewrites it
+    sources, runs = [], []
+    for name in names:
+        try:
+            source, source_runs = _read_journal(journal_path(state_dir, name))
+        except OSError:
+            continue
+        if source:
+            sources.append(dict(source, name=name))
+        runs.extend(source_runs.values())
+    if not sources and not runs:
+        return None
+    return {"sources": sources, "runs": sorted(runs, key=lambda r: r.get("run", ""))}
+
+
+def forget_sources(state_dir, names):
+    """Drop the saved state of sources `names`; returns those it held.
+
+    For a source nobody syncs any more (a typo, a retired node): it would otherwise stay
+    listed, and stay in error, for good. Its published files stay.
+    """
+    found = []
+    for name in names:
+        path = journal_path(state_dir, name)
+        if not os.path.exists(path):
+            continue
+        with _exclusive(path + ".lock"):  # the lock file stays: others may hold it
+            try:
+                os.unlink(path)
+                found.append(name)
+            except FileNotFoundError:
+                pass
+    return found

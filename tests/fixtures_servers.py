@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -185,3 +186,31 @@ def rsync_daemon(tmp_path):
         yield RsyncDaemon("127.0.0.1", port, "logs", str(module))
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word (a hung
+    login node or daemon). Yields the port; every accepted socket stays open until the end."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    accepted, stopping = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stopping.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stopping.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    listener.close()

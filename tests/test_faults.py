@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from tb_rsync_plugin import state as state_lib
 from tests.events import big_event_bytes, file_version_event, make_event, scalar_bytes
 from tests.fixtures_tensorboard import TensorBoardProcess, wait_until
 from tests.invariants import LogdirChecker, Sandbox, SourceFiles, frame
@@ -171,8 +172,7 @@ def converge(case, sandbox, config, when):
 
 
 def load_status(sandbox):
-    with open(os.path.join(sandbox.staging, "state.json")) as f:
-        return json.load(f)
+    return state_lib.load_snapshot(os.path.join(sandbox.staging, "state"))
 
 
 # --- process trees ----------------------------------------------------------------------

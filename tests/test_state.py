@@ -1,4 +1,4 @@
-"""state.json is shared by every process syncing into one staging root."""
+"""The state journals are shared by every process syncing into one staging root."""
 
 import subprocess
 import sys
@@ -20,7 +20,7 @@ for i in range(count):
 
 def test_concurrent_savers_keep_each_others_last_update(tmp_path):
     """Four processes save as fast as they can; none may lose another's final word."""
-    path = str(tmp_path / "state.json")
+    path = str(tmp_path / "state")
     names = [f"p{i}" for i in range(4)]
     savers = [subprocess.Popen([sys.executable, "-c", SAVER, name, path, str(SAVES)])
               for name in names]
