@@ -310,6 +310,10 @@ export function buildHeader(status, ui = {}) {
       header.append(el('div', {cls: 'rs-alert', text: status.rsync_error,
         attrs: {'role': 'alert', 'data-role': 'rsync-error'}}));
     }
+    if (status.config_error) {
+      header.append(el('div', {cls: 'rs-alert', text: status.config_error,
+        attrs: {'role': 'alert', 'data-role': 'config-error'}}));
+    }
   }
   if (ui.message) {
     header.append(el('div', {cls: 'rs-alert rs-alert-soft', text: ui.message,
@@ -530,10 +534,20 @@ function lastCell(s, nowS) {
 function nextCell(s, nowS) {
   const next = el('td', {cls: 'col-next'});
   if (isNum(s.interval_s) && s.interval_s > 0) {
-    // No time while a sync is queued or running: its end sets the next one.
-    if (isNum(s.next_sync_unix_s)) next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: 'in'}));
-    else next.append(el('span', {text: 'after this sync'}));
-    next.append(el('div', {cls: 'small muted', text: `every ${formatDuration(s.interval_s)}`}));
+    // No time while a sync is queued or running: its end sets the next one. A failing
+    // source shows its backoff ("retrying in 40 s"); an idle one its slower pace.
+    if (isNum(s.next_sync_unix_s)) {
+      next.append(ageSpan(s.next_sync_unix_s, nowS, {mode: s.retrying ? 'retry' : 'in'}));
+    } else {
+      next.append(el('span', {text: 'after this sync'}));
+    }
+    const factor = isNum(s.idle_factor) && s.idle_factor > 1 && !s.retrying ? s.idle_factor : 1;
+    const pace = factor > 1 ?
+      `idle: every ${formatDuration(s.interval_s * factor)} (set: ${formatDuration(s.interval_s)})` :
+      `every ${formatDuration(s.interval_s)}`;
+    next.append(el('div', {cls: 'small muted', text: pace,
+      attrs: factor > 1 ? {'title': 'No change in the last syncs: checked less often until ' +
+        'the next change or a click on Sync.'} : {}}));
   } else {
     next.append(el('span', {cls: 'muted', text: 'on request'}));
   }
@@ -561,7 +575,8 @@ export const SOURCE_CELLS = Object.freeze([
   {name: 'last', key: (s) => JSON.stringify([s.state === 'syncing', s.last_start_unix_s,
     s.last_end_unix_s, s.last_ok_unix_s]), build: (s, nowS) => lastCell(s, nowS)},
   {name: 'result', key: (s) => JSON.stringify(s.last_result ?? null), build: (s) => lastResultCell(s)},
-  {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s]),
+  {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s, !!s.retrying,
+    s.idle_factor ?? 1]),
     build: (s, nowS) => nextCell(s, nowS)},
   {name: 'error', key: (s) => JSON.stringify([s.name, s.error ?? null, s.warnings ?? []]),
     build: (s, nowS) => errorCell(s, nowS)},

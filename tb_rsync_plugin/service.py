@@ -350,9 +350,12 @@ def _log_transition(end):
         logger.error("tb-rsync: sync of %r failed unexpectedly", end.name,
                      exc_info=end.error)
     elif end.error is not None and end.previous_failures == 0:
-        retry = f"retrying in {end.retry_in_s:.0f} s" if end.retry_in_s else \
-            "next attempt when asked"
-        logger.warning("tb-rsync: sync of %r failed (%s): %s", end.name, retry, end.error)
+        if end.retry_in_s:
+            logger.warning("tb-rsync: sync of %r failed (retrying in %.0f s): %s", end.name,
+                           end.retry_in_s, end.error)
+        else:
+            logger.warning("tb-rsync: sync of %r failed (next attempt when asked): %s",
+                           end.name, end.error)
     elif end.recovered:
         logger.warning("tb-rsync: %r syncs again after %d failed attempt(s).", end.name,
                        end.previous_failures)

@@ -141,6 +141,37 @@ def test_watch_syncs_until_ctrl_c(tmp_path):
     assert "Traceback" not in err
 
 
+def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
+    remote, logdir = make_remote(tmp_path)
+    late = tmp_path / "late"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
+         "--source", f"n1={remote}/", "--source", f"late={late}/", "--staging",
+         str(tmp_path / "staging"), "--interval", "0.3", "--summary-every", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # about ten no-change syncs of n1, and late's first retry
+        late.mkdir()
+        append_scalars(str(late / EVENTS), range(3))
+        deadline = time.time() + 40
+        while not (logdir / "late" / EVENTS).exists():
+            assert time.time() < deadline, "late did not recover"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert [line for line in out.splitlines() if line.startswith("n1:")] == [
+        next(line for line in out.splitlines() if line.startswith("n1: "))], \
+        "n1 changed once: one line, not one per sync"
+    assert err.count("late: error: Sync of 'late'") == 1, err
+    assert "late: retrying in 5 s" in err
+    assert "late: syncs again after 1 failed attempt(s)" in out or \
+        "late: syncs again after 2 failed attempt(s)" in out, out
+    assert "tb-rsync: 1 of 2 source(s) ok;" in out and "failing: late" in out, out
+
+
 def test_status_keeps_sources_synced_by_other_processes(tmp_path):
     remote, logdir = make_remote(tmp_path)
     staging = tmp_path / "staging"

@@ -362,6 +362,15 @@ MESSAGES = [
     ("plugin.py", "is configured "),
     ("plugin.py", "Use GET."),
     ("plugin.py", "Use POST."),
+    ("config.py", "must be a whole number of syncs, not"),
+    ("config.py", "'max_per_host' must be at least 1."),
+    ("cli.py", "retrying in "),
+    ("cli.py", "syncs again after "),
+    ("cli.py", "must be at least 1."),
+    ("service.py", "tb-rsync: sync of %r failed (retrying in "),
+    ("service.py", "syncs again after %d failed attempt(s)."),
+    ("plugin.py", "Keeping the running configuration."),
+    ("plugin.py", "tb-rsync: re-read %s: %d source(s)."),
 ]
 
 
@@ -379,7 +388,7 @@ def doc_form(fragment):
     """How a code fragment reads in the doc: placeholders and %-formats become text."""
     fragment = fragment.replace("{CSRF_HEADER}", "X-TB-Rsync")
     fragment = fragment.replace("'{path}'", "'…'").replace("{what}", "staging")
-    return re.sub(r"%[rs]", "…", fragment)
+    return re.sub(r"%[rsd]", "…", fragment)
 
 
 def test_troubleshooting_explains_every_message():

@@ -262,6 +262,13 @@ def test_user_data_is_text_never_markup(page):
     assert page.console_errors == []
 
 
+def test_header_shows_a_bad_config_edit(page):
+    text = page.evaluate("""(status) => window.views.buildHeader(status, {}).querySelector(
+        '[data-role=config-error]').textContent""",
+                         make_status(config_error="In config file 's.toml', source #1: ..."))
+    assert text.startswith("In config file 's.toml'")
+
+
 def test_header_and_empty_states(page):
     got = page.evaluate("""(st) => {
       const v = window.views;
@@ -355,16 +362,23 @@ def test_sources_table_words_failures_and_timer_syncs(page):
             "message": "Sync of 'bad' failed: the host is unreachable.", "details": "",
             "unix_s": NOW - 3}),
         source_fixture("timed", state="syncing", next_sync_unix_s=None, interval_s=5.0),
+        source_fixture("retry", state="error", next_sync_unix_s=NOW + 40, retrying=True,
+                       failures=3, interval_s=5.0),
+        source_fixture("idle", state="idle", next_sync_unix_s=NOW + 12, idle_factor=4,
+                       interval_s=5.0),
     ]
     got = page.evaluate("""(sources) => {
       const table = window.views.buildSourcesTable(sources, %r);
       const cell = (n, c) => table.querySelector(`tr[data-source="${n}"] .col-${c}`).textContent;
       return {badLast: cell('bad', 'last'), badResult: cell('bad', 'result'),
-              timedNext: cell('timed', 'next')};
+              timedNext: cell('timed', 'next'), retryNext: cell('retry', 'next'),
+              idleNext: cell('idle', 'next')};
     }""" % NOW, sources)
     assert got["badLast"].startswith("failed 3 s ago") and "last success 39 s ago" in got["badLast"]
     assert got["badResult"].startswith("last success: 3 files, 1.0 MiB received")
     assert got["timedNext"] == "after this syncevery 5 s"
+    assert got["retryNext"] == "retrying in 40 severy 5 s"
+    assert got["idleNext"] == "in 12 sidle: every 20 s (set: 5 s)"
 
 
 def test_run_rows_explain_only_what_needs_explaining(page):
