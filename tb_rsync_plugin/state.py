@@ -26,6 +26,7 @@ from typing import Optional
 from tb_rsync_plugin import __version__, atomic, config, publish
 
 HEARTBEAT_S = 60.0
+PROGRESS_EVERY_S = 0.5
 # Saved for `tb-rsync status`, not restored: the new process makes its own schedule.
 _SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures")
 COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
@@ -98,6 +99,7 @@ class SyncState:
         self._unsaved_sources = set()
         self._unsaved_runs = set()
         self._saved_at = {}  # source -> when its status was last journalled (Unix s)
+        self._progress_shown = {}  # source -> when its progress last reached readers
 
     # --- sources -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -160,9 +162,20 @@ class SyncState:
                                "phase": "connecting"}
 
     def progress(self, name, progress):
-        with self._changing():
-            if name in self._sources:
-                self._sources[name].progress = dataclasses.asdict(progress)
+        """A progress report. It reaches readers at most every `PROGRESS_EVERY_S` per source
+        (or at once when the phase changes): with a hundred sources syncing, rsync's
+        progress lines would otherwise make every status request rebuild the snapshot."""
+        with self._lock:
+            status = self._sources.get(name)
+            if status is None:
+                return
+            new = dataclasses.asdict(progress)
+            now = time.monotonic()
+            if status.progress is None or status.progress.get("phase") != new["phase"] or \
+                    now - self._progress_shown.get(name, 0.0) >= PROGRESS_EVERY_S:
+                status.progress = new
+                self._progress_shown[name] = now
+                self._version += 1
 
     def finish(self, name, transfer, report, reload_notes):
         """Record a successful cycle: the source's result and every run it touched."""
@@ -203,7 +216,8 @@ class SyncState:
                 fresh.restart_reason = reload_notes.get(run)
                 self._unsaved_runs.add(run)
             self._record_file_errors(name, report)
-            if report.runs or _meaningful(before) != _meaningful(_saved_fields(status)):
+            if report.runs or report.actions or \
+                    _meaningful(before) != _meaningful(_saved_fields(status)):
                 self._unsaved_sources.add(name)
 
     def _record_file_errors(self, name, report):
@@ -394,10 +408,10 @@ def _saved_fields(status):
 
 
 def _meaningful(fields):
-    """Saved fields minus what every sync changes (times, duration): a change here is news."""
-    result = dict(fields.get("last_result") or {}, duration_s=None)
+    """What makes a source line worth journalling when the sync published nothing: its
+    error and warnings (times and the result of an empty sync wait for the heartbeat)."""
     error = fields.get("error") or {}
-    return (result, error.get("message"), error.get("details"), fields.get("warnings"))
+    return (error.get("message"), error.get("details"), fields.get("warnings"))
 
 
 def journal_path(state_dir, name):

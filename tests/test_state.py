@@ -1,5 +1,6 @@
 """The state journals are shared by every process syncing into one staging root."""
 
+import os
 import subprocess
 import sys
 
@@ -27,3 +28,56 @@ def test_concurrent_savers_keep_each_others_last_update(tmp_path):
     assert [p.wait(timeout=120) for p in savers] == [0] * len(savers)
     saved = {s["name"]: s["error"]["message"] for s in state_lib.load_snapshot(path)["sources"]}
     assert saved == {name: f"save {SAVES - 1}" for name in names}
+
+
+def make_state(clock):
+    from tb_rsync_plugin import config
+    return state_lib.SyncState([config.Source("n", "/src/")], lambda source: 5.0, clock=clock)
+
+
+def report_for(runs, wall_time=1.0):
+    from tb_rsync_plugin import publish
+    return publish.PublishReport(actions=(), needs_restage=(), errors=(), runs={
+        run: publish.RunUpdate(run, wall_time, int(wall_time)) for run in runs})
+
+
+def test_journal_gets_only_what_changed_and_a_heartbeat(tmp_path):
+    from tb_rsync_plugin import rsync
+    now = [1000.0]
+    state = make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    state.finish("n", rsync.TransferResult(changed=("a/x",)), report_for(["n/a", "n/b"]), {})
+    assert state.save(folder) == 3  # the source and two runs
+    for _ in range(5):
+        now[0] += 1
+        state.finish("n", rsync.TransferResult(duration_s=0.2), report_for([]), {})
+        assert state.save(folder) == 0, "an unchanged sync writes nothing"
+    state.finish("n", rsync.TransferResult(changed=("a/x",)), report_for(["n/a"], 2.0), {})
+    assert state.save(folder) == 2
+    now[0] += state_lib.HEARTBEAT_S
+    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    assert state.save(folder) == 1, "a heartbeat once a minute keeps 'last sync' current"
+    saved = state_lib.load_snapshot(folder)
+    assert saved["sources"][0]["last_end_unix_s"] == now[0]
+    assert {r["run"]: r["source_wall_time"] for r in saved["runs"]} == {"n/a": 2.0, "n/b": 1.0}
+
+
+def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
+    from tb_rsync_plugin import rsync
+    now = [1000.0]
+    state = make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    runs = [f"n/run{i}" for i in range(50)]
+    for step in range(1, 60):
+        state.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, float(step)),
+                     {})
+        state.save(folder)
+    path = state_lib.journal_path(folder, "n")
+    live = len(state_lib._journal_bytes(*state_lib._read_journal(path)))
+    assert os.path.getsize(path) <= state_lib.COMPACT_FACTOR * live + 64 * 1024
+    with open(path, "ab") as f:
+        f.write(b'{"run":{"run":"n/run1","source_wall')  # a crash mid-line
+    again = make_state(lambda: now[0])
+    again.restore(folder)
+    assert {r["run"]: r["source_wall_time"] for r in again.snapshot()["runs"]} == \
+        {run: 59.0 for run in runs}
