@@ -13,6 +13,7 @@ import traceback
 
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
@@ -42,6 +43,9 @@ def build_parser():
     add_common(watch)
     watch.add_argument("--interval", type=float, default=30.0,
                        help="seconds between syncs (default 30)")
+    watch.add_argument("--watch-source", action="append", default=[], metavar="NAME",
+                       help="sync local source NAME (an inbox nodes push into) as soon as it "
+                            "changes; the interval stays as a fallback (repeatable)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -74,9 +78,9 @@ def _print_error(error):
             print(f"  {line}", file=sys.stderr)
 
 
-def _service(args, interval_s=0.0):
+def _service(args, interval_s=0.0, watch_names=()):
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
-                                     interval_s)
+                                     interval_s, watch_names)
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
                                      "tables; add one or pass --source NAME=SOURCE.")
@@ -98,7 +102,8 @@ def cmd_sync(args):
 def cmd_watch(args):
     if args.interval <= 0:
         raise config_lib.ConfigError("--interval must be more than 0 seconds.")
-    service = _service(args, args.interval)
+    service = _service(args, args.interval, args.watch_source)
+    watched, watcher = any(s.watch for s in service.config.sources), None
     print(f"tb-rsync: syncing {len(service.config.sources)} source(s) into "
           f"{service.config.logdir} every {args.interval:g} s (or each source's own "
           "'interval'); Ctrl-C stops.", flush=True)
@@ -113,12 +118,16 @@ def cmd_watch(args):
                     interval = service.config.interval_for(service.config.source(name))
                     # interval = 0 means "only when asked": synced once, at the start.
                     due[name] = now + interval if interval > 0 else float("inf")
-            if all(when == float("inf") for when in due.values()):
+            if watched and watcher is None:  # after the first pass, which it would collide with
+                watcher = inbox.start_watching(service.config, service.request)
+            if all(when == float("inf") for when in due.values()) and not watched:
                 print("tb-rsync: every source has interval 0 (sync only when asked); "
                       "nothing more to do.", flush=True)
                 return EXIT_OK
-            time.sleep(max(0.05, min(due.values()) - time.monotonic()))
+            time.sleep(max(0.05, min(min(due.values()) - time.monotonic(), 60.0)))
     finally:
+        if watcher is not None:
+            watcher.stop()
         service.stop()
 
 

@@ -13,6 +13,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
@@ -35,8 +36,12 @@ class RsyncPluginLoader(base_plugin.TBLoader):
                  "into LOGDIR/NAME. Repeatable.")
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
-            help="TOML file with [[source]] tables (name, source, ssh, bwlimit, include, "
-                 "exclude, interval, timeout).")
+            help="TOML file with [[source]] tables (name, source, ssh, rsh, bwlimit, include, "
+                 "exclude, interval, timeout, watch).")
+        group.add_argument(
+            "--rsync_watch", action="append", default=[], metavar="NAME",
+            help="Sync local source NAME (an inbox nodes push into) as soon as it changes; "
+                 "its interval stays as a fallback. Repeatable.")
         group.add_argument(
             "--rsync_interval", default="0", metavar="SECONDS",
             help="Sync every SECONDS; 0 (default) syncs only when asked from the Sync tab.")
@@ -69,7 +74,8 @@ def _config_from_flags(flags):
         raise ConfigError("--rsync_source needs --logdir (a single local folder to publish "
                           "into); --logdir_spec is not supported.")
     return config_lib.build_config(logdir, sources, config_file,
-                                   getattr(flags, "rsync_staging", "") or None, interval)
+                                   getattr(flags, "rsync_staging", "") or None, interval,
+                                   getattr(flags, "rsync_watch", None) or ())
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
@@ -83,6 +89,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
         reloader = reload_lib.make_reloader(context, config.holding_dir)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.start()
+        self._watcher = inbox.start_watching(config, self._service.request)
 
     def get_plugin_apps(self):
         apps = {"/status": self._status_route, "/sync": self._sync_route}
