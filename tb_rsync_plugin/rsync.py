@@ -373,7 +373,10 @@ class _Run:
         if source.rsh:
             # Blocking I/O, as krsync and the docker recipes use: kubectl and docker
             # relay stdin/stdout themselves, unlike ssh (which prefers non-blocking).
-            args += ["--rsh=" + remote_shell.rsh_command(source.rsh), "--blocking-io"]
+            # --protect-args: paths go through rsync's protocol. On the command line rsync
+            # escapes spaces for a remote shell that kubectl and docker do not run.
+            args += ["--rsh=" + remote_shell.rsh_command(source.rsh), "--blocking-io",
+                     "--protect-args"]
         elif source.is_remote_shell:
             args.append("--rsh=" + ssh_command(source.ssh))
         if source.is_daemon:
@@ -629,12 +632,13 @@ _DIAGNOSES = [
     ("File too large", "a staged file grew past the largest file allowed (the file-size "
      "limit 'ulimit -f' or the staging filesystem's maximum); raise the limit or choose "
      f"another staging folder {STAGING_FLAGS}"),
+    # Before "command not found": rsync then adds "remote command not found (code 127)".
+    ("tb-rsync: the remote shell '.*' could not be started", "the 'rsh' command could not be "
+     "started (see the details); install it or fix 'rsh'"),
     ("command not found", _NO_REMOTE_RSYNC),
     ("rsync: not found", _NO_REMOTE_RSYNC),
     # docker and kubectl (OCI runtimes), podman (crun).
     (r'"rsync": executable file not found|executable file .rsync. not found', _NO_REMOTE_RSYNC),
-    ("tb-rsync: the remote shell '.*' could not be started", "the 'rsh' command could not be "
-     "started (see the details); install it or fix 'rsh'"),
     ("timeout in data send/receive", "the connection stalled (no data for too long); "
      "check the network"),
     ("io timeout after", "the connection stalled (no data for too long); check the network"),
