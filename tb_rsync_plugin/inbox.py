@@ -147,7 +147,11 @@ class SourceWatcher:
     def _ask(self, name):
         with self._cond:
             stamp = self._last[name]
-        started = name in self._request([name])["started"]
+        try:
+            started = name in self._request([name])["started"]
+        except Exception:  # a bug: keep watching (the change is dropped, not retried forever)
+            logger.exception("tb-rsync: asking for a sync of watched source %r failed", name)
+            started = True
         with self._cond:
             if not started:
                 self._retry_at[name] = self._clock() + RETRY_S

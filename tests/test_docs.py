@@ -264,6 +264,7 @@ MESSAGES = [
     ("rsync.py", "the 'rsh' command could not be "),
     ("remote_shell.py", "tb-rsync: the remote shell '"),
     ("inbox.py", "does not exist yet; "),
+    ("inbox.py", "asking for a sync of watched source %r failed"),
     ("inbox.py", "it is watched as soon as it does."),
     ("inbox.py", "it is synced "),
     ("inbox.py", "on its interval only (if the inotify limit was reached, raise "),
