@@ -67,10 +67,11 @@ def sync(tmp_path, source):
     return run_rsync(RSYNC, source, str(tmp_path / "staging"), str(tmp_path / "tmp"))
 
 
-def test_kubectl_exec_source_syncs_and_appends(tmp_path):
+@pytest.mark.parametrize("pod", ["{host}", "deploy/{host}"])
+def test_kubectl_exec_source_syncs_and_appends(tmp_path, pod):
     src = remote(tmp_path)
     source = Source("pod", f"trainer-0:{src}/",
-                    rsh=f"{fake_kubectl(tmp_path, IMAGE_WITH_RSYNC)} exec -i {{host}} --")
+                    rsh=f"{fake_kubectl(tmp_path, IMAGE_WITH_RSYNC)} exec -i {pod} --")
     assert sync(tmp_path, source).changed == (f"run/{EVENTS}",)
     added = append_scalars(src / "run" / EVENTS, range(100, 103))
     second = sync(tmp_path, source)
@@ -79,7 +80,8 @@ def test_kubectl_exec_source_syncs_and_appends(tmp_path):
     staged = tmp_path / "staging" / "run" / EVENTS
     assert staged.read_bytes() == (src / "run" / EVENTS).read_bytes()
     pods = set((tmp_path / "pods.log").read_text().split())
-    assert pods == {"trainer-0"}  # the pod went before `--`, rsync's command after it
+    # The pod went before `--`, rsync's command after it.
+    assert pods == {pod.replace("{host}", "trainer-0")}
 
 
 def test_docker_exec_source_gets_the_container_appended(tmp_path):
