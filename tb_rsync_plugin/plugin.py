@@ -67,7 +67,8 @@ def _config_from_flags(flags):
     sources = list(getattr(flags, "rsync_source", None) or [])
     config_file = getattr(flags, "rsync_config", "") or None
     interval = config_lib.parse_interval(getattr(flags, "rsync_interval", "0") or "0")
-    if not sources and not config_file:
+    watch = getattr(flags, "rsync_watch", None) or ()
+    if not sources and not config_file and not watch:
         return config_lib.SyncConfig(logdir="", staging_root="", sources=())
     logdir = getattr(flags, "logdir", "") or ""
     if not logdir:
@@ -75,7 +76,7 @@ def _config_from_flags(flags):
                           "into); --logdir_spec is not supported.")
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   getattr(flags, "rsync_watch", None) or ())
+                                   watch)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
