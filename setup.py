@@ -31,6 +31,7 @@ setup(
         "protobuf>=3.19",
         "setuptools",
         "google-crc32c>=1.5",
+        "watchdog>=4",  # inotify for watched inboxes (inbox.py): no polling of big folders
         "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={

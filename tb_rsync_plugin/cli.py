@@ -15,6 +15,7 @@ import traceback
 
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
@@ -57,6 +58,9 @@ def build_parser():
                        help="seconds between syncs (default 30)")
     watch.add_argument("--summary-every", type=float, default=300.0, metavar="SECONDS",
                        help="print a one-line summary this often (default 300; 0: never)")
+    watch.add_argument("--watch-source", action="append", default=[], metavar="NAME",
+                       help="sync local source NAME (an inbox nodes push into) as soon as it "
+                            "changes; the interval stays as a fallback (repeatable)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -89,12 +93,12 @@ def _print_error(error):
             print(f"  {line}", file=sys.stderr)
 
 
-def _service(args, interval_s=0.0, on_progress=None):
+def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
     for flag in ("max_parallel", "max_per_host"):
         if getattr(args, flag) < 1:
             raise config_lib.ConfigError(f"--{flag.replace('_', '-')} must be at least 1.")
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
-                                     interval_s, max_parallel=args.max_parallel,
+                                     interval_s, watch_names, max_parallel=args.max_parallel,
                                      max_per_host=args.max_per_host)
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
@@ -126,8 +130,10 @@ def cmd_watch(args):
     if args.interval <= 0:
         raise config_lib.ConfigError("--interval must be more than 0 seconds.")
     progress = ProgressPrinter(sys.stderr)
-    service = _service(args, args.interval, on_progress=progress.update)
+    service = _service(args, args.interval, on_progress=progress.update,
+                       watch_names=args.watch_source)
     config = service.config
+    watcher = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
     print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir} every "
@@ -137,7 +143,8 @@ def cmd_watch(args):
         service.start(timers=True)
         # interval = 0 means "only when asked": synced once, at the start.
         service.request([s.name for s in config.sources if config.interval_for(s) <= 0])
-        if all(config.interval_for(s) <= 0 for s in config.sources):
+        watcher = inbox.start_watching(config, service.request)
+        if all(config.interval_for(s) <= 0 for s in config.sources) and watcher is None:
             _wait_interruptibly(service)
             report.raise_bug()
             print("tb-rsync: every source has interval 0 (sync only when asked); "
@@ -151,6 +158,8 @@ def cmd_watch(args):
                 next_summary = time.monotonic() + args.summary_every
                 report.print_summary(args.summary_every)
     finally:
+        if watcher is not None:
+            watcher.stop()
         service.stop()
 
 

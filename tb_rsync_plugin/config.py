@@ -25,8 +25,10 @@ DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
 # How a message names the staging option: both commands print the same sentences.
 STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
-_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout",
-                "max_per_host"}
+WATCH_FLAGS = "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)"
+RSH_HOST = "{host}"  # where an `rsh` command wants rsync's HOST word (remote_shell.py)
+_SOURCE_KEYS = {"name", "source", "ssh", "rsh", "bwlimit", "include", "exclude", "interval",
+                "timeout", "watch", "max_per_host"}
 DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
 # MaxSessions (10 each), with or without connection sharing.
@@ -41,6 +43,8 @@ class Source:
       name: folder under the logdir; also the key HTTP requests use.
       source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`.
       ssh: the user's ssh command (`ssh -p 2222 -J login`); tb-rsync only adds options to it.
+      rsh: a remote shell that is not ssh (`kubectl exec -i {host} --`, `docker exec -i`),
+        for `HOST:DIR` sources whose HOST is a pod or container; used as given.
       bwlimit_kib: rsync `--bwlimit` in KiB/s.
       include, exclude: rsync patterns; excludes always win, includes mean "only these files"
         (semantics in rsync.py's module docstring).
@@ -48,6 +52,7 @@ class Source:
       timeout_s: wall-clock limit for one rsync run (rsync's own I/O timeout is derived).
       max_per_host: at most this many syncs at once against this source's host; None uses
         the global limit.
+      watch: a local folder (an inbox nodes push into) synced as soon as it changes.
     """
 
     name: str
@@ -59,6 +64,8 @@ class Source:
     interval_s: Optional[float] = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_per_host: Optional[int] = None
+    rsh: Optional[str] = None
+    watch: bool = False
 
     @property
     def host(self):
@@ -77,7 +84,7 @@ class Source:
 
     @property
     def is_remote_shell(self):
-        """True for `host:path` sources, which rsync reaches through ssh."""
+        """True for `host:path` sources, which rsync reaches through ssh (or `rsh`)."""
         return not self.is_daemon and not self.is_local
 
     @property
@@ -232,6 +239,10 @@ def _make_source(table, where):
         if not words:
             raise ConfigError(f"In {where}: 'ssh' is empty; write a command such as "
                               "\"ssh -p 2222\" or leave the key out.")
+    rsh = _remote_shell(table, where)
+    watch = table.get("watch", False)
+    if not isinstance(watch, bool):
+        raise ConfigError(f"In {where}: 'watch' must be true or false, not {watch!r}.")
     patterns = {}
     for key in ("include", "exclude"):
         value = table.get(key, [])
@@ -256,7 +267,13 @@ def _make_source(table, where):
         interval_s=None if interval is None else float(interval),
         timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
         max_per_host=max_per_host,
+        rsh=rsh,
+        watch=watch,
     )
+    if source.rsh:
+        _check_rsh(source, where)
+    if source.watch:
+        _check_watch(source, f"In {where}: 'watch'")
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
         kind = "an rsync daemon" if source.is_daemon else "a local folder"
@@ -264,6 +281,46 @@ def _make_source(table, where):
                           f"'{source.source}' is {kind}; remove 'ssh' or write the source "
                           "as HOST:DIR.")
     return source
+
+
+def _remote_shell(table, where):
+    rsh = table.get("rsh")
+    if rsh is None:
+        return None
+    if not isinstance(rsh, str) or not rsh.strip():
+        raise ConfigError(f"In {where}: 'rsh' must be a command such as "
+                          f"\"kubectl exec -i {RSH_HOST} --\".")
+    try:
+        shlex.split(rsh)
+    except ValueError as e:
+        raise ConfigError(f"In {where}: 'rsh' cannot be parsed ({e}); balance its "
+                          "quotes.") from None
+    if table.get("ssh") is not None:
+        raise ConfigError(f"In {where}: 'rsh' and 'ssh' cannot be used together ('rsh' "
+                          "replaces ssh as the remote shell); remove one of them.")
+    return rsh.strip()
+
+
+def _check_rsh(source, where):
+    if not source.is_remote_shell:
+        kind = "an rsync daemon" if source.is_daemon else "a local folder"
+        raise ConfigError(f"In {where}: 'rsh' only applies to HOST:DIR sources (HOST being "
+                          f"the pod or container), and '{source.source}' is {kind}; remove "
+                          "'rsh' or write the source as POD:DIR.")
+    if "@" in source.source.split(":", 1)[0]:
+        # rsync would pass `-l USER` to the remote shell, which kubectl and docker take
+        # for something else.
+        raise ConfigError(f"In {where}: with 'rsh', write the source as POD:DIR without "
+                          f"'USER@' ('{source.source}'); put a user into the 'rsh' command "
+                          "itself (docker exec -u USER).")
+
+
+def _check_watch(source, what):
+    if not source.is_local:
+        kind = "an rsync daemon" if source.is_daemon else "a HOST:DIR source"
+        raise ConfigError(f"{what} only applies to local folders (an inbox that nodes push "
+                          f"into), and source '{source.name}' ('{source.source}') is {kind}; "
+                          "sync it on an interval instead.")
 
 
 def _number(table, key, where, integer=False):
@@ -301,8 +358,11 @@ def parse_limit(text, what):
 
 
 def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0,
-                 max_parallel=DEFAULT_MAX_PARALLEL, max_per_host=DEFAULT_MAX_PER_HOST):
+                 watch_names=(), max_parallel=DEFAULT_MAX_PARALLEL,
+                 max_per_host=DEFAULT_MAX_PER_HOST):
     """Validate everything and return a `SyncConfig`.
+
+    `watch_names`: sources to watch, from a flag (the TOML's `watch = true` does the same).
 
     Raises:
       ConfigError: with a sentence that says what to fix.
@@ -327,6 +387,7 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
                 f"Source name '{source.name}' is used twice; give each source its own name."
             )
         seen.add(source.name)
+    sources = _watched(sources, watch_names)
     staging_root = os.path.abspath(os.path.expanduser(staging)) if staging \
         else default_staging_root(logdir)
     if is_within(staging_root, logdir) or is_within(logdir, staging_root):
@@ -338,6 +399,20 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
                       max_per_host=max_per_host)
+
+
+def _watched(sources, watch_names):
+    """`sources` with `watch` set for each of `watch_names` (flag values)."""
+    by_name = {source.name: source for source in sources}
+    for name in watch_names:
+        if name not in by_name:
+            configured = ", ".join(by_name) or "none"
+            raise ConfigError(f"Cannot watch '{name}': no source has that name (configured: "
+                              f"{configured}); the watch flag {WATCH_FLAGS} takes a "
+                              "source NAME.")
+        _check_watch(by_name[name], f"Watching source '{name}' {WATCH_FLAGS}")
+        by_name[name] = dataclasses.replace(by_name[name], watch=True)
+    return [by_name[source.name] for source in sources]
 
 
 def is_within(path, root):

@@ -16,6 +16,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
@@ -41,8 +42,12 @@ class RsyncPluginLoader(base_plugin.TBLoader):
                  "into LOGDIR/NAME. Repeatable.")
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
-            help="TOML file with [[source]] tables (name, source, ssh, bwlimit, include, "
-                 "exclude, interval, timeout).")
+            help="TOML file with [[source]] tables (name, source, ssh, rsh, bwlimit, include, "
+                 "exclude, interval, timeout, watch, max_per_host).")
+        group.add_argument(
+            "--rsync_watch", action="append", default=[], metavar="NAME",
+            help="Sync local source NAME (an inbox nodes push into) as soon as it changes; "
+                 "its interval stays as a fallback. Repeatable.")
         group.add_argument(
             "--rsync_interval", default="0", metavar="SECONDS",
             help="Sync every SECONDS; 0 (default) syncs only when asked from the Sync tab.")
@@ -76,7 +81,8 @@ def _config_from_flags(flags):
     sources = list(getattr(flags, "rsync_source", None) or [])
     config_file = getattr(flags, "rsync_config", "") or None
     interval = config_lib.parse_interval(getattr(flags, "rsync_interval", "0") or "0")
-    if not sources and not config_file:
+    watch = getattr(flags, "rsync_watch", None) or ()
+    if not sources and not config_file and not watch:
         return config_lib.SyncConfig(logdir="", staging_root="", sources=())
     logdir = getattr(flags, "logdir", "") or ""
     if not logdir:
@@ -88,7 +94,7 @@ def _config_from_flags(flags):
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   **limits)
+                                   watch, **limits)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
@@ -102,6 +108,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
         reloader = reload_lib.make_reloader(context, config.holding_dir)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.start()
+        self._watcher = inbox.start_watching(config, self._service.request)
         if getattr(context.flags, "rsync_config", ""):
             threading.Thread(target=self._follow_config_file, args=(context.flags,),
                              name="tb-rsync-config", daemon=True).start()
@@ -127,6 +134,9 @@ class RsyncPlugin(base_plugin.TBPlugin):
                 continue
             self._config = config
             self._service.reconfigure(config)
+            if self._watcher is not None:
+                self._watcher.stop()
+            self._watcher = inbox.start_watching(config, self._service.request)
             self._service.state.set_config_error(None)
             logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 

@@ -53,6 +53,7 @@ import threading
 import time
 from typing import Tuple
 
+from tb_rsync_plugin import remote_shell
 from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 
@@ -361,7 +362,14 @@ class _Run:
                 "--modify-window=-1",
                 f"--temp-dir={os.path.abspath(self.temp_dir)}", "--no-human-readable",
                 _OUT_FORMAT, f"--timeout={io_timeout_s(timeout_s)}"]
-        if source.is_remote_shell:
+        if source.rsh:
+            # Blocking I/O, as krsync and the docker recipes use: kubectl and docker
+            # relay stdin/stdout themselves, unlike ssh (which prefers non-blocking).
+            # --protect-args: paths go through rsync's protocol. On the command line rsync
+            # escapes spaces for a remote shell that kubectl and docker do not run.
+            args += ["--rsh=" + remote_shell.rsh_command(source.rsh), "--blocking-io",
+                     "--protect-args"]
+        elif source.is_remote_shell:
             args.append("--rsh=" + ssh_command(source.ssh))
         if source.is_daemon:
             args += [f"--contimeout={_CONNECT_TIMEOUT_S}", "--no-motd"]
@@ -580,6 +588,9 @@ def _details(job):
         "\nstderr:\n" + ("\n".join(lines) if lines else "(none)")
 
 
+_NO_REMOTE_RSYNC = "rsync is not installed on the remote host; install it there"
+_NO_CONTAINER_RSYNC = ("rsync is not installed in the container; install it in the image "
+                       "(for example 'apt-get install rsync' in its Dockerfile)")
 # (stderr regex, what happened; what to do). The first match decides.
 _DIAGNOSES = [
     ("Host key verification failed", "the host key of the server is unknown or changed; "
@@ -613,8 +624,13 @@ _DIAGNOSES = [
     ("File too large", "a staged file grew past the largest file allowed (the file-size "
      "limit 'ulimit -f' or the staging filesystem's maximum); raise the limit or choose "
      f"another staging folder {STAGING_FLAGS}"),
-    ("command not found", "rsync is not installed on the remote host; install it there"),
-    ("rsync: not found", "rsync is not installed on the remote host; install it there"),
+    # Before "command not found": rsync then adds "remote command not found (code 127)".
+    ("tb-rsync: the remote shell '.*' could not be started", "the 'rsh' command could not be "
+     "started (see the details); install it or fix 'rsh'"),
+    ("command not found", _NO_REMOTE_RSYNC),
+    ("rsync: not found", _NO_REMOTE_RSYNC),
+    # docker and kubectl (OCI runtimes), podman (crun).
+    (r'"rsync": executable file not found|executable file .rsync. not found', _NO_REMOTE_RSYNC),
     ("timeout in data send/receive", "the connection stalled (no data for too long); "
      "check the network"),
     ("io timeout after", "the connection stalled (no data for too long); check the network"),
@@ -643,6 +659,8 @@ def _explain(source, job):
     text = "\n".join(job.stderr)
     code = job.proc.returncode
     what = next((fix for pattern, fix in _DIAGNOSES if re.search(pattern, text)), None)
+    if what == _NO_REMOTE_RSYNC and source.rsh:
+        what = _NO_CONTAINER_RSYNC
     if what is None and re.search(r'(change_dir|link_stat) ".*" failed: No such file', text):
         what = "there is no such directory at the source; check the path"
     if what is None and re.search(r'change_dir ".*" failed: Not a directory', text):

@@ -147,7 +147,7 @@ def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
          "--source", f"n1={remote}/", "--source", f"late={late}/", "--staging",
-         str(tmp_path / "staging"), "--interval", "0.3", "--summary-every", "2"],
+         str(tmp_path / "staging"), "--interval", "0.3", "--summary-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # about ten no-change syncs of n1, and late's first retry
@@ -164,12 +164,46 @@ def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
     assert proc.returncode == 130, err
     assert [line for line in out.splitlines() if line.startswith("n1:")] == [
         next(line for line in out.splitlines() if line.startswith("n1: "))], \
-        "n1 changed once: one line, not one per sync"
+        "n1 changed once: one line, not one per sync\n" + out
     assert err.count("late: error: Sync of 'late'") == 1, err
-    assert "late: retrying in 5 s" in err
+    assert "late: retrying in 5 s" in err, err
     assert "late: syncs again after 1 failed attempt(s)" in out or \
         "late: syncs again after 2 failed attempt(s)" in out, out
     assert "tb-rsync: 1 of 2 source(s) ok;" in out and "failing: late" in out, out
+
+
+def test_watch_source_syncs_a_pushed_inbox_between_intervals(tmp_path):
+    """`--watch-source`: the hour-long interval never comes; the push is synced anyway."""
+    remote, logdir = make_remote(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
+         "--source", f"inbox={remote}/", "--staging", str(tmp_path / "staging"),
+         "--interval", "3600", "--watch-source", "inbox"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    published = logdir / "inbox" / "run 2" / EVENTS
+    try:
+        deadline = time.time() + 30
+        while not (logdir / "inbox" / "run 1" / EVENTS).exists():  # the first pass
+            assert time.time() < deadline, "watch did not publish"
+            time.sleep(0.2)
+        (tmp_path / "node" / "run 2").mkdir(parents=True)
+        append_scalars(str(tmp_path / "node" / "run 2" / EVENTS), range(3))
+        subprocess.run(["rsync", "-a", f"{tmp_path / 'node'}/", f"{remote}/"], check=True)
+        while not (published.exists() and steps_in(published) == [0, 1, 2]):
+            assert time.time() < deadline, "the pushed run was not published"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "error" not in err, err
+
+
+def test_watch_source_must_name_a_local_source(tmp_path):
+    result = tb_rsync("watch", "--logdir", tmp_path, "--source", "far=gpu1:/logs/",
+                      "--watch-source", "far", "--staging", tmp_path.parent / "st")
+    assert result.returncode == 1
+    assert "only applies to local folders" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_status_keeps_sources_synced_by_other_processes(tmp_path):

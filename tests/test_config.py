@@ -70,6 +70,24 @@ source = "/data/runs"
      "'rsync://h/m/' is an rsync daemon"),
     ('[[source]]\nname = "a"\nsource = "/x"\n[[source]]\nname = "a"\nsource = "/y"\n',
      "used twice"),
+    ('[[source]]\nname = "a"\nsource = "pod:/x"\nrsh = ""\n', "'rsh' must be a command"),
+    ('[[source]]\nname = "a"\nsource = "pod:/x"\nrsh = "kubectl \'exec"\n',
+     "'rsh' cannot be parsed"),
+    ('[[source]]\nname = "a"\nsource = "pod:/x"\nrsh = "docker exec -i"\nssh = "ssh"\n',
+     "'rsh' and 'ssh' cannot be used together"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nrsh = "docker exec -i"\n',
+     "'rsh' only applies to HOST:DIR sources (HOST being the pod or container), and '/x' is "
+     "a local folder"),
+    ('[[source]]\nname = "a"\nsource = "h::m/x"\nrsh = "docker exec -i"\n',
+     "'h::m/x' is an rsync daemon"),
+    ('[[source]]\nname = "a"\nsource = "me@pod:/x"\nrsh = "docker exec -i"\n',
+     "write the source as POD:DIR without 'USER@'"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nwatch = "yes"\n',
+     "'watch' must be true or false"),
+    ('[[source]]\nname = "a"\nsource = "gpu1:/x"\nwatch = true\n',
+     "'watch' only applies to local folders (an inbox that nodes push into), and source 'a' "
+     "('gpu1:/x') is a HOST:DIR source"),
+    ('[[source]]\nname = "a"\nsource = "rsync://h/m/"\nwatch = true\n', "is an rsync daemon"),
     ('source = "oops"\n', "write each source as a [[source]] table"),
     ('[server]\nport = 1\n', "unknown top-level key(s) ['server']"),
     ('[[source]\nname = "a"', "is not valid TOML"),
@@ -81,6 +99,38 @@ def test_bad_toml_is_one_sentence(tmp_path, text, needle):
     message = str(info.value)
     assert needle in message
     assert "\n" not in message and message.endswith(".")
+
+
+def test_rsh_and_watch_from_toml_and_flags(tmp_path):
+    path = write_toml(tmp_path, '''
+[[source]]
+name = "pod"
+source = "trainer-0:/workspace/logs/"
+rsh = "kubectl exec -i -n ml {host} --"
+
+[[source]]
+name = "inbox"
+source = "/srv/inbox/"
+watch = true
+''')
+    cfg = config.build_config(str(tmp_path / "logs"), ["node2=/srv/inbox2/"], path,
+                              str(tmp_path / "staging"), watch_names=["node2"])
+    node2, pod, inbox = cfg.sources
+    assert pod.rsh == "kubectl exec -i -n ml {host} --" and pod.ssh is None
+    assert pod.is_remote_shell and not pod.watch
+    assert inbox.watch and node2.watch
+
+
+@pytest.mark.parametrize("names,needle", [
+    (["nope"], "Cannot watch 'nope': no source has that name (configured: local, far)"),
+    (["far"], "Watching source 'far' (--rsync_watch in TensorBoard, --watch-source for "
+              "tb-rsync watch) only applies to local folders"),
+])
+def test_bad_watch_names(tmp_path, names, needle):
+    with pytest.raises(ConfigError) as info:
+        config.build_config(str(tmp_path), ["local=/x/", "far=gpu1:/x/"],
+                            staging=str(tmp_path.parent / "st"), watch_names=names)
+    assert needle in str(info.value)
 
 
 @pytest.mark.parametrize("pair,needle", [

@@ -194,6 +194,8 @@ def _errored(plugin):
     ({"rsync_source": ["a=/x/"], "rsync_interval": "soon"}, "--rsync_interval"),
     ({"rsync_source": ["a=/x/"], "rsync_interval": "-1"}, "--rsync_interval"),
     ({"rsync_config": "/no/such/file.toml"}, "does not exist"),
+    ({"rsync_watch": ["a"]}, "Cannot watch 'a': no source has that name"),
+    ({"rsync_source": ["a=gpu1:/x/"], "rsync_watch": ["a"]}, "only applies to local folders"),
 ])
 def test_bad_flags_raise_flags_error(tmp_path, overrides, needle):
     flags = make_flags(tmp_path, **overrides)

@@ -1,0 +1,214 @@
+"""Watched sources: a change in a local folder (an inbox nodes push into) asks for its sync.
+
+Polling a big inbox is what this avoids: inotify (through watchdog) reports changes as they
+happen, and `SourceWatcher` turns a burst of them into one or two `request([name])` calls.
+It only ever asks; when and how a sync runs stays the service's business, and the source's
+`interval` still applies as a fallback.
+
+What counts as a change: a file or folder appearing under its final name (created, renamed
+or moved in), a file written or closed after writing. rsync's own temporaries
+(`.NAME.XXXXXX`, renamed into place when complete) and anything under the logdir or the
+staging root (our own writes, should a user put them inside an inbox) are ignored, and so
+are reads: a sync reading the inbox must not trigger the next one.
+"""
+
+import atexit
+import errno
+import logging
+import os
+import re
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+QUIET_S = 0.1  # a sync is asked for once no change came for this long...
+MAX_DELAY_S = 0.4  # ...or this long after the first change, even while a push goes on
+RETRY_S = 0.1  # a request that only joined a running sync is repeated this often
+RESCHEDULE_S = 2.0  # a source folder that does not exist (yet) is looked for this often
+STOP_WAIT_S = 5.0
+
+_RSYNC_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's `.NAME.XXXXXX`
+
+
+class SourceWatcher:
+    """Calls `request([name])` soon after a watched source's folder changes, debounced.
+
+    A request is handed over once the source has been quiet for `QUIET_S`, or `MAX_DELAY_S`
+    after its first unhandled change. A change that lands while that source is syncing may
+    come too late for that sync, so a request that did not start a sync (its name is not in
+    the answer's "started") is repeated every `RETRY_S` until one starts. Each source is also
+    asked for once when its watch begins: what arrived while nobody watched.
+
+    Args:
+      sources: `config.Source`s to watch (local folders).
+      request: `SyncService.request`: takes a list of names, returns {"started": [...], ...};
+        never blocks.
+      ignore: folders whose changes are ours (the logdir, the staging root).
+      clock: monotonic seconds; injected for tests.
+    """
+
+    def __init__(self, sources, request, ignore=(), clock=time.monotonic):
+        self._roots = {s.name: os.path.realpath(os.path.expanduser(s.source_dir))
+                       for s in sources}
+        self._request = request
+        self._ignore = tuple(os.path.realpath(p).rstrip(os.sep) + os.sep for p in ignore)
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._first, self._last, self._retry_at = {}, {}, {}  # per source with a change
+        self._unwatched = set(self._roots)  # to schedule (again)
+        self._reported = set()  # sources whose missing folder was logged
+        self._watches = {}
+        self._stopping = False
+        # Imported here: a TensorBoard without watched sources never needs watchdog.
+        from watchdog import events
+        from watchdog.observers import Observer
+        # Kernel-side filter: no open/read events, so the sync's own reads wake nobody.
+        # Folder deletions are watched only to notice the source folder going away.
+        self._event_filter = [events.FileCreatedEvent, events.FileModifiedEvent,
+                              events.FileMovedEvent, events.FileClosedEvent,
+                              events.DirCreatedEvent, events.DirMovedEvent,
+                              events.DirDeletedEvent]
+        self._observer = Observer()
+        self._thread = threading.Thread(target=self._run, name="tb-rsync-inbox", daemon=True)
+
+    def start(self):
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self):
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._observer.stop()
+        if self._thread.is_alive():
+            self._thread.join(STOP_WAIT_S)
+        if self._observer.is_alive():
+            self._observer.join(STOP_WAIT_S)
+
+    def changed(self, name):
+        """Note a change of source `name` (from watchdog's thread, or anyone)."""
+        now = self._clock()
+        with self._cond:
+            self._first.setdefault(name, now)
+            self._last[name] = now
+            self._cond.notify()
+
+    # --- watchdog's side ---------------------------------------------------------------
+    def _event(self, name, event):
+        if event.event_type == "deleted":
+            if event.src_path == self._roots[name]:  # the watch died with its folder
+                with self._cond:
+                    self._unwatched.add(name)
+                    self._cond.notify()
+            return
+        path = event.dest_path if event.event_type == "moved" \
+            else event.src_path
+        if _RSYNC_TEMP_RE.match(os.path.basename(path)) or \
+                (path + os.sep).startswith(self._ignore):
+            return
+        self.changed(name)
+
+    # --- the thread that asks ----------------------------------------------------------
+    def _run(self):
+        next_schedule = 0.0
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                lost = [n for n in self._unwatched if n in self._watches]
+                watches = [self._watches.pop(n) for n in lost]
+                reschedule = bool(self._unwatched) and self._clock() >= next_schedule
+            for watch in watches:
+                self._observer.unschedule(watch)
+            if reschedule:
+                self._schedule()
+                next_schedule = self._clock() + RESCHEDULE_S
+            with self._cond:
+                now = self._clock()
+                due = [n for n in self._first if now >= self._due_at(n)]
+            for name in due:
+                self._ask(name)
+            with self._cond:
+                now = self._clock()
+                if self._stopping or any(now >= self._due_at(n) for n in self._first) \
+                        or any(n in self._watches for n in self._unwatched):
+                    continue
+                wake = [self._due_at(n) for n in self._first]
+                if self._unwatched:
+                    wake.append(next_schedule)
+                # changed() notifies under this lock, so no change slips in before the wait.
+                self._cond.wait(max(0.0, min(wake) - now) if wake else None)
+
+    def _due_at(self, name):
+        return max(min(self._last[name] + QUIET_S, self._first[name] + MAX_DELAY_S),
+                   self._retry_at.get(name, 0.0))
+
+    def _ask(self, name):
+        with self._cond:
+            stamp = self._last[name]
+        try:
+            started = name in self._request([name])["started"]
+        except Exception:  # a bug: keep watching (the change is dropped, not retried forever)
+            logger.exception("tb-rsync: asking for a sync of watched source %r failed", name)
+            started = True
+        with self._cond:
+            if not started:
+                self._retry_at[name] = self._clock() + RETRY_S
+            elif self._last[name] == stamp:
+                del self._first[name], self._last[name]
+                self._retry_at.pop(name, None)
+            else:  # changed again while asking: that change may come too late for this sync
+                self._first[name] = self._last[name]
+                self._retry_at.pop(name, None)
+
+    def _schedule(self):
+        with self._cond:
+            names = sorted(self._unwatched)
+        for name in names:
+            root = self._roots[name]
+            try:
+                watch = self._observer.schedule(_Handler(self, name), root, recursive=True,
+                                                event_filter=self._event_filter)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    if name not in self._reported:
+                        self._reported.add(name)
+                        logger.warning("tb-rsync: watched source %r: '%s' does not exist yet; "
+                                       "it is watched as soon as it does.", name, root)
+                    continue
+                with self._cond:
+                    self._unwatched.discard(name)
+                logger.warning("tb-rsync: cannot watch '%s' for source %r (%s); it is synced "
+                               "on its interval only (if the inotify limit was reached, raise "
+                               "fs.inotify.max_user_watches).", root, name, e.strerror or e)
+                continue
+            with self._cond:
+                self._watches[name] = watch
+                self._unwatched.discard(name)
+                self._reported.discard(name)
+            self.changed(name)  # what arrived while nobody watched
+
+
+class _Handler:
+    """watchdog's handler interface (`dispatch`), bound to one source."""
+
+    def __init__(self, watcher, name):
+        self._watcher, self._name = watcher, name
+
+    def dispatch(self, event):
+        self._watcher._event(self._name, event)
+
+
+def start_watching(config, request):
+    """Watch the sources of `config` that have `watch`; None when there are none.
+
+    Stopped at interpreter exit (before the service's own stop: atexit runs in reverse).
+    """
+    sources = [source for source in config.sources if source.watch]
+    if not sources:
+        return None
+    watcher = SourceWatcher(sources, request, ignore=(config.logdir, config.staging_root))
+    watcher.start()
+    atexit.register(watcher.stop)
+    return watcher

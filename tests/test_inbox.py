@@ -1,0 +1,209 @@
+"""Watched inboxes: nodes push with plain `rsync -a`, a change asks for the source's sync.
+
+Real parts: inotify through watchdog, the real rsync (pushing over the test sshd), the real
+service, a real TensorBoard with `--load_fast=false`. Intervals are an hour (or 0), so only
+the watcher can have started the syncs that make data arrive.
+"""
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import inbox
+from tests.events import append_scalars, event_file_name
+from tests.fixtures_tensorboard import wait_until
+from tests.test_rsync_local import rsync_wrapper
+from tests.test_service import make_service
+
+EVENTS = event_file_name()
+
+
+class Requests:
+    """Stands in for `SyncService.request`: records calls, answers "started" (or "joined"
+    for the first `joined` calls)."""
+
+    def __init__(self, joined=0):
+        self.calls, self._joined = [], joined
+        self._lock = threading.Lock()
+
+    def __call__(self, names):
+        with self._lock:
+            self.calls.append(list(names))
+            if self._joined:
+                self._joined -= 1
+                return {"started": [], "joined": list(names)}
+        return {"started": list(names), "joined": []}
+
+    def count(self, name):
+        with self._lock:
+            return sum(call == [name] for call in self.calls)
+
+
+def watcher_for(tmp_path, requests, *names, ignore=()):
+    sources = []
+    for name in names:
+        (tmp_path / name).mkdir(exist_ok=True)
+        sources.append(config_lib.Source(name, f"{tmp_path / name}/", watch=True))
+    watcher = inbox.SourceWatcher(sources, requests, ignore=ignore)
+    watcher.start()
+    return watcher
+
+
+def push_like_rsync(folder, name, data):
+    """What a default `rsync -a` push does: a `.NAME.XXXXXX` temp, then a rename."""
+    temp = folder / f".{name}.Ab12Cd"
+    temp.write_bytes(data)
+    os.rename(temp, folder / name)
+
+
+def test_a_burst_of_pushed_files_asks_for_few_syncs(tmp_path):
+    requests = Requests()
+    watcher = watcher_for(tmp_path, requests, "inbox", "sentinel")
+    try:
+        wait_until(lambda: requests.count("inbox") == 1 and requests.count("sentinel") == 1,
+                   10, 0.01, "the syncs asked for when the watches start")
+        started = time.monotonic()
+        for i in range(300):
+            push_like_rsync(tmp_path / "inbox", f"events.out.tfevents.{i}", b"x" * 100)
+        burst_s = time.monotonic() - started
+        # Asked for after any late request of the burst: one observer thread delivers the
+        # events in order, and the watcher asks in order of first change.
+        (tmp_path / "sentinel" / "file").write_bytes(b"x")
+        wait_until(lambda: requests.count("sentinel") == 2, 10, 0.01, "the sentinel")
+    finally:
+        watcher.stop()
+    burst_requests = requests.count("inbox") - 1
+    # At most one request per MAX_DELAY_S while the burst lasted, plus the one after it.
+    assert 1 <= burst_requests <= 2 + burst_s / inbox.MAX_DELAY_S, (burst_requests, burst_s)
+
+
+def test_temps_reads_and_our_own_folders_ask_for_nothing(tmp_path):
+    (tmp_path / "inbox" / "run").mkdir(parents=True)
+    (tmp_path / "inbox" / "run" / EVENTS).write_bytes(b"old")
+    requests = Requests()
+    own = tmp_path / "inbox" / "staging-inside"  # a staging root a user put in the inbox
+    own.mkdir()
+    watcher = watcher_for(tmp_path, requests, "inbox", "sentinel", ignore=[own])
+    try:
+        wait_until(lambda: requests.count("inbox") == 1 and requests.count("sentinel") == 1,
+                   10, 0.01, "the syncs asked for when the watches start")
+        temp = tmp_path / "inbox" / "run" / f".{EVENTS}.Xy12Z9"
+        temp.write_bytes(b"half a push")  # rsync's temp: created, written, closed
+        temp.unlink()
+        (tmp_path / "inbox" / "run" / EVENTS).read_bytes()  # a sync reading the inbox
+        (own / "published").write_bytes(b"ours")
+        (tmp_path / "sentinel" / "file").write_bytes(b"x")
+        wait_until(lambda: requests.count("sentinel") == 2, 10, 0.01, "the sentinel")
+        assert requests.count("inbox") == 1, requests.calls
+        push_like_rsync(tmp_path / "inbox" / "run", EVENTS, b"new")  # the rename counts
+        wait_until(lambda: requests.count("inbox") == 2, 10, 0.01, "a sync for the rename")
+    finally:
+        watcher.stop()
+
+
+def test_a_request_that_only_joined_is_repeated_until_one_starts(tmp_path):
+    requests = Requests(joined=3)
+    watcher = watcher_for(tmp_path, requests, "inbox")
+    try:
+        wait_until(lambda: requests.count("inbox") == 4, 10, 0.01,
+                   "three joined requests, then one that starts a sync")
+    finally:
+        watcher.stop()
+
+
+def test_a_folder_created_after_start_is_watched(tmp_path):
+    requests = Requests()
+    source = config_lib.Source("late", f"{tmp_path / 'late'}/", watch=True)
+    watcher = inbox.SourceWatcher([source], requests)
+    watcher.start()
+    try:
+        (tmp_path / "late").mkdir()
+        wait_until(lambda: requests.count("late") == 1, 10, 0.01, "the folder to be watched")
+        (tmp_path / "late" / "file").write_bytes(b"x")
+        wait_until(lambda: requests.count("late") == 2, 10, 0.01, "a sync for the new file")
+    finally:
+        watcher.stop()
+
+
+def test_a_push_landing_during_a_sync_is_synced_after_it(tmp_path, monkeypatch):
+    """The sync that is running has listed the inbox already; the watcher's request for the
+    late push only joins it, so it is asked again until a sync starts after it."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    wrapper = rsync_wrapper(tmp_path, (
+        "code = rsync()\n"
+        "if kind == 'list':\n"
+        f"    open(os.path.join({str(gate)!r}, 'reached-' + kind), 'w').close()\n"
+        f"    wait_for(os.path.join({str(gate)!r}, 'go'))\n"
+        "sys.exit(code)\n"))
+    (tmp_path / "bin").mkdir()
+    os.symlink(wrapper, tmp_path / "bin" / "rsync")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    new_service, config = make_service(tmp_path)
+    remote = tmp_path / "remote"
+    append_scalars(str(remote / "run" / EVENTS), range(3))
+    service = new_service()
+    service.start(timers=False)
+    answers = []
+
+    def request(names):
+        answers.append(service.request(names))
+        return answers[-1]
+
+    watcher = inbox.start_watching(
+        config_lib.build_config(config.logdir, [f"n={remote}/"], None, config.staging_root,
+                                watch_names=["n"]), request)
+    try:
+        wait_until(lambda: (gate / "reached-list").exists(), 20, 0.01,
+                   "the first sync's listing")
+        late = remote / "late" / EVENTS
+        late.parent.mkdir()
+        append_scalars(str(late), range(2))
+        # The watcher asks while the first sync still runs: that request only joins it.
+        wait_until(lambda: any(a["joined"] for a in answers), 20, 0.01,
+                   "a request for the late push that joins the running sync")
+        (gate / "go").touch()
+        published = os.path.join(config.logdir, "n", "late", EVENTS)
+        wait_until(lambda: os.path.exists(published), 30, 0.05, "the late push published")
+    finally:
+        (gate / "go").touch()
+        watcher.stop()
+        service.stop()
+
+
+def test_inbox_pushed_over_ssh_is_served_by_tensorboard(tmp_path, sshd_server,
+                                                        tensorboard_server):
+    """A node pushes with a plain `rsync -a` over ssh into INBOX/node1/; TensorBoard
+    (`--load_fast=false --reload_interval 0`: only the plugin's reload can show the points)
+    serves them, with the source's interval an hour away."""
+    inbox_dir, node, logdir = tmp_path / "inbox", tmp_path / "node1", tmp_path / "logs"
+    for folder in (inbox_dir, node / "run", logdir):
+        folder.mkdir(parents=True)
+    tb = tensorboard_server(logdir, "--rsync_source", f"inbox={inbox_dir}/",
+                            "--rsync_watch", "inbox", "--rsync_interval", "3600",
+                            "--rsync_staging", tmp_path / "staging",
+                            "--load_fast=false", "--reload_interval", "0")
+
+    def synced_once():
+        (source,) = tb.get_json("/data/plugin/rsync/status")["sources"]
+        return source["state"] == "idle" and source["last_end_unix_s"] is not None
+
+    wait_until(synced_once, 60, message="the first sync of the empty inbox")
+    latencies, total = [], 0
+    for round_ in range(5):
+        append_scalars(str(node / "run" / EVENTS), range(total, total + 5))
+        total += 5
+        subprocess.run(["rsync", "-a", "-e", sshd_server.ssh_command, f"{node}/",
+                        f"{sshd_server.host}:{inbox_dir}/node1/"], check=True, timeout=60)
+        pushed = time.monotonic()
+        wait_until(lambda: len(tb.scalars("inbox/node1/run")) == total, 60, 0.02,
+                   f"push {round_ + 1} to be served")
+        latencies.append(time.monotonic() - pushed)
+    print(f"\ninbox push -> served by TensorBoard (--load_fast=false): "
+          f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s, "
+          f"all {[round(s, 2) for s in latencies]}")
+    (source,) = tb.get_json("/data/plugin/rsync/status")["sources"]
+    assert source["error"] is None
