@@ -192,6 +192,8 @@ class CycleReporter:
         status = self._service.state.source(end.name)
         with self._lock:
             self._progress.clear()
+            if end.stopping:
+                return  # Ctrl-C: "interrupted" says it all
             self._totals["syncs"] += 1
             if end.error is not None:
                 self.failing.add(end.name)

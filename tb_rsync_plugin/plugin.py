@@ -107,6 +107,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
         state = state_lib.SyncState(config.sources, config.interval_for)
         reloader = reload_lib.make_reloader(context, config.holding_dir)
         self._service = service_lib.SyncService(config, state, reloader)
+        self._service.scheduler.add_listener(service_lib.log_transition)
         self._service.start()
         self._watcher = inbox.start_watching(config, self._service.request)
         if getattr(context.flags, "rsync_config", ""):

@@ -51,6 +51,7 @@ class CycleEnd:
       recovered: it succeeded after `previous_failures` failures.
       retry_in_s: when the next timed attempt comes, or None (on request only).
       result: what the cycle returned (the service's outcome), or None.
+      stopping: the scheduler was stopping (an error is then most likely the cancellation).
     """
 
     name: str
@@ -60,6 +61,7 @@ class CycleEnd:
     previous_failures: int
     retry_in_s: Optional[float]
     result: object = None
+    stopping: bool = False
 
     @property
     def recovered(self):
@@ -91,7 +93,7 @@ class Scheduler:
     Args:
       cycle: `cycle(name)` runs one blocking sync of a source and returns an object with a
         boolean `changed`; it raises on failure. Called on the scheduler's threads.
-      state: receives `try_queue(name)`, `cancel_queued(name)` and
+      state: receives `try_queue(name)`, `abandon(name)` and
         `set_schedule(name, delay_s, retry, idle_factor)` for the tab.
       max_parallel: cycles at once in each lane (main and slow).
       on_end: listeners called with a `CycleEnd` after every cycle (logging, CLI lines).
@@ -207,7 +209,7 @@ class Scheduler:
             for entry in self._entries.values():
                 if entry.queued_seq is not None:
                     entry.queued_seq = None
-                    self._state.cancel_queued(entry.name)
+                    self._state.abandon(entry.name)
             self._cond.notify_all()
         self.wait(timeout_s=wait_s)
 
@@ -296,7 +298,8 @@ class Scheduler:
                 entry.name, None if entry.due_mono is None else delay,
                 retry=entry.failures > 0, idle_factor=self._idle_factor(entry))
         return CycleEnd(entry.name, error, changed, entry.failures, previous,
-                        delay if entry.due_mono is not None else None, result)
+                        delay if entry.due_mono is not None else None, result,
+                        self._stopping)
 
     def _idle_factor(self, entry):
         factor = 1

@@ -67,8 +67,7 @@ class SyncService:
         self._publish_lock_warned = False
         self._rsync_path = None
         self.scheduler = scheduler_lib.Scheduler(
-            self.cycle, state, config.max_parallel,
-            on_end=[lambda end: self._save_state(), _log_transition])
+            self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
         state.loader, state.loader_note, state.not_live = \
             reloader.kind, reloader.note, reloader.not_live
@@ -150,7 +149,10 @@ class SyncService:
                 self._refresh_loaded(list(report.runs))
             return CycleOutcome(name, transfer, report)
         except SyncError as e:
-            self.state.fail(name, str(e), getattr(e, "details", ""))
+            if self._stop.is_set():
+                self.state.abandon(name)  # cancelled by stop(): not the source's failure
+            else:
+                self.state.fail(name, str(e), getattr(e, "details", ""))
             raise
         except Exception as e:
             self.state.fail(name, f"Internal error in tb-rsync ({type(e).__name__}: {e}); "
@@ -344,8 +346,11 @@ class SyncService:
                 self._refresh_loaded(runs)
 
 
-def _log_transition(end):
-    """TensorBoard's log names a source going into error and coming back, once each."""
+def log_transition(end):
+    """A scheduler listener for TensorBoard's log: a source going into error and coming
+    back, once each (the CLI prints its own lines instead)."""
+    if end.stopping:
+        return
     if end.error is not None and not isinstance(end.error, SyncError):
         logger.error("tb-rsync: sync of %r failed unexpectedly", end.name,
                      exc_info=end.error)

@@ -129,12 +129,14 @@ class SyncState:
             status.state = "queued"
             return True
 
-    def cancel_queued(self, name):
-        """A queued sync that will not run (tb-rsync is stopping)."""
+    def abandon(self, name):
+        """A queued or running sync cancelled because tb-rsync is stopping: not a failure of
+        the source, so nothing is recorded and it shows its state from before."""
         with self._changing():
             status = self._sources.get(name)
-            if status is not None and status.state == "queued":
+            if status is not None and status.state in ("queued", "syncing"):
                 status.state = "error" if status.error else "idle"
+                status.progress = None
 
     def set_config_error(self, message):
         with self._changing():
