@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,30 @@ def test_publish_problems_are_printed(tmp_path):
     assert "n1/run 1: " in status.stdout and "corrupt record" in status.stdout
     assert str(remote) in status.stdout, "the message names the file at the source"
     assert "staging" not in status.stdout.split("n1/run 1: ")[1]
+
+
+def test_a_folder_that_becomes_a_file_stops_only_that_path(tmp_path):
+    """Staging is ours, so rsync makes way there; the logdir keeps the folder (nothing is
+    deleted), so that one path is an error naming it and the other runs keep syncing."""
+    remote, logdir = make_remote(tmp_path)
+    (remote / "x").mkdir()
+    (remote / "x" / "notes.txt").write_text("in a folder")
+    args = ("--logdir", logdir, "--source", f"n1={remote}/", "--staging", tmp_path / "staging")
+    assert tb_rsync("sync", *args).returncode == 0
+    shutil.rmtree(remote / "x")
+    (remote / "x").write_text("now a file")
+    for steps in (range(4, 6), [6]):  # every sync says so, and the run keeps growing
+        append_scalars(str(remote / "run 1" / EVENTS), steps)
+        result = tb_rsync("sync", *args)
+        assert result.returncode == 0, result.stderr
+        assert f"n1: warning: '{logdir / 'n1' / 'x'}' is a folder in the logdir where the " \
+               "source has a file" in result.stderr, result.stderr
+        assert steps_in(logdir / "n1" / "run 1" / EVENTS) == list(range(steps[-1] + 1))
+        assert (logdir / "n1" / "x" / "notes.txt").read_text() == "in a folder"
+    (logdir / "n1" / "x").rename(tmp_path / "kept")  # the user moves the folder away
+    result = tb_rsync("sync", *args)
+    assert "warning" not in result.stderr, result.stderr
+    assert (logdir / "n1" / "x").read_text() == "now a file"
 
 
 def test_symlinks_at_the_source_are_a_warning_not_a_run_error(tmp_path):
