@@ -267,6 +267,9 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"Logdir '{logdir}' is not a local folder; tb-rsync publishes into a local logdir."
         )
     logdir = os.path.abspath(os.path.expanduser(logdir))
+    if os.path.lexists(logdir) and not os.path.isdir(logdir):
+        raise ConfigError(f"Logdir '{logdir}' is a file, not a folder; pass the folder that "
+                          "holds your runs as --logdir.")
     if not os.path.isdir(logdir):
         raise ConfigError(f"Logdir '{logdir}' does not exist; create it (mkdir -p '{logdir}') "
                           "or fix --logdir.")
@@ -288,8 +291,26 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"load half-copied files as runs. Choose a staging folder outside the logdir "
             f"{STAGING_FLAGS}."
         )
+    for source in sources:
+        if source.is_local:
+            _refuse_overlap(source, logdir, staging_root)
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s))
+
+
+def _refuse_overlap(source, logdir, staging_root):
+    """A local source must be apart from the logdir and the staging root (equal, holding one
+    or inside one are all refused): a source holding the logdir publishes it into itself,
+    one level deeper each sync; one holding the staging root publishes tb-rsync's own state,
+    manifests and locks as logs."""
+    path = os.path.abspath(os.path.expanduser(source.source))
+    for folder, what, fix in (
+            (logdir, "the logdir", "a source folder that neither holds nor lies inside it"),
+            (staging_root, "the staging folder",
+             f"a staging folder apart from the source {STAGING_FLAGS}")):
+        if is_within(path, folder) or is_within(folder, path):
+            raise ConfigError(f"Source '{source.name}' ('{path}') overlaps {what} '{folder}'; "
+                              f"tb-rsync would publish its own output. Choose {fix}.")
 
 
 def is_within(path, root):

@@ -96,6 +96,12 @@ def test_bad_arguments(tmp_path):
     inside = tb_rsync("sync", "--logdir", tmp_path, "--source", "a=/x/",
                       "--staging", tmp_path / "st")
     assert inside.returncode == 1 and "outside the logdir" in inside.stderr
+    overlap = tb_rsync("sync", "--logdir", tmp_path, "--source", f"a={tmp_path}/sub/",
+                       "--staging", tmp_path.parent / "st")
+    assert overlap.returncode == 1 and "overlaps the logdir" in overlap.stderr
+    (tmp_path / "f").write_text("")
+    not_a_folder = tb_rsync("sync", "--logdir", tmp_path / "f", "--source", "a=/x/")
+    assert not_a_folder.returncode == 1 and "is a file, not a folder" in not_a_folder.stderr
     usage = tb_rsync("frobnicate")
     assert usage.returncode == 2
 
