@@ -26,6 +26,7 @@ staged event files only change by rsync appending to them or replacing them whol
 
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import posixpath
@@ -158,6 +159,11 @@ def _check_folders(staging_dir, logdir, name, quarantine_dir):
         )
     writable = dest_root if os.path.isdir(dest_root) else logdir
     if not os.access(writable, os.W_OK | os.X_OK):
+        if os.statvfs(writable).f_flag & os.ST_RDONLY:
+            # access(2) failed with EROFS, which os.access does not tell: the read-only
+            # sentence, worded where every errno's is.
+            with atomic.publish_errors(writable):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), writable)
         raise PublishError(
             f"Logdir '{writable}' is not writable by this user; fix its permissions or "
             "choose another --logdir."
