@@ -40,8 +40,8 @@ def build_parser():
     add_common(commands.add_parser("sync", help="sync every source once, then exit"))
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
     add_common(watch)
-    watch.add_argument("--interval", type=float, default=30.0,
-                       help="seconds between syncs (default 30)")
+    # Parsed in cmd_watch by config.parse_interval: the sentence --rsync_interval gets.
+    watch.add_argument("--interval", default="30", help="seconds between syncs (default 30)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -96,11 +96,10 @@ def cmd_sync(args):
 
 
 def cmd_watch(args):
-    if args.interval <= 0:
-        raise config_lib.ConfigError("--interval must be more than 0 seconds.")
-    service = _service(args, args.interval)
+    interval_s = config_lib.parse_interval(args.interval, "--interval", zero_ok=False)
+    service = _service(args, interval_s)
     print(f"tb-rsync: syncing {len(service.config.sources)} source(s) into "
-          f"{service.config.logdir} every {args.interval:g} s (or each source's own "
+          f"{service.config.logdir} every {interval_s:g} s (or each source's own "
           "'interval'); Ctrl-C stops.", flush=True)
     due = {source.name: time.monotonic() for source in service.config.sources}
     try:

@@ -5,6 +5,7 @@ Everything here is validated once, up front, so later stages can trust their inp
 """
 
 import dataclasses
+import difflib
 import hashlib
 import math
 import os
@@ -176,8 +177,12 @@ def load_config_file(path):
 def _make_source(table, where):
     unknown = set(table) - _SOURCE_KEYS
     if unknown:
+        guesses = [f"'{match[0]}' instead of '{key}'" for key in sorted(unknown)
+                   for match in [difflib.get_close_matches(key, sorted(_SOURCE_KEYS), 1)]
+                   if match]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
         raise ConfigError(
-            f"In {where}: unknown key(s) {sorted(unknown)}; allowed keys are "
+            f"In {where}: unknown key(s) {sorted(unknown)}{hint}; allowed keys are "
             f"{sorted(_SOURCE_KEYS)}."
         )
     for key in ("name", "source"):
@@ -243,12 +248,14 @@ def _number(table, key, where, integer=False):
     return value
 
 
-def parse_interval(text, what="--rsync_interval"):
-    """Seconds from a flag value; 0 means 'only when asked'."""
+def parse_interval(text, what="--rsync_interval", zero_ok=True):
+    """Seconds from a flag value; 0 means 'only when asked' (refused unless `zero_ok`)."""
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a number of seconds, not '{text}'.") from None
+    if not zero_ok and not value > 0:
+        raise ConfigError(f"{what} must be more than 0 seconds.")
     if value < 0 or value != value or value == float("inf"):
         raise ConfigError(f"{what} must be 0 (only on request) or a positive number of seconds.")
     return value

@@ -102,6 +102,12 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "f").write_text("")
     not_a_folder = tb_rsync("sync", "--logdir", tmp_path / "f", "--source", "a=/x/")
     assert not_a_folder.returncode == 1 and "is a file, not a folder" in not_a_folder.stderr
+    for interval, sentence in (("abc", "--interval must be a number of seconds, not 'abc'."),
+                               ("0", "--interval must be more than 0 seconds."),
+                               ("-1", "--interval must be more than 0 seconds.")):
+        watch = tb_rsync("watch", "--logdir", tmp_path, "--source", "a=/x/",
+                         "--interval", interval)
+        assert (watch.returncode, watch.stderr) == (1, f"error: {sentence}\n")
     usage = tb_rsync("frobnicate")
     assert usage.returncode == 2
 

@@ -48,7 +48,10 @@ source = "/data/runs"
 
 
 @pytest.mark.parametrize("text,needle", [
-    ('[[source]]\nname = "a"\nsource = "/x"\ncolour = "red"\n', "unknown key(s) ['colour']"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ncolour = "red"\n', "unknown key(s) ['colour'];"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nbw_limit = 1\ncolour = "red"\n',
+     "unknown key(s) ['bw_limit', 'colour'] (did you mean 'bwlimit' instead of 'bw_limit'?); "
+     "allowed keys are"),
     ('[[source]]\nname = "a"\n', "'source' must be a non-empty string"),
     ('[[source]]\nname = ""\nsource = "/x"\n', "'name' must be a non-empty string"),
     ('[[source]]\nname = "a/b"\nsource = "/x"\n', "not a plain folder name"),
