@@ -293,7 +293,8 @@ class Demo:
                     "the legacy loader without TensorFlow reopens files, so it may keep up")
             print(f"Plain TensorBoard: {plain_url}/  (logs-plain/ via `rsync -a`: {note})")
         if self.args.duration:
-            print(f"Stopping in {self.args.duration:g} s (Ctrl-C stops now).", flush=True)
+            print(f"Stops after {self.args.duration:g} s (--duration); Ctrl-C stops sooner.",
+                  flush=True)
         else:
             print("Press Ctrl-C to stop.", flush=True)
 
@@ -312,6 +313,7 @@ class Demo:
                     raise DemoError(f"{label} exited with code {proc.returncode}: "
                                     f"{last_line(log_path)} (full log: {log_path})")
             if deadline and time.monotonic() > deadline:
+                print(f"--duration {self.args.duration:g} s is over; stopping.", flush=True)
                 return EXIT_OK
         return self.stop_request.exit_code()
 
@@ -341,8 +343,14 @@ def get_json(url, timeout_s=5):
 
 
 def first_free_port(start):
+    """The first port from `start` that TensorBoard can bind.
+
+    Probed with SO_REUSEADDR, as TensorBoard's server (http.server) binds: a port held only
+    by connections in TIME_WAIT (a demo that just stopped) is free for it.
+    """
     for port in range(start, start + 100):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, port))
                 return port

@@ -481,6 +481,16 @@ function lastResultCell(source) {
   return td;
 }
 
+/**
+ * An rsync failure's details ("command: …\nexit code: N\nstderr:\n…", rsync.py) with what
+ * went wrong first: the stderr tail, then the exit code, then the long command, which
+ * otherwise pushed the useful lines below the fold. Other details are kept as they are.
+ */
+export function detailsWrongFirst(details) {
+  const m = /^command: ([\s\S]*?)\nexit code: (.*)\nstderr:\n([\s\S]*)$/.exec(details);
+  return m ? `stderr:\n${m[3]}\nexit code: ${m[2]}\ncommand: ${m[1]}` : details;
+}
+
 function errorCell(source, nowS) {
   const td = el('td', {cls: 'col-error'});
   const err = source.error;
@@ -492,7 +502,7 @@ function errorCell(source, nowS) {
       const summary = el('summary', {text: 'Details'});
       if (isNum(err.unix_s)) summary.append(' \u00b7 ', ageSpan(err.unix_s, nowS));
       details.append(summary);
-      details.append(el('pre', {cls: 'err-details', text: err.details}));
+      details.append(el('pre', {cls: 'err-details', text: detailsWrongFirst(err.details)}));
       td.append(details);
     } else if (isNum(err.unix_s)) {
       td.append(el('div', {cls: 'small muted'}, [ageSpan(err.unix_s, nowS)]));

@@ -243,15 +243,23 @@ def has_leading_hole(path):
     its prefix to us and must be fetched whole before anyone reads bytes from offset 0.
     False where the filesystem cannot tell (it then has no holes of ours either).
     """
+    return data_start(path) > 0
+
+
+def data_start(path):
+    """Offset of `path`'s first byte that is not in a leading hole (its size if all hole).
+
+    0 where the filesystem cannot tell; see `has_leading_hole`.
+    """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         size = os.fstat(fd).st_size
         if size == 0 or not hasattr(os, "SEEK_DATA"):
-            return False
+            return 0
         try:
-            return os.lseek(fd, 0, os.SEEK_DATA) > 0
+            return os.lseek(fd, 0, os.SEEK_DATA)
         except OSError as e:
-            return e.errno == errno.ENXIO  # no data at all: the whole file is a hole
+            return size if e.errno == errno.ENXIO else 0  # ENXIO: no data at all
     finally:
         os.close(fd)
 

@@ -54,8 +54,8 @@ def build_parser():
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
     add_common(watch)
     add_limits(watch)
-    watch.add_argument("--interval", type=float, default=30.0,
-                       help="seconds between syncs (default 30)")
+    # Parsed in cmd_watch by config.parse_interval: the sentence --rsync_interval gets.
+    watch.add_argument("--interval", default="30", help="seconds between syncs (default 30)")
     watch.add_argument("--summary-every", type=float, default=300.0, metavar="SECONDS",
                        help="print a one-line summary this often (default 300; 0: never)")
     watch.add_argument("--watch-source", action="append", default=[], metavar="NAME",
@@ -127,17 +127,16 @@ def cmd_sync(args):
 
 
 def cmd_watch(args):
-    if args.interval <= 0:
-        raise config_lib.ConfigError("--interval must be more than 0 seconds.")
+    interval_s = config_lib.parse_interval(args.interval, "--interval", zero_ok=False)
     progress = ProgressPrinter(sys.stderr)
-    service = _service(args, args.interval, on_progress=progress.update,
+    service = _service(args, interval_s, on_progress=progress.update,
                        watch_names=args.watch_source)
     config = service.config
     watcher = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
     print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir} every "
-          f"{args.interval:g} s (or each source's own 'interval'; idle sources back off to "
+          f"{interval_s:g} s (or each source's own 'interval'; idle sources back off to "
           "4x); Ctrl-C stops.", flush=True)
     try:
         service.start(timers=True)

@@ -5,6 +5,7 @@ Everything here is validated once, up front, so later stages can trust their inp
 """
 
 import dataclasses
+import difflib
 import hashlib
 import math
 import os
@@ -214,8 +215,12 @@ def load_config_file(path):
 def _make_source(table, where):
     unknown = set(table) - _SOURCE_KEYS
     if unknown:
+        guesses = [f"'{match[0]}' instead of '{key}'" for key in sorted(unknown)
+                   for match in [difflib.get_close_matches(key, sorted(_SOURCE_KEYS), 1)]
+                   if match]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
         raise ConfigError(
-            f"In {where}: unknown key(s) {sorted(unknown)}; allowed keys are "
+            f"In {where}: unknown key(s) {sorted(unknown)}{hint}; allowed keys are "
             f"{sorted(_SOURCE_KEYS)}."
         )
     for key in ("name", "source"):
@@ -335,12 +340,14 @@ def _number(table, key, where, integer=False):
     return value
 
 
-def parse_interval(text, what="--rsync_interval"):
-    """Seconds from a flag value; 0 means 'only when asked'."""
+def parse_interval(text, what="--rsync_interval", zero_ok=True):
+    """Seconds from a flag value; 0 means 'only when asked' (refused unless `zero_ok`)."""
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a number of seconds, not '{text}'.") from None
+    if not zero_ok and not value > 0:
+        raise ConfigError(f"{what} must be more than 0 seconds.")
     if value < 0 or value != value or value == float("inf"):
         raise ConfigError(f"{what} must be 0 (only on request) or a positive number of seconds.")
     return value
@@ -374,6 +381,9 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"Logdir '{logdir}' is not a local folder; tb-rsync publishes into a local logdir."
         )
     logdir = os.path.abspath(os.path.expanduser(logdir))
+    if os.path.lexists(logdir) and not os.path.isdir(logdir):
+        raise ConfigError(f"Logdir '{logdir}' is a file, not a folder; pass the folder that "
+                          "holds your runs as --logdir.")
     if not os.path.isdir(logdir):
         raise ConfigError(f"Logdir '{logdir}' does not exist; create it (mkdir -p '{logdir}') "
                           "or fix --logdir.")
@@ -396,6 +406,9 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"load half-copied files as runs. Choose a staging folder outside the logdir "
             f"{STAGING_FLAGS}."
         )
+    for source in sources:
+        if source.is_local:
+            _refuse_overlap(source, logdir, staging_root)
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
                       max_per_host=max_per_host)
@@ -413,6 +426,21 @@ def _watched(sources, watch_names):
         _check_watch(by_name[name], f"Watching source '{name}' {WATCH_FLAGS}")
         by_name[name] = dataclasses.replace(by_name[name], watch=True)
     return [by_name[source.name] for source in sources]
+
+
+def _refuse_overlap(source, logdir, staging_root):
+    """A local source must be apart from the logdir and the staging root (equal, holding one
+    or inside one are all refused): a source holding the logdir publishes it into itself,
+    one level deeper each sync; one holding the staging root publishes tb-rsync's own state,
+    manifests and locks as logs."""
+    path = os.path.abspath(os.path.expanduser(source.source))
+    for folder, what, fix in (
+            (logdir, "the logdir", "a source folder that neither holds nor lies inside it"),
+            (staging_root, "the staging folder",
+             f"a staging folder apart from the source {STAGING_FLAGS}")):
+        if is_within(path, folder) or is_within(folder, path):
+            raise ConfigError(f"Source '{source.name}' ('{path}') overlaps {what} '{folder}'; "
+                              f"tb-rsync would publish its own output. Choose {fix}.")
 
 
 def is_within(path, root):

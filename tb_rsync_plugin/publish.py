@@ -26,6 +26,7 @@ staged event files only change by rsync appending to them or replacing them whol
 
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import posixpath
@@ -158,6 +159,11 @@ def _check_folders(staging_dir, logdir, name, quarantine_dir):
         )
     writable = dest_root if os.path.isdir(dest_root) else logdir
     if not os.access(writable, os.W_OK | os.X_OK):
+        if os.statvfs(writable).f_flag & os.ST_RDONLY:
+            # access(2) failed with EROFS, which os.access does not tell: the read-only
+            # sentence, worded where every errno's is.
+            with atomic.publish_errors(writable):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), writable)
         raise PublishError(
             f"Logdir '{writable}' is not writable by this user; fix its permissions or "
             "choose another --logdir."
@@ -196,6 +202,8 @@ SYMLINK_NOT_FOLLOWED = "symlinks are never"  # in both details below; the servic
 _SOURCE_SYMLINK = "is a symlink at the source; symlinks are never published or followed"
 _IN_SYMLINKED_FOLDER = "lies in a symlinked folder at the source; symlinks are never followed"
 _NOT_AN_ERROR = (_SOURCE_SYMLINK, _IN_SYMLINKED_FOLDER)
+_BEHIND = ("an older copy than the one published (another staging root published more of "
+           "it); it catches up at the next sync")
 
 
 def _listed(staging_dir, changed):
@@ -348,6 +356,12 @@ class _Publisher:
             self._note_run(rel, entry, touched=False)
             return self._act(rel, "unchanged")
         aligned, entry = self._published_state(rel, dest, pub_st)
+        if size < published and _is_prefix(src, dest, size):
+            # Another staging root published more of this file than this copy holds: the
+            # copy is behind, not rewritten. Replacing the longer file would send it back
+            # in time under a new inode; rsync --append brings this copy up next sync.
+            self._note_run(rel, entry, touched=False)
+            return self._act(rel, "wait", 0, _BEHIND)
         if (size < published or restaged) and self._prefix_released(rel, src):
             return self._restage(rel, entry)  # both branches below read from offset 0
         if size < published:
@@ -609,6 +623,15 @@ def _save_manifest(path, entries):
     """Write the manifest atomically, so a crash leaves the old one or the new one."""
     data = json.dumps({"version": MANIFEST_VERSION, "files": entries}, sort_keys=True)
     atomic.write_bytes(path, data.encode("utf-8"))
+
+
+def _is_prefix(src, dest, size):
+    """True if staged `src`'s first `size` bytes are the published `dest`'s.
+
+    A prefix this publisher released (a hole) is not compared: what follows it is.
+    """
+    start = atomic.data_start(src)
+    return start < size and _same_bytes(dest, src, start, size)
 
 
 def _same_bytes(path_a, path_b, start, end):

@@ -293,7 +293,9 @@ class _Job:
 
     def _line(self, line):
         if line.startswith(_PREFIX):
-            kind, length, nbytes, name = line[len(_PREFIX):].split(b" ", 3)
+            # %i is padded: "*deleting  " (--force making way in staging) has two spaces.
+            kind, rest = line[len(_PREFIX):].split(b" ", 1)
+            length, nbytes, name = rest.lstrip(b" ").split(b" ", 2)
             self.items.append((kind.decode("ascii", "replace"), int(length), int(nbytes),
                                decode_name(name)))
             return
@@ -358,8 +360,12 @@ class _Run:
         # whole seconds, so a file rewritten at the same size within the second of the last
         # sync (a checkpoint index, a config) was never fetched (tests/test_faults.py).
         # Needs the receiver, our local rsync, to be >= 3.1.3.
+        # --force: a folder at the source that became a file replaces the staged folder
+        # (staging is ours; without it every sync failed with exit 23, "could not make way
+        # for new regular file"). It deletes only inside staging, only for that path: no
+        # --delete, the logdir keeps the folder and the publisher reports that one path.
         args = [self.rsync_path, "-rlpt", "--safe-links", "--chmod=Du+rwx,Fu+rw",
-                "--modify-window=-1",
+                "--modify-window=-1", "--force",
                 f"--temp-dir={os.path.abspath(self.temp_dir)}", "--no-human-readable",
                 _OUT_FORMAT, f"--timeout={io_timeout_s(timeout_s)}"]
         if source.rsh:

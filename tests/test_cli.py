@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def test_bad_arguments(tmp_path):
     inside = tb_rsync("sync", "--logdir", tmp_path, "--source", "a=/x/",
                       "--staging", tmp_path / "st")
     assert inside.returncode == 1 and "outside the logdir" in inside.stderr
+    overlap = tb_rsync("sync", "--logdir", tmp_path, "--source", f"a={tmp_path}/sub/",
+                       "--staging", tmp_path.parent / "st")
+    assert overlap.returncode == 1 and "overlaps the logdir" in overlap.stderr
+    (tmp_path / "f").write_text("")
+    not_a_folder = tb_rsync("sync", "--logdir", tmp_path / "f", "--source", "a=/x/")
+    assert not_a_folder.returncode == 1 and "is a file, not a folder" in not_a_folder.stderr
+    for interval, sentence in (("abc", "--interval must be a number of seconds, not 'abc'."),
+                               ("0", "--interval must be more than 0 seconds."),
+                               ("-1", "--interval must be more than 0 seconds.")):
+        watch = tb_rsync("watch", "--logdir", tmp_path, "--source", "a=/x/",
+                         "--interval", interval)
+        assert (watch.returncode, watch.stderr) == (1, f"error: {sentence}\n")
     usage = tb_rsync("frobnicate")
     assert usage.returncode == 2
 
@@ -235,6 +248,30 @@ def test_publish_problems_are_printed(tmp_path):
     assert "n1/run 1: " in status.stdout and "corrupt record" in status.stdout
     assert str(remote) in status.stdout, "the message names the file at the source"
     assert "staging" not in status.stdout.split("n1/run 1: ")[1]
+
+
+def test_a_folder_that_becomes_a_file_stops_only_that_path(tmp_path):
+    """Staging is ours, so rsync makes way there; the logdir keeps the folder (nothing is
+    deleted), so that one path is an error naming it and the other runs keep syncing."""
+    remote, logdir = make_remote(tmp_path)
+    (remote / "x").mkdir()
+    (remote / "x" / "notes.txt").write_text("in a folder")
+    args = ("--logdir", logdir, "--source", f"n1={remote}/", "--staging", tmp_path / "staging")
+    assert tb_rsync("sync", *args).returncode == 0
+    shutil.rmtree(remote / "x")
+    (remote / "x").write_text("now a file")
+    for steps in (range(4, 6), [6]):  # every sync says so, and the run keeps growing
+        append_scalars(str(remote / "run 1" / EVENTS), steps)
+        result = tb_rsync("sync", *args)
+        assert result.returncode == 0, result.stderr
+        assert f"n1: warning: '{logdir / 'n1' / 'x'}' is a folder in the logdir where the " \
+               "source has a file" in result.stderr, result.stderr
+        assert steps_in(logdir / "n1" / "run 1" / EVENTS) == list(range(steps[-1] + 1))
+        assert (logdir / "n1" / "x" / "notes.txt").read_text() == "in a folder"
+    (logdir / "n1" / "x").rename(tmp_path / "kept")  # the user moves the folder away
+    result = tb_rsync("sync", *args)
+    assert "warning" not in result.stderr, result.stderr
+    assert (logdir / "n1" / "x").read_text() == "now a file"
 
 
 def test_symlinks_at_the_source_are_a_warning_not_a_run_error(tmp_path):

@@ -48,7 +48,10 @@ source = "/data/runs"
 
 
 @pytest.mark.parametrize("text,needle", [
-    ('[[source]]\nname = "a"\nsource = "/x"\ncolour = "red"\n', "unknown key(s) ['colour']"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ncolour = "red"\n', "unknown key(s) ['colour'];"),
+    ('[[source]]\nname = "a"\nsource = "/x"\nbw_limit = 1\ncolour = "red"\n',
+     "unknown key(s) ['bw_limit', 'colour'] (did you mean 'bwlimit' instead of 'bw_limit'?); "
+     "allowed keys are"),
     ('[[source]]\nname = "a"\n', "'source' must be a non-empty string"),
     ('[[source]]\nname = ""\nsource = "/x"\n', "'name' must be a non-empty string"),
     ('[[source]]\nname = "a/b"\nsource = "/x"\n', "not a plain folder name"),
@@ -154,6 +157,37 @@ def test_staging_must_not_overlap_the_logdir(tmp_path):
     for staging in (tmp_path / "inside", tmp_path, tmp_path.parent):
         with pytest.raises(ConfigError, match="outside the logdir"):
             config.build_config(str(tmp_path), ["a=/x/"], staging=str(staging))
+
+
+@pytest.mark.parametrize("source", ["logs", "logs/run", ".", "staging", "staging/staging/a"])
+def test_a_local_source_overlapping_the_logdir_or_staging_is_refused(tmp_path, source):
+    """Equal, holding or inside, after resolving symlinks: a source holding the logdir nests
+    it one level deeper every sync; one holding the staging root publishes its state."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / source)
+    for spelled in (tmp_path / source, tmp_path / "link", f"{tmp_path}/elsewhere/../{source}"):
+        with pytest.raises(ConfigError) as e:
+            config.build_config(str(tmp_path / "logs"), [f"a={spelled}/"],
+                                staging=str(tmp_path / "staging"))
+        what = "the logdir" if source.startswith("logs") or source == "." else \
+            "the staging folder"
+        message = str(e.value)
+        assert message.startswith(f"Source 'a' ('{os.path.abspath(spelled)}') overlaps {what} ")
+        assert str(tmp_path / ("staging" if what.endswith("folder") else "logs")) in message
+
+
+def test_a_local_source_apart_from_both_is_accepted(tmp_path):
+    (tmp_path / "logs").mkdir()
+    for source in (tmp_path / "logs-2", tmp_path / "stag", "host:" + str(tmp_path / "logs")):
+        config.build_config(str(tmp_path / "logs"), [f"a={source}/"],
+                            staging=str(tmp_path / "staging"))
+
+
+def test_a_logdir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "events").write_text("")
+    with pytest.raises(ConfigError, match=r"Logdir '.*events' is a file, not a folder; pass"):
+        config.build_config(str(tmp_path / "events"), ["a=/x/"], staging=str(tmp_path / "st"))
 
 
 def test_default_staging_is_per_logdir_under_the_cache(tmp_path, monkeypatch):

@@ -6,10 +6,12 @@ the plain one must not (the problem the plugin exists for). Ctrl-C must stop eve
 demo started: any process whose command line names the demo's work folder is a leftover.
 """
 
+import importlib.util
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,8 +30,14 @@ RUN = "node1/resnet lr=0.1"  # a space in the name on purpose
 RUNS = {RUN, "node1/resnet lr=0.01", "node2/vit-small"}
 RUN_STATES = {"live", "waiting", "restart_needed", "error", "unknown"}
 
-# --duration is only a safety net: the test sends Ctrl-C well before it ends.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("run_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def get_json(url, timeout_s=10):
@@ -45,6 +53,41 @@ def loss_points(base_url, run=RUN):
         return []
 
 
+def test_a_port_held_only_in_time_wait_is_reused():
+    """A demo just stopped leaves its port in TIME_WAIT; TensorBoard binds it anyway
+    (SO_REUSEADDR), so the demo must not move on to the next port."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the side that closes first keeps the port in TIME_WAIT
+    client.recv(1)  # the end of the stream: the close arrived
+    client.close()
+    listener.close()
+    in_time_wait = subprocess.run(["ss", "-Htan", "state", "time-wait", f"sport = :{port}"],
+                                  capture_output=True, text=True)
+    if in_time_wait.returncode or not in_time_wait.stdout.strip():
+        pytest.skip("could not see the port in TIME_WAIT with ss")
+    assert load_demo().first_free_port(port) == port
+
+
+def test_demo_says_when_its_duration_ends(tmp_path):
+    workdir = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, str(DEMO), "--duration", "2", "--workdir", str(workdir),
+         "--port", str(free_port())],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "Stops after 2 s (--duration); Ctrl-C stops sooner." in lines, result.stdout
+    assert lines[-1] == "--duration 2 s is over; stopping.", result.stdout
+    assert processes_mentioning(str(workdir)) == [], "the demo left processes running"
+
+
+# --duration is only a safety net here: the test sends Ctrl-C well before it ends.
 def test_demo_compare_serves_both_and_stops_cleanly_on_ctrl_c(tmp_path):
     workdir = tmp_path / "demo work"
     output_path = tmp_path / "demo-output.txt"

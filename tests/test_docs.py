@@ -216,6 +216,22 @@ def test_readme_demo_command_names_existing_files():
     assert "pip install -e ." in lines[0] and (ROOT / "setup.py").is_file()
 
 
+def test_readme_installs_for_users_first_and_explains_the_problem_after_usage():
+    """A new user reads how to install before why; the names in it are the real ones."""
+    readme = text_of(README)
+    headings = _HEADING_RE.findall(_FENCE_RE.sub("", readme))
+    order = [headings.index(h) for h in ("Install", "Set up", "Usage", "The problem")]
+    assert order == sorted(order), headings
+    install = readme.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    distribution = re.search(r'name="([^"]+)"', text_of(ROOT / "setup.py")).group(1)
+    assert f"pip install \"{distribution} @ git+" in install
+    for needed in ("python3 -m venv", "pip install ./", "error: externally-managed-environment",
+                   "rsync", "ssh"):
+        assert needed in install, needed
+    set_up = " ".join(readme.split("\n## Set up\n", 1)[1].split("\n## ", 1)[0].split())
+    assert "Only these need `scripts/install-system-deps.sh`" in set_up
+
+
 def test_demo_command_lines_in_readme_parse():
     spec = importlib.util.spec_from_file_location("run_demo", ROOT / "demo" / "run_demo.py")
     run_demo = importlib.util.module_from_spec(spec)
@@ -283,7 +299,8 @@ MESSAGES = [
     ("config.py", "rsync is not installed or not on PATH; install it (for example "),
     ("plugin.py", "--rsync_source needs --logdir (a single local folder to publish "),
     ("cli.py", "No sources given; add --source NAME=SOURCE or --config FILE."),
-    ("cli.py", "--interval must be more than 0 seconds."),
+    ("config.py", "must be more than 0 seconds."),
+    ("config.py", " (did you mean "),
     ("cli.py", "Run 'tb-rsync sync' first."),
     ("cli.py", "interrupted"),
     ("cli.py", "error: this is a bug in tb-rsync; please report it with the traceback above."),
@@ -331,6 +348,10 @@ MESSAGES = [
     ("tfrecord.py", "bad data checksum"),
     ("publish.py", "does not exist; create it or fix --logdir."),
     ("config.py", "does not exist; create it (mkdir -p"),
+    ("config.py", "is a file, not a folder; pass the folder that "),
+    ("config.py", "tb-rsync would publish its own output. Choose "),
+    ("config.py", "a source folder that neither holds nor lies inside it"),
+    ("config.py", "a staging folder apart from the source "),
     ("publish.py", "is not writable by this user; fix its permissions or "),
     ("publish.py", "is a file, not a folder; move it away so source"),
     ("publish.py", "is a symlink leading out of the logdir; replace it with a folder "),

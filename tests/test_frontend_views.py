@@ -381,6 +381,28 @@ def test_sources_table_words_failures_and_timer_syncs(page):
     assert got["idleNext"] == "in 12 sidle: every 20 s (set: 5 s)"
 
 
+def test_error_details_show_what_went_wrong_first(page, tmp_path):
+    """The details of a real failed rsync: its stderr first, then the exit code, then the
+    long command (it used to come first and push the stderr below the fold)."""
+    from tb_rsync_plugin import config, rsync
+    from tb_rsync_plugin.errors import TransferError
+    with pytest.raises(TransferError) as info:
+        rsync.run_rsync(config.find_rsync(), config.Source("bad", f"{tmp_path}/missing/"),
+                        str(tmp_path / "staging"), str(tmp_path / "tmp"))
+    details = info.value.details
+    source = source_fixture("bad", state="error", error={
+        "message": str(info.value), "details": details, "unix_s": NOW - 2})
+    shown = page.evaluate("""(source) => {
+      const table = window.views.buildSourcesTable([source], %r);
+      return table.querySelector('details pre').textContent;
+    }""" % NOW, source)
+    stderr = details.split("\nstderr:\n", 1)[1]
+    command = details.split("\n", 1)[0]
+    assert shown.startswith("stderr:\n" + stderr + "\nexit code: "), shown
+    assert shown.endswith("\n" + command) and "rsync" in command
+    assert sorted(shown.split("\n")) == sorted(details.split("\n")), "nothing lost"
+
+
 def test_run_rows_explain_only_what_needs_explaining(page):
     runs = [
         run_fixture("live", NOW - 5),

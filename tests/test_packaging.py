@@ -34,13 +34,30 @@ def test_wheel_ships_frontend_and_entry_points(wheel):
     assert not any(n.startswith("tests/") for n in names)
 
 
+def see_our_packages(python):
+    """Make the venv of `python` see the packages this interpreter sees, after its own.
+
+    Its `--system-site-packages` shows the base interpreter's, which is not enough when the
+    tests run inside a virtualenv (the usual way): the dependencies installed there
+    (google-crc32c...) were missing. The folders go in as plain lines of a .pth file, so the
+    .pth files inside them (an editable install of this checkout) are not run.
+    """
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    ours = [p for p in sys.path
+            if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    with open(os.path.join(own, "tests-outer-packages.pth"), "w") as f:
+        f.write("".join(p + "\n" for p in ours))
+
+
 def test_wheel_in_fresh_venv_serves_the_tab(wheel, tmp_path):
     venv = tmp_path / "venv"
-    # --system-site-packages reuses the already installed dependencies (no network needed);
-    # the plugin itself comes only from the wheel.
+    # Reusing the installed dependencies needs no network; the plugin itself comes only
+    # from the wheel (the venv's own site-packages come first).
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=120)
     python = venv / "bin" / "python"
+    see_our_packages(python)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
                     str(wheel)], check=True, timeout=300)
     where = subprocess.run(
@@ -57,12 +74,15 @@ def test_wheel_in_fresh_venv_serves_the_tab(wheel, tmp_path):
     env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
     tb = TensorBoardProcess(logdir, ["--rsync_source", f"r={remote}/", "--rsync_staging",
                                      tmp_path / "staging"], tmp_path / "tb.log", env=env,
-                            executable=[str(python), "-m", "tensorboard.main"])
+                            # -I: the checkout (the working folder) stays off sys.path.
+                            executable=[str(python), "-I", "-m", "tensorboard.main"])
     try:
         tb.wait_ready()
         listing = tb.get_json("/data/plugins_listing")
         assert listing["rsync"]["enabled"] and listing["rsync"]["tab_name"] == "Sync"
         status, body = tb.get("/data/plugin/rsync/index.js")
         assert status == 200 and re.search(rb"export\s+(async\s+)?function\s+render", body)
+        with zipfile.ZipFile(wheel) as zf:
+            assert body == zf.read("tb_rsync_plugin/frontend/index.js"), "served from the wheel"
     finally:
         tb.stop()

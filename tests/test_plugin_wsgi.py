@@ -209,6 +209,13 @@ def test_staging_inside_logdir_is_refused(tmp_path):
         plugin_lib.RsyncPluginLoader().fix_flags(flags)
 
 
+def test_a_source_overlapping_the_logdir_is_refused(tmp_path):
+    flags = make_flags(tmp_path, [f"a={tmp_path}/"])
+    with pytest.raises(base_plugin.FlagsError, match="tb-rsync: Source 'a' .* overlaps the "
+                                                     "logdir"):
+        plugin_lib.RsyncPluginLoader().fix_flags(flags)
+
+
 def test_no_sources_means_no_plugin(tmp_path):
     loader = plugin_lib.RsyncPluginLoader()
     flags = make_flags(tmp_path)

@@ -499,6 +499,23 @@ def test_immutable_logdir_as_root(tree):
     assert os.listdir(tree.logdir) == []
 
 
+def test_read_only_logdir_says_read_only(tree):
+    """A real read-only mount (a tmpfs remounted ro; needs root)."""
+    append_scalars(tree.staged(EVENTS), range(3))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                              str(tree.logdir)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(tree.logdir)], check=True)
+        with pytest.raises(PublishError) as info:
+            tree.publish(check=False)
+    finally:
+        subprocess.run(["umount", str(tree.logdir)], check=True)
+    assert str(info.value) == (f"'{tree.logdir}' is on a read-only filesystem; remount it "
+                               "read-write or choose another logdir.")
+
+
 @pytest.mark.parametrize("name", ["", "..", "a/b"])
 def test_bad_source_names(tree, name):
     with pytest.raises(PublishError, match="not a plain folder name"):

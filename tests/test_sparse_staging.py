@@ -13,8 +13,10 @@ import pytest
 from tb_rsync_plugin import atomic
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import rsync as rsync_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin.publish import publish
 from tests.events import big_event_bytes, event_bytes, file_version_event, loaded_events
 
@@ -52,9 +54,12 @@ class Engine:
         if not supports_holes(str(self.root)):
             pytest.skip("this filesystem cannot punch holes")
 
-    def sync(self):
-        config = config_lib.build_config(str(self.logdir), [f"n1={self.remote}/"], None,
-                                         str(self.root))
+    def config(self, root=None):
+        return config_lib.build_config(str(self.logdir), [f"n1={self.remote}/"], None,
+                                       str(root or self.root))
+
+    def sync(self, root=None):
+        config = self.config(root)
         service = service_lib.SyncService(
             config, state_lib.SyncState(config.sources, config.interval_for),
             reload_lib.NoReloader())
@@ -126,9 +131,62 @@ def test_rewritten_source_is_detected_and_fetched_whole(engine):
     assert [p.read_bytes() for p in kept] == [old]
     assert os.stat(engine.staged).st_blocks * 512 <= 160 * 1024
 
-    engine.source.write_bytes(records(0, 40, tag=b"shorter"))  # shrunk: fetched whole
+    # Shrunk, with other record sizes (a copy that is only behind, an exact prefix, is not a
+    # rewrite: see the test below): fetched whole.
+    engine.source.write_bytes(records(0, 40, tag=b"short"))
     engine.sync()
     engine.check_converged()
+
+
+def test_an_older_copy_from_another_staging_root_never_sends_the_file_back(engine, tmp_path):
+    """A `watch` (staging A) and a `sync` (staging B) publish one source into one logdir. A
+    copy B fetched before A published more is behind, not rewritten: nothing is published
+    from it, nothing goes to quarantine, and the published file never goes back in time."""
+    other = tmp_path / "staging-b"
+    published_versions = []
+
+    def check_published_only_grew():
+        data = engine.published.read_bytes()
+        if published_versions:
+            inode, before = published_versions[-1]
+            assert os.stat(engine.published).st_ino == inode, "never replaced"
+            assert data.startswith(before), "never shorter, never other bytes"
+        published_versions.append((os.stat(engine.published).st_ino, data))
+
+    def publish_only(root):
+        config = engine.config(root)
+        return publish(config.staging_dir("n1"), str(engine.logdir), "n1",
+                       config.quarantine_dir("n1"), config.manifest_path("n1"))
+
+    engine.grow(records(0, 64))
+    engine.sync()
+    check_published_only_grew()
+    engine.grow(records(64, 32))
+    b_config = engine.config(other)  # B's rsync runs now; B publishes later
+    rsync_lib.run_rsync(config_lib.find_rsync(), b_config.source("n1"),
+                        b_config.staging_dir("n1"), b_config.temp_dir)
+    engine.grow(records(96, 32))
+    engine.sync()  # A publishes all 128 records meanwhile
+    check_published_only_grew()
+
+    report = publish_only(other)  # B's copy holds 96
+    check_published_only_grew()
+    assert [(a.action, a.detail) for a in report.actions] == [("wait", publish_lib._BEHIND)]
+    engine.check_converged()
+
+    engine.grow(records(128, 32))
+    engine.sync(other)  # B's copy catches up and publishes the rest
+    check_published_only_grew()
+    engine.check_converged()
+    # A's copy is behind now, with its published prefix released as a hole.
+    assert atomic.has_leading_hole(str(engine.staged))
+    report = publish_only(engine.root)
+    assert [a.action for a in report.actions] == ["wait"] and not report.needs_restage
+    check_published_only_grew()
+    engine.sync()
+    check_published_only_grew()
+    engine.check_converged()
+    assert not list(tmp_path.rglob("quarantine/**/events.out.tfevents.*"))
 
 
 def test_published_file_deleted_or_manifest_lost_refetches_the_prefix(engine):
