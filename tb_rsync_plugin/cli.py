@@ -36,6 +36,8 @@ def build_parser():
             sub.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
                              help="rsync source published under LOGDIR/NAME (repeatable)")
             sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
+            sub.add_argument("--no-ssh-sharing", dest="ssh_sharing", action="store_false",
+                             help="every rsync logs in on its own (no shared ssh connection)")
 
     add_common(commands.add_parser("sync", help="sync every source once, then exit"))
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
@@ -76,7 +78,7 @@ def _print_error(error):
 
 def _service(args, interval_s=0.0):
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
-                                     interval_s)
+                                     interval_s, ssh_sharing=args.ssh_sharing)
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
                                      "tables; add one or pass --source NAME=SOURCE.")

@@ -25,7 +25,8 @@ DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
 # How a message names the staging option: both commands print the same sentences.
 STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
-_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout"}
+_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout",
+                "ssh_sharing"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Source:
         (semantics in rsync.py's module docstring).
       interval_s: automatic sync period for this source; None uses the global interval.
       timeout_s: wall-clock limit for one rsync run (rsync's own I/O timeout is derived).
+      ssh_sharing: share one ssh login with the other sources of the same host (ssh.py);
+        False gives this source logins of its own.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Source:
     exclude: Tuple[str, ...] = ()
     interval_s: Optional[float] = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    ssh_sharing: bool = True
 
     @property
     def is_remote_shell(self):
@@ -82,6 +86,7 @@ class SyncConfig:
     staging_root: str
     sources: Tuple[Source, ...]
     interval_s: float = 0.0
+    ssh_sharing: bool = True  # False: no source shares ssh logins (ssh.SshConnections)
 
     def source(self, name):
         for source in self.sources:
@@ -212,6 +217,10 @@ def _make_source(table, where):
     timeout = _number(table, "timeout", where)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
+    sharing = table.get("ssh_sharing", True)
+    if not isinstance(sharing, bool):
+        raise ConfigError(f"In {where}: 'ssh_sharing' must be true or false (no quotes), "
+                          f"not {sharing!r}.")
     source = Source(
         name=name,
         source=table["source"].strip(),
@@ -221,6 +230,7 @@ def _make_source(table, where):
         exclude=patterns["exclude"],
         interval_s=None if interval is None else float(interval),
         timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
+        ssh_sharing=sharing,
     )
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
@@ -254,7 +264,8 @@ def parse_interval(text, what="--rsync_interval"):
     return value
 
 
-def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0):
+def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0,
+                 ssh_sharing=True):
     """Validate everything and return a `SyncConfig`.
 
     Raises:
@@ -289,7 +300,7 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             f"{STAGING_FLAGS}."
         )
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
-                      interval_s=float(interval_s))
+                      interval_s=float(interval_s), ssh_sharing=bool(ssh_sharing))
 
 
 def is_within(path, root):

@@ -36,7 +36,7 @@ class RsyncPluginLoader(base_plugin.TBLoader):
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
             help="TOML file with [[source]] tables (name, source, ssh, bwlimit, include, "
-                 "exclude, interval, timeout).")
+                 "exclude, interval, timeout, ssh_sharing).")
         group.add_argument(
             "--rsync_interval", default="0", metavar="SECONDS",
             help="Sync every SECONDS; 0 (default) syncs only when asked from the Sync tab.")
@@ -44,6 +44,10 @@ class RsyncPluginLoader(base_plugin.TBLoader):
             "--rsync_staging", default="", metavar="DIR",
             help="Where rsync stages files before publishing (must be outside the logdir). "
                  "Default: a per-logdir folder under ~/.cache/tb-rsync.")
+        group.add_argument(
+            "--rsync_ssh_sharing", default="true", choices=["true", "false"],
+            help="Share one ssh login per host between syncs (OpenSSH ControlMaster); "
+                 "false: every rsync logs in on its own.")
 
     def fix_flags(self, flags):
         try:
@@ -68,8 +72,9 @@ def _config_from_flags(flags):
     if not logdir:
         raise ConfigError("--rsync_source needs --logdir (a single local folder to publish "
                           "into); --logdir_spec is not supported.")
-    return config_lib.build_config(logdir, sources, config_file,
-                                   getattr(flags, "rsync_staging", "") or None, interval)
+    return config_lib.build_config(
+        logdir, sources, config_file, getattr(flags, "rsync_staging", "") or None, interval,
+        ssh_sharing=getattr(flags, "rsync_ssh_sharing", "true") != "false")
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
