@@ -1,4 +1,4 @@
-"""rsync into the staging tree; the only module that starts subprocesses.
+"""rsync into the staging tree; with ssh.py, the only modules that start subprocesses.
 
 Event files and everything else need opposite handling. One sync starts two rsyncs side by
 side and, only when they leave something to do, up to three more:

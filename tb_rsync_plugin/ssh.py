@@ -61,9 +61,9 @@ CONNECTION_DIAGNOSES = [
      "connect once with ssh by hand to check and accept it"),
     ("REMOTE HOST IDENTIFICATION HAS CHANGED", "the host key of the server changed; "
      "check it and update known_hosts"),
-    (r"Permission denied \((publickey|password|keyboard|gssapi|hostbased)", "ssh could not "
-     "log in non-interactively; set up a key or agent (ssh-copy-id) so that 'ssh HOST' works "
-     "without a password"),
+    (r"Permission denied \((publickey|password|keyboard|gssapi|hostbased)",
+     "ssh could not log in non-interactively; set up a key or agent "
+     "(ssh-copy-id) so that 'ssh HOST' works without a password"),
     ("Too many authentication failures", "ssh could not log in non-interactively; "
      "set up a key or agent so that 'ssh HOST' works without a password"),
     ("Could not resolve hostname", "the host name could not be resolved; check its spelling "

@@ -3,6 +3,7 @@
 Logins are counted in sshd's log ("Accepted publickey for", one line per login).
 """
 
+import argparse
 import os
 import re
 import shlex
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tb_rsync_plugin import cli
+from tb_rsync_plugin import plugin as plugin_lib
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.rsync import run_rsync
@@ -300,3 +303,17 @@ def test_prepare_honours_cancel(tmp_path, sshd_server, control_dir):
     cancel.set()
     with pytest.raises(TransferError, match=r"^Sync of 'node0' was cancelled\.$"):
         SshConnections(control_dir=str(control_dir)).prepare(source, cancel)
+
+
+def test_the_switches_reach_the_config(tmp_path):
+    parser = argparse.ArgumentParser()
+    plugin_lib.RsyncPluginLoader().define_flags(parser)
+    for argv, sharing in (([], True), (["--rsync_ssh_sharing", "false"], False)):
+        flags = parser.parse_args(["--rsync_source", "a=h:/x/", "--rsync_staging",
+                                   str(tmp_path / "staging"), *argv])
+        flags.logdir = str(tmp_path / "logs")
+        os.makedirs(flags.logdir, exist_ok=True)
+        assert plugin_lib._config_from_flags(flags).ssh_sharing is sharing
+    for argv, sharing in (([], True), (["--no-ssh-sharing"], False)):
+        args = cli.build_parser().parse_args(["sync", "--logdir", "x", *argv])
+        assert args.ssh_sharing is sharing
