@@ -111,7 +111,6 @@ class _Share:
     words: list  # ssh_command() of the user's ssh, split
     login: list  # what rsync puts after them: ["-l", user, host] or [host]
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    probed: bool = False
     socket: str = None  # our ControlPath; None: the user's ssh config shares, or -G failed
     connect_timeout_s: float = CONNECT_TIMEOUT_S
 
@@ -129,8 +128,9 @@ class SshConnections:
     """Shared ssh logins for the `host:dir` sources of one service, for its lifetime.
 
     Thread-safe. `prepare` before a source's first rsync of a cycle, `rsh_for` for every
-    rsync's `--rsh`, `close` when the service stops. Local and daemon sources, sources with
-    `ssh_sharing = false` and `enabled=False` get the plain `ssh_command`.
+    rsync's `--rsh`, `close` once the service's syncs have stopped (a master opened after
+    that ends by itself, ControlPersist after its last session). Local and daemon sources,
+    sources with `ssh_sharing = false` and `enabled=False` get the plain `ssh_command`.
     """
 
     def __init__(self, enabled=True, control_dir=None):
@@ -138,7 +138,7 @@ class SshConnections:
         self.control_dir = control_dir or default_control_dir()
         self._lock = threading.Lock()
         self._shares = {}  # sharing key -> _Share
-        self._used = {}  # sharing key -> _Share whose master we checked or opened
+        self._used = {}  # socket path -> _Share whose master we checked or opened
         self._dir_ready = False
 
     def rsh_for(self, source):
@@ -200,13 +200,11 @@ class SshConnections:
         login = (["-l", match.group("user")] if match.group("user") else []) + [host]
         words = shlex.split(ssh_command(source.ssh))
         key = hashlib.sha256(json.dumps([words, login]).encode()).hexdigest()[:16]
-        with self._lock:
-            share = self._shares.setdefault(key, _Share(words, login))
-        with share.lock:
-            if not share.probed:
-                self._probe(share, os.path.join(self.control_dir, key))
-                share.probed = True
-        return share
+        with self._lock:  # not the key's lock, which `prepare` holds while logging in
+            if key not in self._shares:
+                self._shares[key] = _Share(words, login)
+                self._probe(self._shares[key], os.path.join(self.control_dir, key))
+            return self._shares[key]
 
     def _probe(self, share, our_socket):
         """`ssh -G` prints the effective configuration: a ControlPath of the user's own (with
