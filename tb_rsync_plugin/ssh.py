@@ -207,17 +207,23 @@ class SshConnections:
             return self._shares[key]
 
     def _probe(self, share, our_socket):
-        """`ssh -G` prints the effective configuration: a ControlPath of the user's own (with
-        any ControlMaster, even "no": then they open masters by hand) is ridden, not ours."""
-        result = _run(share.words + ["-G"] + share.login)
-        if result is None or result.returncode != 0:
-            return  # a broken ssh command: rsync reports it as it always did
-        config = dict(line.partition(" ")[::2] for line in result.stdout.splitlines())
-        if config.get("controlpath", "none") != "none":
-            return
-        timeout = config.get("connecttimeout", "")
-        share.connect_timeout_s = float(timeout) if timeout.isdigit() else CONNECT_TIMEOUT_S
+        """Set `share.socket` when tb-rsync's sharing applies, from `ssh -G` (the effective
+        configuration). A ControlPath of the user's own (with any ControlMaster, even "no":
+        then they open masters by hand) is ridden, not replaced. Options in the user's `ssh`
+        value come before ours and win: `-o ControlMaster=no` or `-S none` there means no
+        sharing (a master would never be opened, and the login would wait for nothing)."""
+        config = _effective_config(share.words + ["-G"] + share.login)
+        if config is None or config.get("controlpath", "none") != "none":
+            return  # no config: a broken ssh command, which rsync reports as it always did
         share.socket = our_socket
+        ours = _effective_config(share.args("-G"))
+        if ours is None or (ours.get("controlmaster"), ours.get("controlpath"),
+                            ours.get("controlpersist")) != ("auto", our_socket,
+                                                            str(CONTROL_PERSIST_S)):
+            share.socket = None
+            return
+        timeout = ours.get("connecttimeout", "")
+        share.connect_timeout_s = float(timeout) if timeout.isdigit() else CONNECT_TIMEOUT_S
 
     def _make_dir(self):
         """Create the control folder, refusing one another user could reach into."""
@@ -290,6 +296,14 @@ class SshConnections:
 def _raise_if_cancelled(source, cancel):
     if cancel is not None and cancel.is_set():
         raise TransferError(f"Sync of '{source.name}' was cancelled.")
+
+
+def _effective_config(args):
+    """`ssh -G`'s "key value" lines as a dict, or None when ssh refuses the options."""
+    result = _run(args)
+    if result is None or result.returncode != 0:
+        return None
+    return dict(line.partition(" ")[::2] for line in result.stdout.splitlines())
 
 
 def _run(args):

@@ -231,14 +231,18 @@ def test_the_users_own_control_master_is_ridden(tmp_path, sshd_server, control_d
         shutil.rmtree(theirs)
 
 
-@pytest.mark.parametrize("enabled, sharing", [(False, True), (True, False)],
-                         ids=["switched off", "ssh_sharing = false"])
+@pytest.mark.parametrize("enabled, sharing, ssh_option", [
+    (False, True, ""), (True, False, ""), (True, True, " -o ControlMaster=no"),
+    (True, True, " -S none")],
+    ids=["switched off", "ssh_sharing = false", "ControlMaster=no in ssh", "-S none in ssh"])
 def test_sharing_off_adds_no_control_options(tmp_path, sshd_server, control_dir, enabled,
-                                             sharing):
+                                             sharing, ssh_option):
     source, = make_sources(tmp_path, sshd_server, 1, ssh_sharing=sharing)
+    source = Source(source.name, source.source, ssh=source.ssh + ssh_option,
+                    ssh_sharing=sharing)
     connections = SshConnections(enabled=enabled, control_dir=str(control_dir))
     assert connections.rsh_for(source) == ssh_command(source.ssh)
-    assert "Control" not in connections.rsh_for(source)
+    assert str(control_dir) not in connections.rsh_for(source)
     connections.prepare(source)
     assert not control_dir.exists()
 
