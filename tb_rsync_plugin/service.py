@@ -26,6 +26,7 @@ from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
+from tb_rsync_plugin import ssh as ssh_lib
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class SyncService:
         self.reloader = reloader
         self._clock = clock
         self._stop = threading.Event()
+        self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         # Daemon worker threads, not a ThreadPoolExecutor: the executor's workers are joined
         # before atexit handlers run, so a TensorBoard stopped mid-sync would wait for rsync
         # to finish instead of cancelling it in `stop()`.
@@ -203,15 +205,17 @@ class SyncService:
         retry = _read_retry(dirty_marker)
         with open(dirty_marker, "w"):
             pass
+        self._ssh.prepare(source, cancel=self._stop)  # one login for all rsyncs of the host
+        rsh = self._ssh.rsh_for(source)
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                       on_progress=progress, cancel=self._stop)
+                                       on_progress=progress, cancel=self._stop, rsh=rsh)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
             # publisher compares them with what it published (append, or rewrite).
             again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
                                             cfg.temp_dir, transfer.same_size,
-                                            on_progress=progress, cancel=self._stop)
+                                            on_progress=progress, cancel=self._stop, rsh=rsh)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
@@ -230,7 +234,7 @@ class SyncService:
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
             again = rsync_lib.restage_files(self._rsync_path, source, staging_dir, cfg.temp_dir,
                                             report.needs_restage, on_progress=progress,
-                                            cancel=self._stop)
+                                            cancel=self._stop, rsh=self._ssh.rsh_for(source))
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)
@@ -331,9 +335,11 @@ class SyncService:
         atexit.register(self.stop)
 
     def stop(self):
-        """Cancel running rsyncs (their process groups are killed) and stop threads."""
+        """Cancel running rsyncs (their process groups are killed), stop threads, and
+        stop the shared ssh logins."""
         self._stop.set()
         self.wait(timeout_s=STOP_WAIT_S)
+        self._ssh.close()
 
     def _timer_loop(self):
         """Sync each timed source when its `next_sync_unix_s` (shown in the tab) comes.

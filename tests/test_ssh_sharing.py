@@ -27,6 +27,7 @@ from tb_rsync_plugin.rsync import run_rsync
 from tb_rsync_plugin.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_servers import start_sshd, stop
+from tests.processes import processes_mentioning
 
 RSYNC = shutil.which("rsync")
 pytestmark = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
@@ -66,14 +67,7 @@ def logins(server):
 
 def masters(folder):
     """Pids of processes whose command line names `folder` (ssh masters: 'ssh: PATH [mux]')."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(folder).encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
+    return [pid for pid, _ in processes_mentioning(str(folder))]
 
 
 def wait_until(condition, what, timeout_s=30.0):
@@ -321,3 +315,28 @@ def test_the_switches_reach_the_config(tmp_path):
     for argv, sharing in (([], True), (["--no-ssh-sharing"], False)):
         args = cli.build_parser().parse_args(["sync", "--logdir", "x", *argv])
         assert args.ssh_sharing is sharing
+
+
+@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 6)],
+                         ids=["shared", "--no-ssh-sharing"])
+def test_tb_rsync_sync_logs_in_once_and_leaves_no_socket(tmp_path, sshd_server, flags,
+                                                         expected_logins):
+    sources = make_sources(tmp_path, sshd_server, 3)
+    config = tmp_path / "sources.toml"
+    config.write_text("".join(f'[[source]]\nname = "{s.name}"\nsource = "{s.source}"\n'
+                              f"ssh = '{s.ssh}'\n" for s in sources))
+    (tmp_path / "logs").mkdir()
+    runtime = Path(tempfile.mkdtemp(prefix="tbx-", dir="/tmp"))  # $XDG_RUNTIME_DIR/tb-rsync
+    before = logins(sshd_server)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tb_rsync_plugin.cli", "sync", "--logdir", tmp_path / "logs",
+             "--staging", tmp_path / "staging", "--config", config, *flags],
+            capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, XDG_RUNTIME_DIR=str(runtime)))
+        assert result.returncode == 0, result.stderr
+        assert logins(sshd_server) - before == expected_logins  # 2 rsyncs per sync unshared
+        assert not list(runtime.glob("tb-rsync/*"))
+        wait_until(lambda: not masters(runtime), "ended (the master)")
+    finally:
+        shutil.rmtree(runtime)
