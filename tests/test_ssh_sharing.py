@@ -55,10 +55,16 @@ def control_dir():
     Masters a failed test left behind are told to exit."""
     folder = Path(tempfile.mkdtemp(prefix="tbr-", dir="/tmp")) / "ctl"
     yield folder
-    for path in folder.glob("*") if folder.exists() else ():
-        subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit",
-                        "x"], capture_output=True, timeout=10)
-    shutil.rmtree(folder.parent)
+    remove_with_masters(folder.parent)
+
+
+def remove_with_masters(folder):
+    """Tell every master with a socket under `folder` to exit, then remove `folder`."""
+    for path in folder.glob("**/*"):
+        if path.is_socket():
+            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O",
+                            "exit", "x"], capture_output=True, timeout=10)
+    shutil.rmtree(folder)
 
 
 def logins(server):
@@ -317,26 +323,57 @@ def test_the_switches_reach_the_config(tmp_path):
         assert args.ssh_sharing is sharing
 
 
-@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 6)],
-                         ids=["shared", "--no-ssh-sharing"])
-def test_tb_rsync_sync_logs_in_once_and_leaves_no_socket(tmp_path, sshd_server, flags,
-                                                         expected_logins):
+@pytest.fixture
+def cli_run(tmp_path, sshd_server):
+    """`tb-rsync COMMAND` with 3 ssh sources of one host, in a private $XDG_RUNTIME_DIR
+    (where the control sockets go); returns (command line, environment, runtime dir)."""
     sources = make_sources(tmp_path, sshd_server, 3)
     config = tmp_path / "sources.toml"
     config.write_text("".join(f'[[source]]\nname = "{s.name}"\nsource = "{s.source}"\n'
                               f"ssh = '{s.ssh}'\n" for s in sources))
     (tmp_path / "logs").mkdir()
-    runtime = Path(tempfile.mkdtemp(prefix="tbx-", dir="/tmp"))  # $XDG_RUNTIME_DIR/tb-rsync
+    runtime = Path(tempfile.mkdtemp(prefix="tbx-", dir="/tmp"))
+
+    def command(name, *flags):
+        return [sys.executable, "-m", "tb_rsync_plugin.cli", name, "--logdir",
+                str(tmp_path / "logs"), "--staging", str(tmp_path / "staging"), "--config",
+                str(config), *flags]
+
+    yield command, dict(os.environ, XDG_RUNTIME_DIR=str(runtime)), runtime
+    remove_with_masters(runtime)
+
+
+@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 6)],
+                         ids=["shared", "--no-ssh-sharing"])
+def test_tb_rsync_sync_logs_in_once_and_leaves_no_socket(sshd_server, cli_run, flags,
+                                                         expected_logins):
+    command, env, runtime = cli_run
     before = logins(sshd_server)
+    result = subprocess.run(command("sync", *flags), capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert logins(sshd_server) - before == expected_logins  # 2 rsyncs per sync unshared
+    assert not list(runtime.glob("tb-rsync/*"))
+    wait_until(lambda: not masters(runtime), "ended (the master)")
+
+
+def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_server, cli_run):
+    command, env, runtime = cli_run
+    before = logins(sshd_server)
+    watch = subprocess.Popen(command("watch", "--interval", "3600"), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "tb_rsync_plugin.cli", "sync", "--logdir", tmp_path / "logs",
-             "--staging", tmp_path / "staging", "--config", config, *flags],
-            capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, XDG_RUNTIME_DIR=str(runtime)))
-        assert result.returncode == 0, result.stderr
-        assert logins(sshd_server) - before == expected_logins  # 2 rsyncs per sync unshared
-        assert not list(runtime.glob("tb-rsync/*"))
-        wait_until(lambda: not masters(runtime), "ended (the master)")
+        synced = 0
+        while synced < 3:  # one result line per source, after its first sync
+            line = watch.stdout.readline()
+            assert line, "tb-rsync watch ended"
+            synced += line.startswith("node")
     finally:
-        shutil.rmtree(runtime)
+        watch.send_signal(signal.SIGKILL)
+        watch.wait()
+    assert len(list(runtime.glob("tb-rsync/*"))) == 1
+    result = subprocess.run(command("sync"), capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert logins(sshd_server) - before == 1
+    assert not list(runtime.glob("tb-rsync/*"))
