@@ -7,11 +7,12 @@ OpenSSH connection sharing: a master connection per sharing key (host, port, use
 user's ssh command), reached through a socket in a private folder of ours, that stays
 `CONTROL_PERSIST_S` after its last session and is stopped by `close()`.
 
-Assumptions: OpenSSH's client (`-G`, `-O check`, `-O stop`, ControlPersist: 5.6+). A
-ControlPath set by the user's own ssh configuration wins: tb-rsync then rides the user's
-master (2FA login nodes: the user logs in once by hand) and never opens or stops one there.
-Sessions over one master count against sshd's MaxSessions (10 by default); a session the
-master refuses falls back to a login of its own, so going over costs logins, not failures.
+Assumptions: OpenSSH's client, 6.8 or later (`ssh -G`); where `ssh -G` fails (an older or
+another ssh, a broken `ssh` value) a source simply does not share. A ControlPath set by the
+user's own ssh configuration wins: tb-rsync then rides the user's master (2FA login nodes:
+the user logs in once by hand) and never opens or stops one there. Sessions over one master
+count against sshd's MaxSessions (10 by default); a session the master refuses falls back
+to a login of its own, so going over costs logins, not failures.
 """
 
 import dataclasses

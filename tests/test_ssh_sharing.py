@@ -377,3 +377,24 @@ def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_serve
     assert result.returncode == 0, result.stderr
     assert logins(sshd_server) - before == 1
     assert not list(runtime.glob("tb-rsync/*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_a_control_folder_of_another_user_is_refused(tmp_path, sshd_server, control_dir):
+    source, = make_sources(tmp_path, sshd_server, 1)
+    control_dir.mkdir(mode=0o700)
+    os.chown(control_dir, 65534, 65534)
+    with pytest.raises(TransferError, match=r"for shared ssh connections is not a private "
+                                            r"folder of this user; remove it"):
+        SshConnections(control_dir=str(control_dir)).prepare(source)
+    assert list(control_dir.iterdir()) == []
+
+
+def test_an_open_control_folder_of_ours_is_made_private(tmp_path, sshd_server, control_dir):
+    source, = make_sources(tmp_path, sshd_server, 1)
+    control_dir.mkdir(mode=0o755)
+    os.chmod(control_dir, 0o755)
+    connections = SshConnections(control_dir=str(control_dir))
+    connections.prepare(source)
+    assert control_dir.stat().st_mode & 0o777 == 0o700
+    connections.close()
