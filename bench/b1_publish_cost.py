@@ -193,7 +193,7 @@ def main(argv=None):
     if args.ssh:
         with common.work_dir("b1-sshd") as folder:
             from tests import fixtures_servers
-            proc, server = fixtures_servers._start_sshd(pathlib.Path(folder) / "sshd")
+            proc, server = fixtures_servers.start_sshd(pathlib.Path(folder) / "sshd")
             try:
                 print("B1 over ssh", flush=True)
                 remote, startup = measure([s for s in sizes if s <= 100], reps,

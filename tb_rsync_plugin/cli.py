@@ -39,6 +39,8 @@ def build_parser():
             sub.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
                              help="rsync source published under LOGDIR/NAME (repeatable)")
             sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
+            sub.add_argument("--no-ssh-sharing", dest="ssh_sharing", action="store_false",
+                             help="every rsync logs in on its own (no shared ssh connection)")
 
     def add_limits(sub):
         sub.add_argument("--max-parallel", type=int, default=config_lib.DEFAULT_MAX_PARALLEL,
@@ -99,7 +101,8 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
             raise config_lib.ConfigError(f"--{flag.replace('_', '-')} must be at least 1.")
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
                                      interval_s, watch_names, max_parallel=args.max_parallel,
-                                     max_per_host=args.max_per_host)
+                                     max_per_host=args.max_per_host,
+                                     ssh_sharing=args.ssh_sharing)
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
                                      "tables; add one or pass --source NAME=SOURCE.")

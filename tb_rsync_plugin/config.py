@@ -29,7 +29,7 @@ STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
 WATCH_FLAGS = "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)"
 RSH_HOST = "{host}"  # where an `rsh` command wants rsync's HOST word (remote_shell.py)
 _SOURCE_KEYS = {"name", "source", "ssh", "rsh", "bwlimit", "include", "exclude", "interval",
-                "timeout", "watch", "max_per_host"}
+                "timeout", "watch", "max_per_host", "ssh_sharing"}
 DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
 # MaxSessions (10 each), with or without connection sharing.
@@ -54,6 +54,8 @@ class Source:
       max_per_host: at most this many syncs at once against this source's host; None uses
         the global limit.
       watch: a local folder (an inbox nodes push into) synced as soon as it changes.
+      ssh_sharing: share one ssh login with the other sources of the same host (ssh.py);
+        False gives this source logins of its own.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Source:
     max_per_host: Optional[int] = None
     rsh: Optional[str] = None
     watch: bool = False
+    ssh_sharing: bool = True
 
     @property
     def host(self):
@@ -115,6 +118,7 @@ class SyncConfig:
     interval_s: float = 0.0
     max_parallel: int = DEFAULT_MAX_PARALLEL
     max_per_host: int = DEFAULT_MAX_PER_HOST
+    ssh_sharing: bool = True  # False: no source shares ssh logins (ssh.SshConnections)
 
     def source(self, name):
         for source in self.sources:
@@ -262,6 +266,10 @@ def _make_source(table, where):
     timeout = _number(table, "timeout", where)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
+    sharing = table.get("ssh_sharing", True)
+    if not isinstance(sharing, bool):
+        raise ConfigError(f"In {where}: 'ssh_sharing' must be true or false (no quotes), "
+                          f"not {sharing!r}.")
     source = Source(
         name=name,
         source=table["source"].strip(),
@@ -274,6 +282,7 @@ def _make_source(table, where):
         max_per_host=max_per_host,
         rsh=rsh,
         watch=watch,
+        ssh_sharing=sharing,
     )
     if source.rsh:
         _check_rsh(source, where)
@@ -366,7 +375,7 @@ def parse_limit(text, what):
 
 def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0,
                  watch_names=(), max_parallel=DEFAULT_MAX_PARALLEL,
-                 max_per_host=DEFAULT_MAX_PER_HOST):
+                 max_per_host=DEFAULT_MAX_PER_HOST, ssh_sharing=True):
     """Validate everything and return a `SyncConfig`.
 
     `watch_names`: sources to watch, from a flag (the TOML's `watch = true` does the same).
@@ -411,7 +420,7 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             _refuse_overlap(source, logdir, staging_root)
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
-                      max_per_host=max_per_host)
+                      max_per_host=max_per_host, ssh_sharing=bool(ssh_sharing))
 
 
 def _watched(sources, watch_names):

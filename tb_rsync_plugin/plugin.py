@@ -43,7 +43,7 @@ class RsyncPluginLoader(base_plugin.TBLoader):
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
             help="TOML file with [[source]] tables (name, source, ssh, rsh, bwlimit, include, "
-                 "exclude, interval, timeout, watch, max_per_host).")
+                 "exclude, interval, timeout, watch, max_per_host, ssh_sharing).")
         group.add_argument(
             "--rsync_watch", action="append", default=[], metavar="NAME",
             help="Sync local source NAME (an inbox nodes push into) as soon as it changes; "
@@ -63,6 +63,10 @@ class RsyncPluginLoader(base_plugin.TBLoader):
             "--rsync_max_per_host", default=str(config_lib.DEFAULT_MAX_PER_HOST), metavar="N",
             help="At most N sources sync at once from one host (default %(default)s), which "
                  "keeps sshd's MaxStartups and MaxSessions (10) from refusing connections.")
+        group.add_argument(
+            "--rsync_ssh_sharing", default="true", choices=["true", "false"],
+            help="Share one ssh login per host between syncs (OpenSSH ControlMaster); "
+                 "false: every rsync logs in on its own.")
 
     def fix_flags(self, flags):
         try:
@@ -94,7 +98,8 @@ def _config_from_flags(flags):
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   watch, **limits)
+                                   watch, ssh_sharing=getattr(flags, "rsync_ssh_sharing", "true") != "false",
+                                   **limits)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):

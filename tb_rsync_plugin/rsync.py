@@ -1,4 +1,4 @@
-"""rsync into the staging tree; the only module that starts subprocesses.
+"""rsync into the staging tree; with ssh.py, the only modules that start subprocesses.
 
 Event files and everything else need opposite handling. One sync is one walk of the source,
 and more processes only when that walk found something to move:
@@ -56,14 +56,14 @@ from typing import Tuple
 from tb_rsync_plugin import remote_shell
 from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
+from tb_rsync_plugin.ssh import (CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose,
+                                 format_details, ssh_command)
 
 _PREFIX = b"<tb-rsync> "
 _OUT_FORMAT = "--out-format=" + _PREFIX.decode() + "%i %l %b %n"
 _PROGRESS_RE = re.compile(rb"^\s*([\d,]+)\s+(\d+)%\s+([\d.,]+)([kMGT]?B)/s")
 _OCTAL_RE = re.compile(rb"\\#([0-7]{3})")
 _RATE_UNITS = {b"B": 1, b"kB": 1024, b"MB": 1024 ** 2, b"GB": 1024 ** 3, b"TB": 1024 ** 4}
-_DETAIL_LINES = 20
-_CONNECT_TIMEOUT_S = 10
 _KILL_GRACE_S = 2.0
 
 
@@ -130,7 +130,7 @@ class TransferResult:
 
 
 def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None,
-              before_write=None):
+              before_write=None, rsh=None):
     """Bring `staging_dir` up to date with `source` (never deleting anything).
 
     Args:
@@ -142,11 +142,13 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       cancel: a `threading.Event`; when set, rsync is stopped and TransferError raised.
       before_write: called once before the first process that writes into staging starts
         (never when nothing changed), so the caller can mark staging as unpublished.
+      rsh: the `--rsh` value for a `host:dir` source (`ssh.SshConnections.rsh_for`, which
+        shares one login); default: `ssh.ssh_command(source.ssh)`.
 
     Raises:
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
-    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel)
+    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
     # One walk: the listing itemizes only what differs from staging. A sync that finds
     # nothing ends here, having written nothing.
     (listing,) = run.settle([run.start("list", ["--dry-run"] + run.filters(), progress=False)])
@@ -199,36 +201,19 @@ def io_timeout_s(timeout_s):
 
 
 def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=None,
-                  cancel=None):
+                  cancel=None, rsh=None):
     """Fetch `paths` (relative to the source) whole, replacing their staged copies.
 
     For event files the publisher found not to extend what it published: no append, no
     quick check (`--ignore-times`), so even a same-size rewrite is fetched.
     """
-    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel)
+    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
     paths = list(paths)
     if not paths:
         return TransferResult()
     job = run.start("restage", ["--whole-file", "--ignore-times"], files=paths)
     run.wait([job])
     return run.result([job], restaged_phase="restage")
-
-
-def ssh_command(user_ssh):
-    """The `-e` value: the user's ssh command with options that make it fail instead of ask.
-
-    BatchMode goes right after the ssh program so it beats anything the user wrote (ssh keeps
-    the first value it sees; command-line options beat ~/.ssh/config). The timeouts go last,
-    so a user's own `-o ConnectTimeout=...` wins. Nothing else of the user's config changes:
-    ProxyJump, ControlMaster, agents and identity files keep working.
-    """
-    words = shlex.split(user_ssh or "ssh")
-    at = next((i + 1 for i, w in enumerate(words)
-               if os.path.basename(w) in ("ssh", "ssh.exe")), 1)
-    words[at:at] = ["-o", "BatchMode=yes"]
-    words += ["-o", f"ConnectTimeout={_CONNECT_TIMEOUT_S}",
-              "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
-    return shlex.join(words)
 
 
 def decode_name(raw):
@@ -327,8 +312,8 @@ class _Job:
 class _Run:
     """The processes of one sync of one source, sharing a deadline and a cancel flag."""
 
-    def __init__(self, rsync_path, source, staging_dir, temp_dir, on_progress, cancel):
-        self.rsync_path, self.source = rsync_path, source
+    def __init__(self, rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh):
+        self.rsync_path, self.source, self.rsh = rsync_path, source, rsh
         self.staging_dir, self.temp_dir = staging_dir, temp_dir
         self.on_progress, self.cancel = on_progress, cancel
         self.started = time.monotonic()
@@ -376,9 +361,9 @@ class _Run:
             args += ["--rsh=" + remote_shell.rsh_command(source.rsh), "--blocking-io",
                      "--protect-args"]
         elif source.is_remote_shell:
-            args.append("--rsh=" + ssh_command(source.ssh))
+            args.append("--rsh=" + (self.rsh or ssh_command(source.ssh)))
         if source.is_daemon:
-            args += [f"--contimeout={_CONNECT_TIMEOUT_S}", "--no-motd"]
+            args += [f"--contimeout={CONNECT_TIMEOUT_S}", "--no-motd"]
         if source.bwlimit_kib:
             args.append(f"--bwlimit={source.bwlimit_kib}")
         return args
@@ -589,33 +574,15 @@ def _unlink(path):
 
 
 def _details(job):
-    lines = list(job.stderr)[-_DETAIL_LINES:]
-    return "command: " + job.command + "\nexit code: " + str(job.proc.returncode) + \
-        "\nstderr:\n" + ("\n".join(lines) if lines else "(none)")
+    return format_details(job.command, job.proc.returncode, job.stderr)
 
 
 _NO_REMOTE_RSYNC = "rsync is not installed on the remote host; install it there"
 _NO_CONTAINER_RSYNC = ("rsync is not installed in the container; install it in the image "
                        "(for example 'apt-get install rsync' in its Dockerfile)")
-# (stderr regex, what happened; what to do). The first match decides.
-_DIAGNOSES = [
-    ("Host key verification failed", "the host key of the server is unknown or changed; "
-     "connect once with ssh by hand to check and accept it"),
-    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "the host key of the server changed; "
-     "check it and update known_hosts"),
-    (r"Permission denied \((publickey|password|keyboard|gssapi|hostbased)", "ssh could not log in non-interactively; set up a key or agent "
-     "(ssh-copy-id) so that 'ssh HOST' works without a password"),
-    ("Too many authentication failures", "ssh could not log in non-interactively; "
-     "set up a key or agent so that 'ssh HOST' works without a password"),
-    ("Could not resolve hostname", "the host name could not be resolved; check its spelling "
-     "and your DNS"),
-    ("Name or service not known", "the host name could not be resolved; check its spelling"),
-    ("Connection refused", "the host is unreachable (connection refused); check the host, "
-     "the port and that sshd or the rsync daemon is running"),
-    ("Connection timed out", "the host is unreachable (connection timed out); check the host, "
-     "port and network"),
-    ("No route to host", "the host is unreachable (no route to host); check the network"),
-    ("Network is unreachable", "the host is unreachable (network unreachable)"),
+# (stderr regex, what happened; what to do). The first match decides; ssh's and the
+# network's come first.
+_DIAGNOSES = CONNECTION_DIAGNOSES + [
     ("Unknown module", "the rsync daemon has no such module; check the module name "
      "(list them with 'rsync rsync://HOST/')"),
     ("@ERROR: max connections", "the rsync daemon allows no more connections to this module "
@@ -664,7 +631,7 @@ def _explain(source, job):
     """rsync's exit code and stderr to a TransferError sentence naming the source."""
     text = "\n".join(job.stderr)
     code = job.proc.returncode
-    what = next((fix for pattern, fix in _DIAGNOSES if re.search(pattern, text)), None)
+    what = diagnose(text, _DIAGNOSES)
     if what == _NO_REMOTE_RSYNC and source.rsh:
         what = _NO_CONTAINER_RSYNC
     if what is None and re.search(r'(change_dir|link_stat) ".*" failed: No such file', text):

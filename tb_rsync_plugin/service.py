@@ -24,6 +24,7 @@ from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
 from tb_rsync_plugin import scheduler as scheduler_lib
+from tb_rsync_plugin import ssh as ssh_lib
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class SyncService:
         self._clock = clock
         self._on_progress = on_progress
         self._stop = threading.Event()
+        self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         self._publish_lock_warned = False
         self._rsync_path = None
         self.scheduler = scheduler_lib.Scheduler(
@@ -197,9 +199,11 @@ class SyncService:
                 with open(dirty_marker, "w"):
                     pass
 
+        self._ssh.prepare(source, cancel=self._stop)  # one login for all rsyncs of the host
+        rsh = self._ssh.rsh_for(source)
         transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
                                        on_progress=progress, cancel=self._stop,
-                                       before_write=mark_unpublished)
+                                       before_write=mark_unpublished, rsh=rsh)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
@@ -207,7 +211,7 @@ class SyncService:
             mark_unpublished()
             again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
                                             cfg.temp_dir, transfer.same_size,
-                                            on_progress=progress, cancel=self._stop)
+                                            on_progress=progress, cancel=self._stop, rsh=rsh)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
@@ -226,7 +230,7 @@ class SyncService:
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
             again = rsync_lib.restage_files(self._rsync_path, source, staging_dir, cfg.temp_dir,
                                             report.needs_restage, on_progress=progress,
-                                            cancel=self._stop)
+                                            cancel=self._stop, rsh=self._ssh.rsh_for(source))
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)
@@ -330,9 +334,11 @@ class SyncService:
         atexit.register(self.stop)
 
     def stop(self):
-        """Cancel running rsyncs (their process groups are killed) and stop threads."""
+        """Cancel running rsyncs (their process groups are killed), stop threads, and
+        stop the shared ssh logins."""
         self._stop.set()
         self.scheduler.stop(STOP_WAIT_S)
+        self._ssh.close()
 
     @property
     def stopped(self):

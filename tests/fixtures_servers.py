@@ -84,7 +84,11 @@ class SshServer:
             return f.read()
 
 
-def _start_sshd(folder, password_only=False):
+def start_sshd(folder, password_only=False, extra_config=()):
+    """Start an sshd in `folder`; `extra_config` lines are appended to its sshd_config.
+
+    Returns (process, SshServer); stop the process with `stop`.
+    """
     if not os.path.exists(SSHD) or shutil.which("ssh") is None:
         pytest.skip("openssh-server/client are not installed")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
@@ -111,7 +115,8 @@ def _start_sshd(folder, password_only=False):
         f"PubkeyAuthentication {'no' if password_only else 'yes'}",
         "PermitRootLogin yes",
         "PermitEmptyPasswords no",
-        "LogLevel VERBOSE",
+        "LogLevel VERBOSE",  # logs "Accepted publickey for": one line per login
+        *extra_config,
         "",
     ]))
     log_path = folder / "sshd.log"
@@ -130,7 +135,7 @@ def _start_sshd(folder, password_only=False):
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory):
     """A real sshd on 127.0.0.1 accepting `.client_key` for the current user (root)."""
-    proc, server = _start_sshd(tmp_path_factory.mktemp("sshd"))
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     stop(proc)
 
@@ -138,7 +143,7 @@ def sshd_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def password_only_sshd(tmp_path_factory):
     """A real sshd that only offers password logins (which tb-rsync must never wait on)."""
-    proc, server = _start_sshd(tmp_path_factory.mktemp("sshd-password"), password_only=True)
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd-password"), password_only=True)
     yield server
     stop(proc)
 

@@ -71,6 +71,10 @@ source = "/data/runs"
      "'ssh' only applies to host:dir sources, and '/x' is a local folder"),
     ('[[source]]\nname = "a"\nsource = "rsync://h/m/"\nssh = "ssh -p 2222"\n',
      "'rsync://h/m/' is an rsync daemon"),
+    ('[[source]]\nname = "a"\nsource = "h:/x"\nssh_sharing = "no"\n',
+     "'ssh_sharing' must be true or false (no quotes), not 'no'"),
+    ('[[source]]\nname = "a"\nsource = "h:/x"\nssh_sharing = 0\n',
+     "'ssh_sharing' must be true or false"),
     ('[[source]]\nname = "a"\nsource = "/x"\n[[source]]\nname = "a"\nsource = "/y"\n',
      "used twice"),
     ('[[source]]\nname = "a"\nsource = "pod:/x"\nrsh = ""\n', "'rsh' must be a command"),
@@ -224,3 +228,13 @@ def test_missing_rsync_is_a_sentence(monkeypatch):
     monkeypatch.setenv("PATH", os.devnull)
     with pytest.raises(ConfigError, match="rsync is not installed"):
         config.find_rsync()
+
+
+def test_ssh_sharing_per_source_and_for_all(tmp_path):
+    path = write_toml(tmp_path, '[[source]]\nname = "a"\nsource = "h:/x"\nssh_sharing = false\n'
+                                '[[source]]\nname = "b"\nsource = "h:/y"\n')
+    cfg = config.build_config(str(tmp_path / "logs"), [], path, str(tmp_path / "staging"))
+    assert [s.ssh_sharing for s in cfg.sources] == [False, True] and cfg.ssh_sharing
+    off = config.build_config(str(tmp_path / "logs"), [], path, str(tmp_path / "staging"),
+                              ssh_sharing=False)
+    assert not off.ssh_sharing

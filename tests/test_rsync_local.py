@@ -13,8 +13,8 @@ import pytest
 
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import (Progress, decode_name, restage_files, run_rsync,
-                                   ssh_command)
+from tb_rsync_plugin.rsync import Progress, decode_name, restage_files, run_rsync
+from tb_rsync_plugin.ssh import ssh_command
 from tests.events import append_scalars, event_file_name, scalar_bytes
 
 RSYNC = shutil.which("rsync")
