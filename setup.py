@@ -40,6 +40,8 @@ setup(
             "hypothesis>=6",
             "playwright>=1.40",
             "wheel",
+            "moto[server]>=5",  # a real S3 server on 127.0.0.1 for rclone sources
+            "boto3",
         ],
     },
     entry_points={

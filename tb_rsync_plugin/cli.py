@@ -16,6 +16,7 @@ from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import transport
 from tb_rsync_plugin.errors import SyncError
 
 EXIT_OK, EXIT_FAILED, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -82,7 +83,7 @@ def _service(args, interval_s=0.0):
                                      "tables; add one or pass --source NAME=SOURCE.")
     if not config.sources:
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
-    config_lib.find_rsync()
+    transport.find_tools(config.sources)
     state = state_lib.SyncState(config.sources, config.interval_for)
     return service_lib.SyncService(config, state, reload_lib.NoReloader())
 

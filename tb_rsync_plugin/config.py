@@ -25,7 +25,9 @@ DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
 # How a message names the staging option: both commands print the same sentences.
 STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
-_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout"}
+_SOURCE_KEYS = {"name", "source", "ssh", "bwlimit", "include", "exclude", "interval", "timeout",
+                "rclone_config", "rclone_flags"}
+RCLONE_PREFIX = "rclone:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,17 @@ class Source:
 
     Attributes:
       name: folder under the logdir; also the key HTTP requests use.
-      source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`.
+      source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`;
+        or `rclone:REMOTE:PATH` for object storage through rclone (`rclone:s3:bucket/runs/`).
       ssh: the user's ssh command (`ssh -p 2222 -J login`); tb-rsync only adds options to it.
       bwlimit_kib: rsync `--bwlimit` in KiB/s.
       include, exclude: rsync patterns; excludes always win, includes mean "only these files"
         (semantics in rsync.py's module docstring).
       interval_s: automatic sync period for this source; None uses the global interval.
       timeout_s: wall-clock limit for one rsync run (rsync's own I/O timeout is derived).
+      rclone_config: an rclone config file for rclone sources (rclone's own default if None);
+        credentials stay there or in rclone's environment variables, never in ours.
+      rclone_flags: extra rclone flags, each one word (`--s3-chunk-size=64M`).
     """
 
     name: str
@@ -51,19 +57,32 @@ class Source:
     exclude: Tuple[str, ...] = ()
     interval_s: Optional[float] = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    rclone_config: Optional[str] = None
+    rclone_flags: Tuple[str, ...] = ()
+
+    @property
+    def is_rclone(self):
+        """True for `rclone:REMOTE:PATH` sources: the explicit prefix keeps `s3:bucket/`
+        from reading as an ssh `host:dir`."""
+        return self.source.startswith(RCLONE_PREFIX)
+
+    @property
+    def rclone_remote(self):
+        """rclone's own name for the source (`s3:bucket/runs/`), for rclone sources."""
+        return self.source[len(RCLONE_PREFIX):]
 
     @property
     def is_remote_shell(self):
         """True for `host:path` sources, which rsync reaches through ssh."""
-        return not self.is_daemon and not self.is_local
+        return not self.is_rclone and not self.is_daemon and not self.is_local
 
     @property
     def is_daemon(self):
-        return self.source.startswith("rsync://") or "::" in self.source
+        return not self.is_rclone and (self.source.startswith("rsync://") or "::" in self.source)
 
     @property
     def is_local(self):
-        if self.is_daemon:
+        if self.is_daemon or self.is_rclone:
             return False
         head = self.source.split("/", 1)[0]
         return ":" not in head
@@ -210,6 +229,7 @@ def _make_source(table, where):
     bwlimit = _number(table, "bwlimit", where, integer=True)
     interval = _number(table, "interval", where)
     timeout = _number(table, "timeout", where)
+    rclone_config, rclone_flags = _rclone_options(table, where)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
     source = Source(
@@ -221,14 +241,44 @@ def _make_source(table, where):
         exclude=patterns["exclude"],
         interval_s=None if interval is None else float(interval),
         timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
+        rclone_config=rclone_config,
+        rclone_flags=rclone_flags,
     )
+    if source.is_rclone and not source.rclone_remote.strip():
+        raise ConfigError(f"In {where}: '{source.source}' names no rclone remote; write it "
+                          "like 'rclone:s3:my-bucket/runs/' (see 'rclone listremotes').")
+    if (rclone_config or rclone_flags) and not source.is_rclone:
+        raise ConfigError(f"In {where}: 'rclone_config' and 'rclone_flags' only apply to "
+                          f"rclone sources, and '{source.source}' is not one; remove them or "
+                          "write the source as 'rclone:REMOTE:PATH'.")
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
-        kind = "an rsync daemon" if source.is_daemon else "a local folder"
+        kind = "an rsync daemon" if source.is_daemon else \
+            "an rclone remote" if source.is_rclone else "a local folder"
         raise ConfigError(f"In {where}: 'ssh' only applies to host:dir sources, and "
                           f"'{source.source}' is {kind}; remove 'ssh' or write the source "
                           "as HOST:DIR.")
     return source
+
+
+def _rclone_options(table, where):
+    """`rclone_config` (a file that must exist) and `rclone_flags` (a list of single words,
+    handed to rclone as they are: no shell ever sees them)."""
+    path = table.get("rclone_config")
+    if path is not None:
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"In {where}: 'rclone_config' must be the path of an rclone "
+                              "config file.")
+        path = os.path.abspath(os.path.expanduser(path.strip()))
+        if not os.path.isfile(path):
+            raise ConfigError(f"In {where}: rclone config file '{path}' does not exist; "
+                              "check 'rclone_config' (rclone config file prints rclone's own).")
+    flags = table.get("rclone_flags", [])
+    if not isinstance(flags, list) or not all(
+            isinstance(f, str) and f.startswith("-") and f.strip() == f for f in flags):
+        raise ConfigError(f"In {where}: 'rclone_flags' must be a list of rclone flags, each "
+                          "with its value in the same string, like [\"--s3-chunk-size=64M\"].")
+    return path, tuple(flags)
 
 
 def _number(table, key, where, integer=False):
@@ -296,6 +346,21 @@ def is_within(path, root):
     """True if `path` is `root` or below it, after resolving symlinks in both."""
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def find_rclone():
+    """The rclone binary's path, for rclone sources.
+
+    Raises:
+      ConfigError: when rclone is not installed.
+    """
+    path = shutil.which("rclone")
+    if path is None:
+        raise ConfigError(
+            "rclone is not installed or not on PATH, and rclone: sources need it; install it "
+            "(for example 'apt-get install rclone' or 'brew install rclone') and try again."
+        )
+    return path
 
 
 def find_rsync():

@@ -22,10 +22,10 @@ import threading
 import time
 import traceback
 
-from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
+from tb_rsync_plugin import transport
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ class SyncService:
             for i in range(min(MAX_PARALLEL_SOURCES, max(1, len(config.sources))))]
         for thread in self._threads:
             thread.start()
-        self._rsync_path = None
         state.loader, state.loader_note, state.not_live = \
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
@@ -77,7 +76,7 @@ class SyncService:
         for source in config.sources:
             self._restore_parked(source.name)
         try:
-            self._rsync_path = config_lib.find_rsync()
+            transport.find_tools(config.sources)
         except SyncError as e:
             state.rsync_error = str(e)
 
@@ -147,8 +146,6 @@ class SyncService:
                 on_progress(name, p)
 
         try:
-            if self._rsync_path is None:
-                self._rsync_path = config_lib.find_rsync()
             with self._source_lock(name):
                 transfer, retry = self._transfer(source, progress)
                 # Another process with another staging root holds another source lock, so
@@ -203,15 +200,14 @@ class SyncService:
         retry = _read_retry(dirty_marker)
         with open(dirty_marker, "w"):
             pass
-        transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                       on_progress=progress, cancel=self._stop)
+        transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
+                                   cancel=self._stop)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
             # publisher compares them with what it published (append, or rewrite).
-            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
-                                            cfg.temp_dir, transfer.same_size,
-                                            on_progress=progress, cancel=self._stop)
+            again = transport.refetch(source, staging_dir, cfg.temp_dir, transfer.same_size,
+                                      on_progress=progress, cancel=self._stop)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
@@ -228,9 +224,8 @@ class SyncService:
             # New bytes that do not continue the published records: the source rewrote the
             # file. Fetch those files whole and publish again; the publisher then decides
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
-            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                            report.needs_restage, on_progress=progress,
-                                            cancel=self._stop)
+            again = transport.refetch(source, staging_dir, cfg.temp_dir, report.needs_restage,
+                                      on_progress=progress, cancel=self._stop)
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)

@@ -624,15 +624,15 @@ def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
 def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
     """util-linux before 2.33 (and busybox) has no --pdeathsig: rsync then starts plainly
     instead of every sync failing. A stand-in setpriv that rejects the option, on PATH."""
-    from tb_rsync_plugin import rsync as rsync_lib
+    from tb_rsync_plugin import process as process_lib
     old = tmp_path / "bin" / "setpriv"
     old.parent.mkdir()
     old.write_text("#!/bin/sh\necho 'setpriv: unrecognized option --pdeathsig' >&2\nexit 1\n")
     old.chmod(0o755)
     monkeypatch.setenv("PATH", f"{old.parent}{os.pathsep}{os.environ['PATH']}")
-    rsync_lib._die_with_parent.cache_clear()
+    process_lib.die_with_parent.cache_clear()
     try:
-        assert rsync_lib._die_with_parent() == ()
+        assert process_lib.die_with_parent() == ()
         src = tmp_path / "src"
         write(src / "run1" / EVENTS, scalar_bytes(range(3), header=True))
         result = run_rsync(RSYNC, Source("train", str(src)), str(tmp_path / "staging"),
@@ -640,5 +640,5 @@ def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
         assert result.changed == (f"run1/{EVENTS}",)
     finally:
         monkeypatch.undo()
-        rsync_lib._die_with_parent.cache_clear()
-    assert rsync_lib._die_with_parent()[1:] == ("--pdeathsig", "TERM", "--")
+        process_lib.die_with_parent.cache_clear()
+    assert process_lib.die_with_parent()[1:] == ("--pdeathsig", "TERM", "--")
