@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System packages tb-rsync's demo and tests need: rsync (the transport), rclone (the transport
-# of rclone: sources, object storage), openssh-server and
-# openssh-client (tests start their own sshd on 127.0.0.1), chromium (the Sync tab's browser
-# tests). Idempotent: installs only what is missing. Needs root or sudo.
+# of rclone: sources, object storage), openssh-server and openssh-client (tests start their own
+# sshd on 127.0.0.1), chromium (the Sync tab's browser tests). Idempotent: installs only what
+# is missing. Needs root or sudo.
 set -euo pipefail
 need=()
 command -v rsync >/dev/null || need+=(rsync)

@@ -575,7 +575,7 @@ def test_rsync_starts_cleanly_beside_grpc(dirs):
 def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
     """The third rsync of a sync cannot start (an injected Popen failure: EAGAIN cannot be
     caused safely here); the slow whole-file fetch already running must stop with it."""
-    from tb_rsync_plugin import rsync as rsync_lib
+    from tb_rsync_plugin import process as process_lib
     from tests.processes import processes_mentioning
     src, staging, temp = dirs
     write(src / "run1" / EVENTS, os.urandom(2_000_000))
@@ -591,7 +591,7 @@ def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
             started.append(proc)
         return proc
 
-    monkeypatch.setattr(rsync_lib.subprocess, "Popen", popen)
+    monkeypatch.setattr(process_lib.subprocess, "Popen", popen)
     with pytest.raises(TransferError, match="could not start rsync"):
         run_rsync(RSYNC, Source("train", str(src), bwlimit_kib=200), str(staging), str(temp))
     assert started, "the whole-file fetch started"
