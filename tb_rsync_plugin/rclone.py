@@ -146,8 +146,12 @@ def _is_safe(rel):
 class _Job:
     """One rclone process: stdout handed to `sink` in chunks, stderr kept for the details."""
 
-    def __init__(self, run, args, sink, phase):
+    def __init__(self, run, args, sink, phase, expected_bytes=0):
+        """`expected_bytes`: for a ranged read, its length; its stdout is then the progress
+        (rclone prints stats only for copies)."""
         self.run, self.args, self.sink, self.phase = run, args, sink, phase
+        self.expected_bytes = expected_bytes
+        self.started = time.monotonic()
         self.stderr = collections.deque(maxlen=2000)
         self.bytes_done = 0
         self.write_error = None
@@ -184,6 +188,11 @@ class _Job:
                     except OSError as e:  # the staging disk, not the source
                         self.write_error = e
                         process_lib.kill_group(self.proc)
+                if self.expected_bytes:
+                    self.bytes_done += len(chunk)
+                    elapsed = max(time.monotonic() - self.started, 1e-6)
+                    self.run.report(self, min(100, 100 * self.bytes_done // self.expected_bytes),
+                                    self.bytes_done / elapsed)
         finally:
             self.proc.wait()
             self._err_thread.join()
@@ -262,7 +271,7 @@ class _Run:
         out = bytearray()
         self.run([(self.args("lsjson", "-R", "--files-only", "--no-mimetype",
                              *filter_rules(self.source), remote_path(self.source)),
-                   out.extend, "list")])
+                   out.extend, "list", 0)])
         try:
             entries = json.loads(bytes(out) or b"[]")
             listed = [(e["Path"], int(e["Size"]), parse_mod_time(e["ModTime"]))
@@ -290,7 +299,8 @@ class _Run:
                     tail.open()
                     specs.append((self.args("cat", f"--offset={offset}",
                                             f"--count={tail.count}",
-                                            remote_path(self.source, rel)), tail.write, "events"))
+                                            remote_path(self.source, rel)), tail.write, "events",
+                                  tail.count))
                 self.run(specs)
             except BaseException:
                 for tail in batch:
@@ -319,7 +329,7 @@ class _Run:
                                  "--retries=1", "--stats=1s", "--stats-one-line",
                                  "--stats-log-level=NOTICE", remote_path(self.source),
                                  folder), None,
-                       "restage" if set(paths) <= restaged else "files")])
+                       "restage" if set(paths) <= restaged else "files", 0)])
             missing = []
             for rel in paths:
                 fetched, staged = os.path.join(folder, rel), os.path.join(self.staging_dir, rel)
@@ -349,13 +359,14 @@ class _Run:
             _unlink(list_path)
 
     def run(self, specs):
-        """Start `specs` [(args, stdout sink or None, phase)] together and wait for all of
-        them; on cancel, timeout or a failure every process of the run is stopped."""
+        """Start `specs` [(args, stdout sink or None, phase, expected bytes)] together and
+        wait for all of them; on cancel, timeout or a failure every process of the run is
+        stopped."""
         jobs = []
         try:
-            for args, sink, phase in specs:
+            for args, sink, phase, expected_bytes in specs:
                 try:
-                    job = _Job(self, args, sink or (lambda chunk: None), phase)
+                    job = _Job(self, args, sink or (lambda chunk: None), phase, expected_bytes)
                 except (OSError, RuntimeError) as e:
                     raise TransferError(
                         f"Sync of '{self.source.name}' could not start rclone "
@@ -390,7 +401,7 @@ class _Run:
         if self.on_progress is None:
             return
         with self._lock:
-            total = self.bytes_received + sum(j.bytes_done for j in self.jobs)
+            total = sum(j.bytes_done for j in self.jobs)
             self.on_progress(Progress(total, percent, rate, job.phase))
 
     def result(self):
