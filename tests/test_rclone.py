@@ -5,10 +5,12 @@ only the new tail with a ranged read, a shrunk or rewritten object whole, and th
 appends whole records, as for rsync sources.
 """
 
+import json
 import os
 import shutil
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -25,6 +27,7 @@ from tests.events import event_file_name, loaded_events, scalar_bytes
 from tests.fixtures_s3 import REMOTE, start_moto
 from tests.fixtures_servers import stop
 from tests.fixtures_tensorboard import wait_until
+from tests.processes import processes_mentioning
 
 RCLONE = shutil.which("rclone")
 EVENTS = event_file_name()
@@ -37,11 +40,15 @@ def rclone_wrapper(tmp_path):
     log = tmp_path / "rclone-calls"
     path = tmp_path / "wrapper-bin" / "rclone"
     path.parent.mkdir()
-    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                    f"open({str(log)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+    path.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
                     f"os.execv({RCLONE!r}, [{RCLONE!r}] + sys.argv[1:])\n")
     path.chmod(0o755)
-    return str(path), lambda: log.read_text().split() if log.exists() else []
+
+    def calls(full=False):
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [json.loads(line) if full else json.loads(line)[0] for line in lines]
+    return str(path), calls
 
 
 def sync(tmp_path, source, rclone=RCLONE, on_progress=None):
@@ -207,9 +214,9 @@ def test_refused_credentials_are_a_sentence(tmp_path, monkeypatch):
         log.close()
 
 
-def test_a_silent_endpoint_times_out_with_a_sentence(tmp_path, monkeypatch, s3_server):
-    """A server that accepts connections and never answers: the whole run's deadline stops
-    rclone (its process group) and says so."""
+@pytest.fixture
+def silent_remote(s3_server, monkeypatch):
+    """The `s3test:` remote pointed at a server that accepts connections and never answers."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -219,8 +226,53 @@ def test_a_silent_endpoint_times_out_with_a_sentence(tmp_path, monkeypatch, s3_s
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-        error = failure(tmp_path, Source("n", f"rclone:{REMOTE}:bucket/", timeout_s=2))
+        yield f"silent-{silent.getsockname()[1]}"  # a bucket name only this test uses
+
+
+def test_a_silent_endpoint_times_out_with_a_sentence(tmp_path, silent_remote):
+    """The whole run's deadline stops rclone (its process group) and says so."""
+    error = failure(tmp_path, Source("n", f"rclone:{REMOTE}:{silent_remote}/", timeout_s=2))
     assert "timed out after 2 s; the source is slow or unreachable" in str(error)
+    assert processes_mentioning(silent_remote) == []
+
+
+def test_a_cancelled_sync_stops_rclone(tmp_path, silent_remote):
+    cancel = threading.Event()
+    source = Source("n", f"rclone:{REMOTE}:{silent_remote}/")
+    threading.Thread(target=lambda: wait_until(
+        lambda: processes_mentioning(silent_remote), 30, 0.05) and cancel.set()).start()
+    with pytest.raises(TransferError) as info:
+        rclone_lib.run_rclone(RCLONE, source, str(tmp_path / "staging"), str(tmp_path / "tmp"),
+                              cancel=cancel)
+    assert str(info.value) == "Sync of 'n' was cancelled."
+    assert processes_mentioning(silent_remote) == []
+
+
+def test_rclone_config_bwlimit_and_flags_reach_rclone(tmp_path, s3_server, monkeypatch):
+    """A remote defined only in the file named by `rclone_config` (nothing in the
+    environment); `bwlimit` becomes rclone's --bwlimit in KiB/s; `rclone_flags` go last."""
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    bucket = s3_server.new_bucket()
+    s3_server.put(bucket, KEY, scalar_bytes(range(3), header=True))
+    conf = tmp_path / "team.conf"
+    conf.write_text(f"[team]\ntype = s3\nprovider = Other\nendpoint = {s3_server.endpoint}\n"
+                    f"access_key_id = {s3_server.access_key}\n"
+                    f"secret_access_key = {s3_server.secret_key}\nregion = us-east-1\n")
+    toml = tmp_path / "sources.toml"
+    toml.write_text(f'[[source]]\nname = "n"\nsource = "rclone:team:{bucket}/runs/"\n'
+                    f'rclone_config = "{conf}"\nbwlimit = 50000\n'
+                    f'rclone_flags = ["--s3-list-chunk=500"]\n')
+    (source,) = config_lib.load_config_file(str(toml))
+    rclone, calls = rclone_wrapper(tmp_path)
+    assert sync(tmp_path, source, rclone).changed == (f"a/{EVENTS}",)
+    assert calls() == ["lsjson", "copy"]
+    for argv in calls(full=True):
+        assert f"--config={conf}" in argv and "--bwlimit=50000K" in argv
+        assert argv[-1] == "--s3-list-chunk=500"
+
+    bad = Source("n", source.source, rclone_config=str(conf), rclone_flags=("--no-such-flag",))
+    error = failure(tmp_path, bad)
+    assert "rclone rejected a flag; check 'rclone_flags'" in str(error)
 
 
 def test_a_missing_rclone_is_a_sentence_only_for_rclone_sources(tmp_path, monkeypatch):
