@@ -108,7 +108,9 @@ def test_a_shrunk_object_and_a_changed_file_are_fetched_whole(tmp_path, s3_env):
     shorter = scalar_bytes(range(4), header=True, wall_time0=1_800_000_000.0)
     s3_env.put(bucket, KEY, shorter)
     s3_env.put(bucket, "runs/a/notes.txt", b"two, longer")
-    result = sync(tmp_path, source)
+    progress = []
+    result = sync(tmp_path, source, on_progress=progress.append)
+    assert (progress[-1].phase, progress[-1].percent) == ("files", 100)  # rclone's own stats
     assert result.changed == (f"a/{EVENTS}", "a/notes.txt")
     assert result.restaged == (f"a/{EVENTS}",)
     assert staged(tmp_path, f"a/{EVENTS}") == shorter
@@ -149,6 +151,12 @@ def test_an_object_rewritten_longer_is_republished_through_the_rewrite_path(tmp_
         assert published.read_bytes() == rewritten
         assert run["rewritten_unix_s"] is not None
         assert os.listdir(tmp_path / "staging" / "quarantine" / "n")
+
+        # Publishing left the staged copies as listed (a released prefix keeps its mtime):
+        # the next sync without changes is one listing.
+        before = len(calls())
+        service.run_cycle("n")
+        assert calls()[before:] == ["lsjson"]
     finally:
         service.stop()
 
