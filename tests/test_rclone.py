@@ -23,7 +23,7 @@ from tb_rsync_plugin import state as state_lib
 from tb_rsync_plugin import transport
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import ConfigError, TransferError
-from tests.events import event_file_name, loaded_events, scalar_bytes
+from tests.events import event_file_name, loaded_events, record_ends, scalar_bytes
 from tests.fixtures_s3 import REMOTE, start_moto
 from tests.fixtures_servers import stop
 from tests.fixtures_tensorboard import wait_until
@@ -340,21 +340,50 @@ def test_an_rclone_source_is_neither_local_nor_ssh_nor_a_daemon(tmp_path):
 
 @pytest.mark.parametrize("loader", ["--load_fast=false", "--load_fast=true"])
 def test_points_written_to_s3_appear_in_tensorboard(tmp_path, s3_server, tensorboard_server,
-                                                    loader):
-    """A writer re-uploads its grown event file to the bucket; TensorBoard (started with the
-    rclone remote in its environment, as a user's would be) shows every point."""
+                                                    monkeypatch, loader):
+    """tensorboardX writes straight to the bucket (each flush re-uploads the whole grown
+    file through boto3); TensorBoard, started with the rclone remote in its environment as a
+    user's would be, shows every point."""
+    from tensorboardX import SummaryWriter
+
     from tests.test_tensorboard_e2e import steps, sync_and_wait
+    for key, value in {"S3_ENDPOINT": s3_server.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": s3_server.access_key,
+                       "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     bucket = s3_server.new_bucket()
-    s3_server.put(bucket, KEY, scalar_bytes(range(3), header=True))
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    tb = tensorboard_server(logdir, "--rsync_source", f"cloud=rclone:{REMOTE}:{bucket}/runs/",
-                            "--rsync_staging", tmp_path / "staging", loader,
-                            "--reload_interval", "1", env=s3_server.env())
-    status = sync_and_wait(tb)
-    assert status["sources"][0]["error"] is None, status["sources"][0]
-    wait_until(lambda: steps(tb, "cloud/a") == [0, 1, 2], 30, message="the first 3 points")
-    s3_server.put(bucket, KEY, scalar_bytes(range(6), header=True))
-    status = sync_and_wait(tb)
-    assert status["sources"][0]["error"] is None, status["sources"][0]
-    wait_until(lambda: steps(tb, "cloud/a") == list(range(6)), 30, message="all 6 points")
+    writer = SummaryWriter(f"s3://{bucket}/runs/a")
+
+    def uploaded(records):
+        """tensorboardX's flush() uploads what its writer thread has written so far, which
+        may not be every queued event yet: flush until the object holds `records`."""
+        def done():
+            writer.flush()
+            (key,) = [o["Key"] for o in s3_server.client().list_objects_v2(
+                Bucket=bucket)["Contents"]]
+            body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return len(record_ends(body)) == records
+        wait_until(done, 30, message=f"tensorboardX to upload {records} records")
+
+    try:
+        for step in range(3):
+            writer.add_scalar("loss", 0.5 * step, step)
+        uploaded(1 + 3)
+        logdir = tmp_path / "logs"
+        logdir.mkdir()
+        tb = tensorboard_server(logdir, "--rsync_source",
+                                f"cloud=rclone:{REMOTE}:{bucket}/runs/",
+                                "--rsync_staging", tmp_path / "staging", loader,
+                                "--reload_interval", "1", env=s3_server.env())
+        status = sync_and_wait(tb)
+        assert status["sources"][0]["error"] is None, status["sources"][0]
+        wait_until(lambda: steps(tb, "cloud/a") == [0, 1, 2], 30, message="the first 3 points")
+        for step in range(3, 6):
+            writer.add_scalar("loss", 0.5 * step, step)
+        uploaded(1 + 6)
+        status = sync_and_wait(tb)
+        assert status["sources"][0]["error"] is None, status["sources"][0]
+        wait_until(lambda: steps(tb, "cloud/a") == list(range(6)), 30, message="all 6 points")
+    finally:
+        writer.close()
