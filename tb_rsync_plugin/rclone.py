@@ -44,7 +44,7 @@ import time
 from tb_rsync_plugin import process as process_lib
 from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import Progress, TransferResult
+from tb_rsync_plugin.rsync import Progress, TransferResult, make_folders
 
 MAX_PARALLEL_READS = 4
 _CONNECT_TIMEOUT_S = 10
@@ -246,13 +246,7 @@ class _Run:
         self.changed, self.restaged, self.warnings = set(), set(), []
         self.bytes_received = 0
         self._lock = threading.Lock()
-        for folder, what in ((staging_dir, "staging"), (temp_dir, "temporary")):
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as e:
-                raise TransferError(
-                    f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
-                    f"({e.strerror}); check its permissions and free space.") from None
+        make_folders(source, staging_dir, temp_dir)
 
     def args(self, command, *options):
         source = self.source

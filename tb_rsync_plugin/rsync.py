@@ -186,6 +186,17 @@ def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=
     return run.result([job], restaged_phase="restage")
 
 
+def make_folders(source, staging_dir, temp_dir):
+    """Create a transfer's staging and temporary folders, or say why they cannot be."""
+    for folder, what in ((staging_dir, "staging"), (temp_dir, "temporary")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise TransferError(
+                f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
+                f"({e.strerror}); check its permissions and free space.") from None
+
+
 def ssh_command(user_ssh):
     """The `-e` value: the user's ssh command with options that make it fail instead of ask.
 
@@ -281,13 +292,7 @@ class _Run:
         self.wakeup = threading.Event()
         self.jobs = []
         self._lock = threading.Lock()
-        for folder, what in ((staging_dir, "staging"), (temp_dir, "temporary")):
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as e:
-                raise TransferError(
-                    f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
-                    f"({e.strerror}); check its permissions and free space.") from None
+        make_folders(source, staging_dir, temp_dir)
 
     def filters(self, events=False):
         """The user's rules: excludes win, every folder is descended, includes mean 'only'.
