@@ -119,6 +119,42 @@ def test_a_shrunk_object_and_a_changed_file_are_fetched_whole(tmp_path, s3_env):
     assert os.listdir(tmp_path / "tmp") == []
 
 
+def test_object_names_never_lead_out_of_staging(tmp_path, s3_env):
+    """Object keys are not paths: `runs//x` lists as `/x` (skipped with a warning), and rclone
+    itself encodes a `..` segment (as full-width dots), so nothing lands outside staging."""
+    bucket = s3_env.new_bucket()
+    for key in ["runs//double.txt", "runs/../escape.txt", "runs/ok.txt"]:
+        s3_env.put(bucket, key, b"x")
+    result = sync(tmp_path, Source("n", f"rclone:{REMOTE}:{bucket}/runs/"))
+    assert "ok.txt" in result.changed
+    assert any("1 object name(s) at the source cannot be a file path (first: '/double.txt')"
+               in w for w in result.warnings)
+    inside = tmp_path / "staging"
+    for folder, _, names in os.walk(tmp_path):
+        for name in names:
+            path = os.path.join(folder, name)
+            assert path.startswith(str(inside) + os.sep) or not path.endswith(".txt"), path
+
+
+def test_a_missing_rclone_shows_in_the_service_banner_only_with_rclone_sources(
+        tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(shutil.which("rsync"), bin_dir / "rsync")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    (tmp_path / "remote").mkdir()
+    for sources, banner in [((f"{tmp_path / 'remote'}/",), None),
+                            ((f"{tmp_path / 'remote'}/", "rclone:s3:bucket/"),
+                             "rclone is not installed or not on PATH")]:
+        service, _ = make_service(tmp_path, sources[0],
+                                  [f"m{i}={s}" for i, s in enumerate(sources[1:])])
+        try:
+            shown = service.state.snapshot()["rsync_error"]
+            assert shown == banner if banner is None else shown.startswith(banner)
+        finally:
+            service.stop()
+
+
 def make_service(tmp_path, source_text, extra=()):
     logdir = tmp_path / "logs"
     logdir.mkdir(exist_ok=True)
