@@ -35,7 +35,8 @@ def build_parser():
         sub.add_argument("--staging", help="staging folder (default: under ~/.cache/tb-rsync)")
         if with_sources:
             sub.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
-                             help="rsync source published under LOGDIR/NAME (repeatable)")
+                             help="rsync source, or rclone:REMOTE:PATH, published under "
+                                  "LOGDIR/NAME (repeatable)")
             sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
 
     add_common(commands.add_parser("sync", help="sync every source once, then exit"))

@@ -32,11 +32,12 @@ class RsyncPluginLoader(base_plugin.TBLoader):
         group.add_argument(
             "--rsync_source", action="append", default=[], metavar="NAME=SOURCE",
             help="Sync rsync SOURCE (/dir/, host:dir/, user@host:/dir/, rsync://host/mod/dir/) "
-                 "into LOGDIR/NAME. Repeatable.")
+                 "or object storage through rclone (rclone:REMOTE:PATH) into LOGDIR/NAME. "
+                 "Repeatable.")
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
             help="TOML file with [[source]] tables (name, source, ssh, bwlimit, include, "
-                 "exclude, interval, timeout).")
+                 "exclude, interval, timeout, rclone_config, rclone_flags).")
         group.add_argument(
             "--rsync_interval", default="0", metavar="SECONDS",
             help="Sync every SECONDS; 0 (default) syncs only when asked from the Sync tab.")
