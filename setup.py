@@ -41,6 +41,9 @@ setup(
             "hypothesis>=6",
             "playwright>=1.40",
             "wheel",
+            "moto[server]>=5",  # a real S3 server on 127.0.0.1 for rclone sources
+            "boto3",
+            "tensorboardX>=2.6",  # a third-party writer that writes event files to S3
         ],
     },
     entry_points={

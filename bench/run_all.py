@@ -1,4 +1,4 @@
-"""Run every benchmark (B1-B5) in turn; each rewrites its section of docs/BENCHMARKS.md.
+"""Run every benchmark (B1-B5, B8) in turn; each rewrites its section of docs/BENCHMARKS.md.
 
 `python bench/run_all.py [--quick] [--ssh]`: `--quick` passes smaller sizes to each;
 `--ssh` adds B1 over a real sshd on 127.0.0.1. The full run takes about 5-10 minutes.
@@ -15,6 +15,7 @@ import b2_time_to_visible  # noqa: E402
 import b3_scale  # noqa: E402
 import b4_status_latency  # noqa: E402
 import b5_staging_overhead  # noqa: E402
+import b8_rclone  # noqa: E402
 
 
 def main():
@@ -27,7 +28,7 @@ def main():
     # Each benchmark names its own command in the report, as if run on its own.
     for module, extra in ((b1_publish_cost, ["--ssh"] if args.ssh else []),
                           (b2_time_to_visible, []), (b3_scale, []),
-                          (b4_status_latency, []), (b5_staging_overhead, [])):
+                          (b4_status_latency, []), (b5_staging_overhead, []), (b8_rclone, [])):
         sys.argv = [module.__file__, *quick, *extra]
         module.main(sys.argv[1:])
     print(f"all benchmarks done in {time.monotonic() - started:.0f} s")

@@ -19,6 +19,7 @@ from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import transport
 from tb_rsync_plugin.errors import SyncError
 
 EXIT_OK, EXIT_FAILED, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -37,7 +38,8 @@ def build_parser():
         sub.add_argument("--staging", help="staging folder (default: under ~/.cache/tb-rsync)")
         if with_sources:
             sub.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
-                             help="rsync source published under LOGDIR/NAME (repeatable)")
+                             help="rsync source, or rclone:REMOTE:PATH, published under "
+                                  "LOGDIR/NAME (repeatable)")
             sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
             sub.add_argument("--no-ssh-sharing", dest="ssh_sharing", action="store_false",
                              help="every rsync logs in on its own (no shared ssh connection)")
@@ -108,7 +110,7 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
                                      "tables; add one or pass --source NAME=SOURCE.")
     if not config.sources:
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
-    config_lib.find_rsync()
+    transport.find_tools(config.sources)
     state = state_lib.SyncState(config.sources, config.interval_for)
     return service_lib.SyncService(config, state, reload_lib.NoReloader(),
                                    on_progress=on_progress)

@@ -29,7 +29,9 @@ STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
 WATCH_FLAGS = "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)"
 RSH_HOST = "{host}"  # where an `rsh` command wants rsync's HOST word (remote_shell.py)
 _SOURCE_KEYS = {"name", "source", "ssh", "rsh", "bwlimit", "include", "exclude", "interval",
-                "timeout", "watch", "max_per_host", "ssh_sharing"}
+                "timeout", "watch", "max_per_host", "ssh_sharing", "rclone_config",
+                "rclone_flags"}
+RCLONE_PREFIX = "rclone:"
 DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
 # MaxSessions (10 each), with or without connection sharing.
@@ -42,7 +44,8 @@ class Source:
 
     Attributes:
       name: folder under the logdir; also the key HTTP requests use.
-      source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`.
+      source: any rsync source: `/dir/`, `host:dir/`, `user@host:/dir/`, `rsync://host/mod/dir/`;
+        or `rclone:REMOTE:PATH` for object storage through rclone (`rclone:s3:bucket/runs/`).
       ssh: the user's ssh command (`ssh -p 2222 -J login`); tb-rsync only adds options to it.
       rsh: a remote shell that is not ssh (`kubectl exec -i {host} --`, `docker exec -i`),
         for `HOST:DIR` sources whose HOST is a pod or container; used as given.
@@ -56,6 +59,9 @@ class Source:
       watch: a local folder (an inbox nodes push into) synced as soon as it changes.
       ssh_sharing: share one ssh login with the other sources of the same host (ssh.py);
         False gives this source logins of its own.
+      rclone_config: an rclone config file for rclone sources (rclone's own default if None);
+        credentials stay there or in rclone's environment variables, never in ours.
+      rclone_flags: extra rclone flags, each one word (`--s3-chunk-size=64M`).
     """
 
     name: str
@@ -70,6 +76,8 @@ class Source:
     rsh: Optional[str] = None
     watch: bool = False
     ssh_sharing: bool = True
+    rclone_config: Optional[str] = None
+    rclone_flags: Tuple[str, ...] = ()
 
     @property
     def host(self):
@@ -80,6 +88,8 @@ class Source:
         """
         if self.is_local:
             return None
+        if self.is_rclone:  # a remote's endpoint: its name stands for it
+            return RCLONE_PREFIX + self.rclone_remote.partition(":")[0]
         text = self.source[len("rsync://"):] if self.source.startswith("rsync://") \
             else self.source
         match = re.match(r"(?:[^@/:\[]+@)?(\[[^\]]*\]|[^:/]+)", text)
@@ -87,17 +97,28 @@ class Source:
         return host.strip("[]")
 
     @property
+    def is_rclone(self):
+        """True for `rclone:REMOTE:PATH` sources: the explicit prefix keeps `s3:bucket/`
+        from reading as an ssh `host:dir`."""
+        return self.source.startswith(RCLONE_PREFIX)
+
+    @property
+    def rclone_remote(self):
+        """rclone's own name for the source (`s3:bucket/runs/`), for rclone sources."""
+        return self.source[len(RCLONE_PREFIX):]
+
+    @property
     def is_remote_shell(self):
         """True for `host:path` sources, which rsync reaches through ssh (or `rsh`)."""
-        return not self.is_daemon and not self.is_local
+        return not self.is_rclone and not self.is_daemon and not self.is_local
 
     @property
     def is_daemon(self):
-        return self.source.startswith("rsync://") or "::" in self.source
+        return not self.is_rclone and (self.source.startswith("rsync://") or "::" in self.source)
 
     @property
     def is_local(self):
-        if self.is_daemon:
+        if self.is_daemon or self.is_rclone:
             return False
         head = self.source.split("/", 1)[0]
         return ":" not in head
@@ -264,6 +285,7 @@ def _make_source(table, where):
         raise ConfigError(f"In {where}: 'max_per_host' must be at least 1.")
     interval = _number(table, "interval", where)
     timeout = _number(table, "timeout", where)
+    rclone_config, rclone_flags = _rclone_options(table, where)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
     sharing = table.get("ssh_sharing", True)
@@ -283,14 +305,24 @@ def _make_source(table, where):
         rsh=rsh,
         watch=watch,
         ssh_sharing=sharing,
+        rclone_config=rclone_config,
+        rclone_flags=rclone_flags,
     )
     if source.rsh:
         _check_rsh(source, where)
     if source.watch:
         _check_watch(source, f"In {where}: 'watch'")
+    if source.is_rclone and not source.rclone_remote.strip():
+        raise ConfigError(f"In {where}: '{source.source}' names no rclone remote; write it "
+                          "like 'rclone:s3:my-bucket/runs/' (see 'rclone listremotes').")
+    if (rclone_config or rclone_flags) and not source.is_rclone:
+        raise ConfigError(f"In {where}: 'rclone_config' and 'rclone_flags' only apply to "
+                          f"rclone sources, and '{source.source}' is not one; remove them or "
+                          "write the source as 'rclone:REMOTE:PATH'.")
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
-        kind = "an rsync daemon" if source.is_daemon else "a local folder"
+        kind = "an rsync daemon" if source.is_daemon else \
+            "an rclone remote" if source.is_rclone else "a local folder"
         raise ConfigError(f"In {where}: 'ssh' only applies to host:dir sources, and "
                           f"'{source.source}' is {kind}; remove 'ssh' or write the source "
                           "as HOST:DIR.")
@@ -317,7 +349,8 @@ def _remote_shell(table, where):
 
 def _check_rsh(source, where):
     if not source.is_remote_shell:
-        kind = "an rsync daemon" if source.is_daemon else "a local folder"
+        kind = "an rsync daemon" if source.is_daemon else \
+            "an rclone remote" if source.is_rclone else "a local folder"
         raise ConfigError(f"In {where}: 'rsh' only applies to HOST:DIR sources (HOST being "
                           f"the pod or container), and '{source.source}' is {kind}; remove "
                           "'rsh' or write the source as POD:DIR.")
@@ -331,10 +364,31 @@ def _check_rsh(source, where):
 
 def _check_watch(source, what):
     if not source.is_local:
-        kind = "an rsync daemon" if source.is_daemon else "a HOST:DIR source"
+        kind = "an rsync daemon" if source.is_daemon else \
+            "an rclone remote" if source.is_rclone else "a HOST:DIR source"
         raise ConfigError(f"{what} only applies to local folders (an inbox that nodes push "
                           f"into), and source '{source.name}' ('{source.source}') is {kind}; "
                           "sync it on an interval instead.")
+
+
+def _rclone_options(table, where):
+    """`rclone_config` (a file that must exist) and `rclone_flags` (a list of single words,
+    handed to rclone as they are: no shell ever sees them)."""
+    path = table.get("rclone_config")
+    if path is not None:
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"In {where}: 'rclone_config' must be the path of an rclone "
+                              "config file.")
+        path = os.path.abspath(os.path.expanduser(path.strip()))
+        if not os.path.isfile(path):
+            raise ConfigError(f"In {where}: rclone config file '{path}' does not exist; "
+                              "check 'rclone_config' (rclone config file prints rclone's own).")
+    flags = table.get("rclone_flags", [])
+    if not isinstance(flags, list) or not all(
+            isinstance(f, str) and f.startswith("-") and f.strip() == f for f in flags):
+        raise ConfigError(f"In {where}: 'rclone_flags' must be a list of rclone flags, each "
+                          "with its value in the same string, like [\"--s3-chunk-size=64M\"].")
+    return path, tuple(flags)
 
 
 def _number(table, key, where, integer=False):
@@ -456,6 +510,21 @@ def is_within(path, root):
     """True if `path` is `root` or below it, after resolving symlinks in both."""
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def find_rclone():
+    """The rclone binary's path, for rclone sources.
+
+    Raises:
+      ConfigError: when rclone is not installed.
+    """
+    path = shutil.which("rclone")
+    if path is None:
+        raise ConfigError(
+            "rclone is not installed or not on PATH, and rclone: sources need it; install it "
+            "(for example 'apt-get install rclone' or 'brew install rclone') and try again."
+        )
+    return path
 
 
 def find_rsync():

@@ -39,11 +39,13 @@ class RsyncPluginLoader(base_plugin.TBLoader):
         group.add_argument(
             "--rsync_source", action="append", default=[], metavar="NAME=SOURCE",
             help="Sync rsync SOURCE (/dir/, host:dir/, user@host:/dir/, rsync://host/mod/dir/) "
-                 "into LOGDIR/NAME. Repeatable.")
+                 "or object storage through rclone (rclone:REMOTE:PATH) into LOGDIR/NAME. "
+                 "Repeatable.")
         group.add_argument(
             "--rsync_config", default="", metavar="FILE",
             help="TOML file with [[source]] tables (name, source, ssh, rsh, bwlimit, include, "
-                 "exclude, interval, timeout, watch, max_per_host, ssh_sharing).")
+                 "exclude, interval, timeout, watch, max_per_host, ssh_sharing, rclone_config, "
+                 "rclone_flags).")
         group.add_argument(
             "--rsync_watch", action="append", default=[], metavar="NAME",
             help="Sync local source NAME (an inbox nodes push into) as soon as it changes; "

@@ -39,56 +39,27 @@ Patterns are rsync patterns: without a ``/`` they match a basename at any depth.
 import collections
 import dataclasses
 import errno
-import functools
 import os
 import re
 import shlex
-import shutil
 import signal
 import stat
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from typing import Tuple
 
 from tb_rsync_plugin import remote_shell
+from tb_rsync_plugin import process as process_lib
 from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.ssh import (CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose,
-                                 format_details, ssh_command)
+from tb_rsync_plugin.ssh import CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose, ssh_command
 
 _PREFIX = b"<tb-rsync> "
 _OUT_FORMAT = "--out-format=" + _PREFIX.decode() + "%i %l %b %n"
 _PROGRESS_RE = re.compile(rb"^\s*([\d,]+)\s+(\d+)%\s+([\d.,]+)([kMGT]?B)/s")
 _OCTAL_RE = re.compile(rb"\\#([0-7]{3})")
 _RATE_UNITS = {b"B": 1, b"kB": 1024, b"MB": 1024 ** 2, b"GB": 1024 ** 3, b"TB": 1024 ** 4}
-_KILL_GRACE_S = 2.0
-
-
-@functools.lru_cache(maxsize=None)
-def _die_with_parent():
-    """A command prefix that makes rsync get SIGTERM when the thread that started it dies.
-
-    rsync runs in its own session (Ctrl-C in a terminal must not kill it half-way; we stop
-    it ourselves), so a tb-rsync killed with SIGKILL would otherwise leave it running and
-    still writing into staging without holding the source's lock. util-linux's `setpriv`
-    sets PR_SET_PDEATHSIG and execs rsync. Not a Python `preexec_fn`: that runs the
-    interpreter's fork handlers in the child, and grpc's (TensorBoard loads grpc) abort it
-    now and then (rsync "exit code -6"). Probed once, since util-linux before 2.33 (and
-    busybox) have no --pdeathsig; without a working setpriv: no prefix.
-    """
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if not setpriv:
-        return ()
-    prefix = (setpriv, "--pdeathsig", "TERM", "--")
-    try:
-        probe = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return prefix if probe.returncode == 0 else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +187,17 @@ def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=
     return run.result([job], restaged_phase="restage")
 
 
+def make_folders(source, staging_dir, temp_dir):
+    """Create a transfer's staging and temporary folders, or say why they cannot be."""
+    for folder, what in ((staging_dir, "staging"), (temp_dir, "temporary")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise TransferError(
+                f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
+                f"({e.strerror}); check its permissions and free space.") from None
+
+
 def decode_name(raw):
     """rsync's itemized name (bytes, `\\#ooo` escapes for unprintables) to a str path."""
     raw = _OCTAL_RE.sub(lambda m: bytes([int(m.group(1), 8)]), raw)
@@ -233,13 +215,7 @@ class _Job:
         self.bytes_done = 0
         self.done = threading.Event()
         self._progress = progress
-        prefix = _die_with_parent()
-        if prefix and shutil.which(args[0]) is None:
-            # setpriv would start and then fail to exec: say so here, as Popen would.
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args[0])
-        self.proc = subprocess.Popen(
-            [*prefix, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"), start_new_session=True)
+        self.proc = process_lib.start(args)
         try:
             self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
             self._err_thread.start()
@@ -248,10 +224,6 @@ class _Job:
             self.proc.kill()
             self.proc.wait()
             raise
-
-    @property
-    def command(self):
-        return shlex.join(self.args)
 
     def _read_stderr(self):
         for line in self.proc.stderr:
@@ -291,22 +263,7 @@ class _Job:
             self.run.report(self, int(match.group(2)), rate)
 
     def kill(self):
-        """Stop the whole process group (rsync and its ssh): TERM, then KILL."""
-        if self.proc.poll() is not None:
-            return
-        for sig, grace in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            if grace is None:
-                break
-            try:
-                self.proc.wait(grace)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.wait()
+        process_lib.kill_group(self.proc)
 
 
 class _Run:
@@ -321,13 +278,7 @@ class _Run:
         self.wakeup = threading.Event()
         self.jobs = []
         self._lock = threading.Lock()
-        for folder, what in ((staging_dir, "staging"), (temp_dir, "temporary")):
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as e:
-                raise TransferError(
-                    f"Sync of '{source.name}' cannot create the {what} folder '{folder}' "
-                    f"({e.strerror}); check its permissions and free space.") from None
+        make_folders(source, staging_dir, temp_dir)
 
     def filters(self):
         """The user's rules: excludes win, every folder is descended, includes mean 'only'."""
@@ -462,15 +413,11 @@ class _Run:
                     return tolerated
                 if self.cancel is not None and self.cancel.is_set():
                     self._stop()
-                    raise TransferError(f"Sync of '{self.source.name}' was cancelled.")
+                    raise process_lib.cancelled(self.source)
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0:
                     self._stop()
-                    raise TransferError(
-                        f"Sync of '{self.source.name}' timed out after "
-                        f"{self.source.timeout_s:g} s; the source is slow or unreachable "
-                        "(raise 'timeout' for this source if it is just big).",
-                        _details(jobs[0]))
+                    raise process_lib.timed_out(self.source, _details(jobs[0]))
                 self.wakeup.wait(min(remaining, 0.05))
                 self.wakeup.clear()
         finally:
@@ -574,7 +521,7 @@ def _unlink(path):
 
 
 def _details(job):
-    return format_details(job.command, job.proc.returncode, job.stderr)
+    return process_lib.details(job.args, job.proc.returncode, job.stderr)
 
 
 _NO_REMOTE_RSYNC = "rsync is not installed on the remote host; install it there"

@@ -19,12 +19,12 @@ import threading
 import time
 import traceback
 
-from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rsync as rsync_lib
 from tb_rsync_plugin import scheduler as scheduler_lib
 from tb_rsync_plugin import ssh as ssh_lib
+from tb_rsync_plugin import transport
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ class SyncService:
         self._stop = threading.Event()
         self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         self._publish_lock_warned = False
-        self._rsync_path = None
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
@@ -78,7 +77,7 @@ class SyncService:
         for source in config.sources:
             self._restore_parked(source.name)
         try:
-            self._rsync_path = config_lib.find_rsync()
+            transport.find_tools(config.sources)
         except SyncError as e:
             state.rsync_error = str(e)
 
@@ -135,8 +134,6 @@ class SyncService:
                 listener(name, p)
 
         try:
-            if self._rsync_path is None:
-                self._rsync_path = config_lib.find_rsync()
             with self._source_lock(name):
                 transfer, retry = self._transfer(source, progress)
                 # Another process with another staging root holds another source lock, so
@@ -201,17 +198,15 @@ class SyncService:
 
         self._ssh.prepare(source, cancel=self._stop)  # one login for all rsyncs of the host
         rsh = self._ssh.rsh_for(source)
-        transfer = rsync_lib.run_rsync(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                       on_progress=progress, cancel=self._stop,
-                                       before_write=mark_unpublished, rsh=rsh)
+        transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
+                                   cancel=self._stop, before_write=mark_unpublished, rsh=rsh)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
             # publisher compares them with what it published (append, or rewrite).
             mark_unpublished()
-            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir,
-                                            cfg.temp_dir, transfer.same_size,
-                                            on_progress=progress, cancel=self._stop, rsh=rsh)
+            again = transport.refetch(source, staging_dir, cfg.temp_dir, transfer.same_size,
+                                      on_progress=progress, cancel=self._stop, rsh=rsh)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
@@ -228,9 +223,9 @@ class SyncService:
             # New bytes that do not continue the published records: the source rewrote the
             # file. Fetch those files whole and publish again; the publisher then decides
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
-            again = rsync_lib.restage_files(self._rsync_path, source, staging_dir, cfg.temp_dir,
-                                            report.needs_restage, on_progress=progress,
-                                            cancel=self._stop, rsh=self._ssh.rsh_for(source))
+            again = transport.refetch(source, staging_dir, cfg.temp_dir, report.needs_restage,
+                                      on_progress=progress, cancel=self._stop,
+                                      rsh=self._ssh.rsh_for(source))
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)

@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 
+from tb_rsync_plugin import process as process_lib
 from tb_rsync_plugin.errors import TransferError
 
 CONNECT_TIMEOUT_S = 10
@@ -334,13 +335,5 @@ def _remove_if_stale(path):
 
 
 def _details(args, code, stderr):
-    return format_details(shlex.join(args), "none (stopped)" if code is None else code,
-                          stderr.decode("utf-8", "replace").splitlines())
-
-
-def format_details(command, code, stderr_lines):
-    """A failed command for `SyncError.details`: the command, its exit code, the last 20
-    lines of its stderr or "(none)"."""
-    lines = list(stderr_lines)[-20:]
-    return f"command: {command}\nexit code: {code}\nstderr:\n" + \
-        ("\n".join(lines) if lines else "(none)")
+    return process_lib.details(args, "none (stopped)" if code is None else code,
+                               stderr.decode("utf-8", "replace").splitlines())

@@ -551,7 +551,7 @@ def test_rsync_starts_cleanly_beside_grpc(dirs):
 def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
     """The third rsync of a sync cannot start (an injected Popen failure: EAGAIN cannot be
     caused safely here); the slow whole-file fetch already running must stop with it."""
-    from tb_rsync_plugin import rsync as rsync_lib
+    from tb_rsync_plugin import process as process_lib
     from tests.processes import processes_mentioning
     src, staging, temp = dirs
     write(src / "run1" / EVENTS, os.urandom(2_000_000))
@@ -567,7 +567,7 @@ def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
             started.append(proc)
         return proc
 
-    monkeypatch.setattr(rsync_lib.subprocess, "Popen", popen)
+    monkeypatch.setattr(process_lib.subprocess, "Popen", popen)
     with pytest.raises(TransferError, match="could not start rsync"):
         run_rsync(RSYNC, Source("train", str(src), bwlimit_kib=200), str(staging), str(temp))
     assert started, "the whole-file fetch started"
@@ -600,15 +600,15 @@ def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
 def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
     """util-linux before 2.33 (and busybox) has no --pdeathsig: rsync then starts plainly
     instead of every sync failing. A stand-in setpriv that rejects the option, on PATH."""
-    from tb_rsync_plugin import rsync as rsync_lib
+    from tb_rsync_plugin import process as process_lib
     old = tmp_path / "bin" / "setpriv"
     old.parent.mkdir()
     old.write_text("#!/bin/sh\necho 'setpriv: unrecognized option --pdeathsig' >&2\nexit 1\n")
     old.chmod(0o755)
     monkeypatch.setenv("PATH", f"{old.parent}{os.pathsep}{os.environ['PATH']}")
-    rsync_lib._die_with_parent.cache_clear()
+    process_lib.die_with_parent.cache_clear()
     try:
-        assert rsync_lib._die_with_parent() == ()
+        assert process_lib.die_with_parent() == ()
         src = tmp_path / "src"
         write(src / "run1" / EVENTS, scalar_bytes(range(3), header=True))
         result = run_rsync(RSYNC, Source("train", str(src)), str(tmp_path / "staging"),
@@ -616,5 +616,5 @@ def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
         assert result.changed == (f"run1/{EVENTS}",)
     finally:
         monkeypatch.undo()
-        rsync_lib._die_with_parent.cache_clear()
-    assert rsync_lib._die_with_parent()[1:] == ("--pdeathsig", "TERM", "--")
+        process_lib.die_with_parent.cache_clear()
+    assert process_lib.die_with_parent()[1:] == ("--pdeathsig", "TERM", "--")

@@ -1,0 +1,94 @@
+"""Child processes of a transfer (rsync, rclone): started without a shell in their own
+session, tied to our life, stopped as a whole group, and described for an error's details.
+"""
+
+import errno
+import functools
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+from tb_rsync_plugin.errors import TransferError
+
+KILL_GRACE_S = 2.0
+DETAIL_LINES = 20
+
+
+@functools.lru_cache(maxsize=None)
+def die_with_parent():
+    """A command prefix that makes a child get SIGTERM when the thread that started it dies.
+
+    The child runs in its own session (Ctrl-C in a terminal must not kill it half-way; we stop
+    it ourselves), so a tb-rsync killed with SIGKILL would otherwise leave it running and
+    still writing into staging without holding the source's lock. util-linux's `setpriv`
+    sets PR_SET_PDEATHSIG and execs the command. Not a Python `preexec_fn`: that runs the
+    interpreter's fork handlers in the child, and grpc's (TensorBoard loads grpc) abort it
+    now and then (rsync "exit code -6"). Probed once, since util-linux before 2.33 (and
+    busybox) have no --pdeathsig; without a working setpriv: no prefix.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if not setpriv:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "TERM", "--")
+    try:
+        probe = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return prefix if probe.returncode == 0 else ()
+
+
+def start(args, env=None):
+    """`Popen(args)` with stdout and stderr piped, in a new session, with the death prefix.
+
+    Raises:
+      OSError: the program cannot be started (FileNotFoundError when it is missing).
+    """
+    prefix = die_with_parent()
+    if prefix and shutil.which(args[0]) is None:
+        # setpriv would start and then fail to exec: say so here, as Popen would.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args[0])
+    return subprocess.Popen(
+        [*prefix, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(os.environ if env is None else env, LC_ALL="C"),
+        start_new_session=True)
+
+
+def kill_group(proc):
+    """Stop the child's whole process group (rsync and its ssh, say): TERM, then KILL."""
+    if proc.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if grace is None:
+            break
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.wait()
+
+
+def details(args, returncode, stderr_lines):
+    """An error's details: the command, its exit code and its stderr's tail, or "(none)"."""
+    lines = list(stderr_lines)[-DETAIL_LINES:]
+    return "command: " + shlex.join(args) + "\nexit code: " + str(returncode) + \
+        "\nstderr:\n" + ("\n".join(lines) if lines else "(none)")
+
+
+def cancelled(source):
+    return TransferError(f"Sync of '{source.name}' was cancelled.")
+
+
+def timed_out(source, details_text):
+    """The whole run went past `source.timeout_s` (one deadline for all its processes)."""
+    return TransferError(f"Sync of '{source.name}' timed out after {source.timeout_s:g} s; "
+                         "the source is slow or unreachable (raise 'timeout' for this source "
+                         "if it is just big).", details_text)

@@ -1,0 +1,471 @@
+"""rclone into the staging tree, for object storage (`rclone:REMOTE:PATH` sources).
+
+The same contract as rsync.py's `run_rsync` and `restage_files`; what differs is that an
+object cannot be appended to: a writer re-uploads a grown event file whole. One sync:
+
+1. ``rclone lsjson -R --files-only`` with the user's filters lists every object's size and
+   modification time. ``--use-server-modtime``: the time of the upload, which is in the
+   listing itself (S3 otherwise asks once per object for the writer's own mtime). A sync
+   with nothing new is this one call.
+2. Compared with the staged copies (whose mtimes are the listed ones):
+   - an event file longer at the source: only its new tail, ``rclone cat --offset N
+     --count M`` (a ranged read), appended to the staged copy, as ``rsync --append`` would
+     (a 100 MiB object grown by 1 MiB moves 1 MiB: docs/BENCHMARKS.md, B8);
+   - an event file shorter at the source, or of the same size with another mtime (rewritten
+     in place): fetched whole and reported in `TransferResult.restaged`;
+   - any other new or changed file (size or mtime): fetched whole.
+   Whole fetches are one ``rclone copy --files-from-raw`` into a fresh folder under the
+   staging root's tmp/, renamed into place after: nothing half-written sits in staging.
+3. An object rewritten to a LONGER length gets its new tail appended to the old prefix; the
+   publisher notices that those bytes do not continue its records and calls
+   `restage_files`, which fetches it whole.
+Nothing is deleted from staging. Tails run up to `MAX_PARALLEL_READS` at a time; every
+process shares one deadline (`Source.timeout_s`) and one cancel flag, as in rsync.py.
+
+Filters (`Source.include` / `Source.exclude`) mean what rsync.py's module docstring says:
+excludes win, includes mean "only these files". In rclone's rules an exclude is also applied
+to everything below a folder it names (rsync skips the folder), and rsync's ``folder/***``
+is written ``folder/**``.
+"""
+
+import calendar
+import collections
+import errno
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import tempfile
+import threading
+import time
+
+from tb_rsync_plugin import process as process_lib
+from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
+from tb_rsync_plugin.errors import TransferError
+from tb_rsync_plugin.rsync import Progress, TransferResult, make_folders
+
+MAX_PARALLEL_READS = 4
+_CONNECT_TIMEOUT_S = 10
+_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+_STATS_RE = re.compile(r"([\d.]+) ([KMGTP]?i?B) / [\d.]+ [KMGTP]?i?B, (\d+)%, "
+                       r"([\d.]+) ([KMGTP]?i?B)/s")
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB": 1024 ** 4,
+          "PiB": 1024 ** 5}
+
+
+def run_rclone(rclone_path, source, staging_dir, temp_dir, on_progress=None, cancel=None,
+               before_write=None):
+    """Bring `staging_dir` up to date with the rclone source (never deleting anything).
+
+    Args and errors as `rsync.run_rsync`; `rclone_path` is the local rclone binary.
+    """
+    run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
+    tails, whole, restaged = [], [], set()
+    for rel, size, mtime_ns in run.list():
+        try:
+            staged = os.lstat(os.path.join(staging_dir, rel))
+        except FileNotFoundError:
+            whole.append(rel)
+            continue
+        if not stat.S_ISREG(staged.st_mode):
+            whole.append(rel)
+            restaged.add(rel)
+        elif not is_event_file(rel):
+            if (staged.st_size, staged.st_mtime_ns) != (size, mtime_ns):
+                whole.append(rel)
+        elif staged.st_size < size:
+            tails.append((rel, staged.st_size, size, mtime_ns))
+        elif staged.st_size > size or staged.st_mtime_ns != mtime_ns:
+            # Shrunk, or rewritten at the same size: no prefix of it can be trusted.
+            whole.append(rel)
+            restaged.add(rel)
+    if (tails or whole) and before_write is not None:
+        before_write()
+    run.read_tails(tails)
+    run.fetch_whole(whole, restaged)
+    return run.result()
+
+
+def restage_files(rclone_path, source, staging_dir, temp_dir, paths, on_progress=None,
+                  cancel=None):
+    """Fetch `paths` (relative to the source) whole, replacing their staged copies."""
+    paths = list(paths)
+    if not paths:
+        return TransferResult()
+    run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
+    run.fetch_whole(paths, set(paths))
+    return run.result()
+
+
+def filter_rules(source):
+    """rclone `--filter` rules with rsync.py's meaning (see the module docstring)."""
+    rules = []
+    for pattern in source.exclude:
+        if pattern == "*" and source.include:
+            continue  # the classic rsync idiom next to includes: implied below
+        pattern = _rclone_pattern(pattern)
+        rules.append("- " + pattern)
+        if not pattern.endswith(("/", "**")):
+            rules.append("- " + pattern + "/**")  # a folder it names, with its contents
+    if source.include:
+        rules += ["+ " + _rclone_pattern(p) for p in source.include] + ["- *"]
+    return [f"--filter={rule}" for rule in rules]
+
+
+def parse_mod_time(text):
+    """rclone's RFC 3339 time (nanoseconds, any offset) as integer ns since the epoch."""
+    match = _TIME_RE.match(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    seconds = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S"))
+    if match.group(3) != "Z":
+        sign = 1 if match.group(3)[0] == "+" else -1
+        hours, minutes = match.group(3)[1:].split(":")
+        seconds -= sign * (int(hours) * 3600 + int(minutes) * 60)
+    return seconds * 1_000_000_000 + int((match.group(2) or "0").ljust(9, "0"))
+
+
+def remote_path(source, rel=""):
+    """`REMOTE:PATH/rel`, without doubling a '/' or adding one after a bare `REMOTE:`."""
+    base = source.rclone_remote
+    if not rel:
+        return base
+    return base + rel if base.endswith((":", "/")) else base + "/" + rel
+
+
+def _rclone_pattern(pattern):
+    return pattern[:-3] + "**" if pattern.endswith("***") else pattern
+
+
+def _is_safe(rel):
+    """An object key can hold '..' or '//'; such a name would point outside staging."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\n" not in rel \
+        and all(p not in ("", ".", "..") for p in parts)
+
+
+class _Job:
+    """One rclone process: stdout handed to `sink` in chunks, stderr kept for the details."""
+
+    def __init__(self, run, args, sink, phase, expected_bytes=0):
+        """`expected_bytes`: for a ranged read, its length; its stdout is then the progress
+        (rclone prints stats only for copies)."""
+        self.run, self.args, self.sink, self.phase = run, args, sink, phase
+        self.expected_bytes = expected_bytes
+        self.started = time.monotonic()
+        self.stderr = collections.deque(maxlen=2000)
+        self.bytes_done = 0
+        self.write_error = None
+        self.done = threading.Event()
+        self.proc = process_lib.start(args)
+        try:
+            self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
+            self._err_thread.start()
+            threading.Thread(target=self._read_stdout, daemon=True).start()
+        except BaseException:  # "can't start new thread": no rclone may run unwatched
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _read_stderr(self):
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.stderr.append(line)
+            match = _STATS_RE.search(line) if self.phase != "list" else None
+            if match:
+                self.bytes_done = int(float(match.group(1)) * _UNITS[match.group(2)])
+                self.run.report(self, int(match.group(3)),
+                                float(match.group(4)) * _UNITS[match.group(5)])
+
+    def _read_stdout(self):
+        try:
+            while True:
+                chunk = self.proc.stdout.read1(1 << 20)
+                if not chunk:
+                    break
+                if self.write_error is None:
+                    try:
+                        self.sink(chunk)
+                    except OSError as e:  # the staging disk, not the source
+                        self.write_error = e
+                        process_lib.kill_group(self.proc)
+                if self.expected_bytes:
+                    self.bytes_done += len(chunk)
+                    elapsed = max(time.monotonic() - self.started, 1e-6)
+                    self.run.report(self, min(100, 100 * self.bytes_done // self.expected_bytes),
+                                    self.bytes_done / elapsed)
+        finally:
+            self.proc.wait()
+            self._err_thread.join()
+            self.done.set()
+            self.run.wakeup.set()
+
+    @property
+    def failed(self):
+        return self.write_error is not None or self.proc.returncode != 0
+
+
+class _Tail:
+    """Appends a ranged read to the staged copy; the listed mtime only once it is complete."""
+
+    def __init__(self, path, offset, size, mtime_ns):
+        self.path, self.offset, self.count, self.mtime_ns = path, offset, size - offset, mtime_ns
+        self.file = None
+        self.received = 0
+
+    def open(self):
+        self.file = open(self.path, "ab")
+        if self.file.tell() != self.offset:  # nobody else writes staging: a bug if so
+            self.file.close()
+            raise RuntimeError(f"staged '{self.path}' changed size during the sync")
+
+    def write(self, chunk):
+        chunk = chunk[:self.count - self.received]
+        self.file.write(chunk)
+        self.received += len(chunk)
+
+    def close(self, complete):
+        if self.file is None:
+            return
+        self.file.close()
+        self.file = None
+        if complete and self.received == self.count:
+            os.utime(self.path, ns=(self.mtime_ns, self.mtime_ns))
+
+
+class _Run:
+    """The rclone processes of one sync of one source: one deadline, one cancel flag."""
+
+    def __init__(self, rclone_path, source, staging_dir, temp_dir, on_progress, cancel):
+        self.rclone_path, self.source = rclone_path, source
+        self.staging_dir, self.temp_dir = staging_dir, temp_dir
+        self.on_progress, self.cancel = on_progress, cancel
+        self.started = time.monotonic()
+        self.deadline = self.started + source.timeout_s
+        self.wakeup = threading.Event()
+        self.jobs = []
+        self.changed, self.restaged, self.warnings = set(), set(), []
+        self.bytes_received = 0
+        self._lock = threading.Lock()
+        make_folders(source, staging_dir, temp_dir)
+
+    def args(self, command, *options):
+        source = self.source
+        args = [self.rclone_path, command]
+        if source.rclone_config:
+            args.append(f"--config={source.rclone_config}")
+        args += ["--use-server-modtime", f"--contimeout={_CONNECT_TIMEOUT_S}s",
+                 f"--timeout={int(min(max(source.timeout_s / 4, 10), 120))}s"]
+        if source.bwlimit_kib:
+            args.append(f"--bwlimit={source.bwlimit_kib}K")
+        # The user's flags last: rclone keeps the last value of a flag given twice.
+        return args + list(options) + list(source.rclone_flags)
+
+    def list(self):
+        """[(relative path, size, mtime ns)] of the objects that pass the filters."""
+        out = bytearray()
+        self.run([(self.args("lsjson", "-R", "--files-only", "--no-mimetype",
+                             *filter_rules(self.source), remote_path(self.source)),
+                   out.extend, "list", 0)])
+        try:
+            entries = json.loads(bytes(out) or b"[]")
+            listed = [(e["Path"], int(e["Size"]), parse_mod_time(e["ModTime"]))
+                      for e in entries]
+        except (ValueError, KeyError, TypeError) as e:
+            raise TransferError(f"Sync of '{self.source.name}' could not read rclone's "
+                                f"listing ({e}); check that 'rclone lsjson' works for "
+                                f"'{self.source.rclone_remote}'.") from None
+        unsafe = [rel for rel, _, _ in listed if not _is_safe(rel)]
+        if unsafe:
+            self.warnings.append(
+                f"Sync of '{self.source.name}': {len(unsafe)} object name(s) at the source "
+                f"cannot be a file path (first: '{unsafe[0]}') and were skipped.")
+        return [(rel, size, mtime) for rel, size, mtime in listed
+                if _is_safe(rel) and size >= 0]
+
+    def read_tails(self, tails):
+        """Append the new bytes of grown event files, `MAX_PARALLEL_READS` at a time."""
+        for start in range(0, len(tails), MAX_PARALLEL_READS):
+            batch = [_Tail(os.path.join(self.staging_dir, rel), offset, size, mtime)
+                     for rel, offset, size, mtime in tails[start:start + MAX_PARALLEL_READS]]
+            try:
+                specs = []
+                for tail, (rel, offset, _, _) in zip(batch, tails[start:]):
+                    tail.open()
+                    specs.append((self.args("cat", f"--offset={offset}",
+                                            f"--count={tail.count}",
+                                            remote_path(self.source, rel)), tail.write, "events",
+                                  tail.count))
+                self.run(specs)
+            except BaseException:
+                for tail in batch:
+                    tail.close(complete=False)
+                raise
+            for tail in batch:
+                tail.close(complete=True)
+            for tail, (rel, _, _, _) in zip(batch, tails[start:]):
+                if tail.received:
+                    self.changed.add(rel)
+                    self.bytes_received += tail.received
+
+    def fetch_whole(self, paths, restaged):
+        """Copy `paths` into a fresh folder under tmp/, then rename each into staging."""
+        if not paths:
+            return
+        try:
+            folder = tempfile.mkdtemp(prefix=".tb-rclone-", dir=self.temp_dir)
+            list_path = folder + ".files"
+            with open(list_path, "wb") as f:
+                f.write(b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in paths))
+        except OSError as e:
+            raise TransferError(self._write_error(self.temp_dir, e)) from None
+        try:
+            self.run([(self.args("copy", f"--files-from-raw={list_path}", "--no-traverse",
+                                 "--retries=1", "--stats=1s", "--stats-one-line",
+                                 "--stats-log-level=NOTICE", remote_path(self.source),
+                                 folder), None,
+                       "restage" if set(paths) <= restaged else "files", 0)])
+            missing = []
+            for rel in paths:
+                fetched, staged = os.path.join(folder, rel), os.path.join(self.staging_dir, rel)
+                try:
+                    size = os.lstat(fetched).st_size
+                except FileNotFoundError:
+                    missing.append(rel)  # deleted at the source since the listing
+                    continue
+                try:
+                    os.makedirs(os.path.dirname(staged), exist_ok=True)
+                    os.replace(fetched, staged)
+                except OSError as e:
+                    self.warnings.append(
+                        f"Sync of '{self.source.name}': '{rel}' could not be put into the "
+                        f"staging folder ({e.strerror}); a file and a folder of that name?")
+                    continue
+                self.changed.add(rel)
+                self.bytes_received += size
+                if rel in restaged:
+                    self.restaged.add(rel)
+            if missing:
+                self.warnings.append(
+                    f"Sync of '{self.source.name}': {len(missing)} file(s) vanished at the "
+                    "source while being copied; the next sync picks up what is left.")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            _unlink(list_path)
+
+    def run(self, specs):
+        """Start `specs` [(args, stdout sink or None, phase, expected bytes)] together and
+        wait for all of them; on cancel, timeout or a failure every process of the run is
+        stopped."""
+        jobs = []
+        try:
+            for args, sink, phase, expected_bytes in specs:
+                try:
+                    job = _Job(self, args, sink or (lambda chunk: None), phase, expected_bytes)
+                except (OSError, RuntimeError) as e:
+                    raise TransferError(
+                        f"Sync of '{self.source.name}' could not start rclone "
+                        f"'{self.rclone_path}' ({getattr(e, 'strerror', None) or e}); install "
+                        "rclone or fix the path.", shlex.join(args)) from None
+                jobs.append(job)
+                self.jobs.append(job)
+            while True:
+                failed = next((j for j in jobs if j.done.is_set() and j.failed), None)
+                if failed is not None:
+                    raise self._explain(failed)
+                if all(j.done.is_set() for j in jobs):
+                    return jobs
+                if self.cancel is not None and self.cancel.is_set():
+                    raise process_lib.cancelled(self.source)
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    job = next(j for j in jobs if not j.done.is_set())
+                    raise process_lib.timed_out(
+                        self.source, process_lib.details(job.args, "(still running)",
+                                                         job.stderr))
+                self.wakeup.wait(min(remaining, 0.05))
+                self.wakeup.clear()
+        except BaseException:
+            for job in jobs:
+                process_lib.kill_group(job.proc)
+            for job in jobs:
+                job.done.wait(5)
+            raise
+
+    def report(self, job, percent, rate):
+        if self.on_progress is None:
+            return
+        with self._lock:
+            total = sum(j.bytes_done for j in self.jobs)
+            self.on_progress(Progress(total, percent, rate, job.phase))
+
+    def result(self):
+        return TransferResult(
+            changed=tuple(sorted(self.changed)), restaged=tuple(sorted(self.restaged)),
+            bytes_received=self.bytes_received, files_transferred=len(self.changed),
+            warnings=tuple(self.warnings), duration_s=time.monotonic() - self.started)
+
+    def _write_error(self, where, error):
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return (f"Sync of '{self.source.name}' could not write into '{where}' "
+                f"({error.strerror}); " + (f"free space on that disk or choose another "
+                                           f"staging folder {STAGING_FLAGS}." if full else
+                                           "check that the staging folder is writable."))
+
+    def _explain(self, job):
+        """rclone's stderr (or a staging write error) to one sentence naming the source."""
+        if job.write_error is not None:
+            return TransferError(self._write_error(self.staging_dir, job.write_error),
+                                 process_lib.details(job.args, job.proc.returncode,
+                                                     job.stderr))
+        text, code = "\n".join(job.stderr), job.proc.returncode
+        remote = self.source.rclone_remote.partition(":")[0]
+        what = next((fix.format(remote=remote) for pattern, fix in _DIAGNOSES
+                     if re.search(pattern, text)), None)
+        if what is None:
+            what = f"rclone was killed by signal {-code}" if code < 0 else \
+                f"rclone failed with exit code {code}"
+        return TransferError(
+            f"Sync of '{self.source.name}' from '{self.source.source}' failed: {what}.",
+            process_lib.details(job.args, code, job.stderr))
+
+
+# (stderr regex, what happened; what to do). The first match decides.
+_DIAGNOSES = [
+    (r"didn't find section in config file",
+     "rclone has no remote named '{remote}'; list them with 'rclone listremotes' (or set "
+     "'rclone_config' to the file that defines it)"),
+    (r"NoSuchBucket|bucket does not exist|The specified bucket does not exist",
+     "there is no such bucket; check the bucket name"),
+    (r"InvalidAccessKeyId|SignatureDoesNotMatch|InvalidClientTokenId|ExpiredToken|"
+     r"AccessDenied|Forbidden|status code: 40[13]|invalid_grant|AuthenticationFailed|"
+     r"Unauthorized",
+     "the storage refused rclone's credentials; check the keys in rclone's config or "
+     "environment ('rclone lsd {remote}:' must work)"),
+    (r"directory not found",
+     "there is no such bucket or folder at the source; check the bucket name and path "
+     "('rclone lsd {remote}:' lists the buckets)"),
+    (r"LoadCustomCABundleError",
+     "rclone could not use the CA bundle that AWS_CA_BUNDLE names; unset AWS_CA_BUNDLE for "
+     "tb-rsync, or give rclone its own with '--ca-cert=FILE' in 'rclone_flags'"),
+    (r"Failed to load filters",
+     "rclone rejected an 'include' or 'exclude' pattern; check them"),
+    (r"unknown flag|unknown shorthand flag|invalid argument .* for",
+     "rclone rejected a flag; check 'rclone_flags' (and 'rclone help flags')"),
+    (r"connection refused|no such host|i/o timeout|network is unreachable|"
+     r"dial tcp|TLS handshake timeout",
+     "the storage endpoint is unreachable; check the endpoint in rclone's config and the "
+     "network"),
+    (r"No space left on device|disk quota exceeded",
+     f"the disk holding the staging folder is full; free space or choose another staging "
+     f"folder {STAGING_FLAGS}"),
+]
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

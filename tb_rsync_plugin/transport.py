@@ -1,0 +1,50 @@
+"""Which transport fills a source's staging folder: rsync (a local folder, ssh, an rsync
+daemon) or rclone (object storage, `rclone:REMOTE:PATH`).
+
+The service calls `fetch` and `refetch` and never asks which one runs: both return an
+`rsync.TransferResult` and fail with `TransferError` (or `ConfigError` when the program is
+not installed) sentences.
+"""
+
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import rclone as rclone_lib
+from tb_rsync_plugin import rsync as rsync_lib
+
+
+def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_write=None,
+          rsh=None):
+    """Bring `staging_dir` up to date with `source` (see `rsync.run_rsync`).
+
+    `before_write` is called before anything is written into staging; `rsh` is the shared
+    ssh login's `--rsh` (rsync over ssh only).
+    """
+    if source.is_rclone:
+        return rclone_lib.run_rclone(config_lib.find_rclone(), source, staging_dir, temp_dir,
+                                     on_progress=on_progress, cancel=cancel,
+                                     before_write=before_write)
+    return rsync_lib.run_rsync(config_lib.find_rsync(), source, staging_dir, temp_dir,
+                               on_progress=on_progress, cancel=cancel,
+                               before_write=before_write, rsh=rsh)
+
+
+def refetch(source, staging_dir, temp_dir, paths, on_progress=None, cancel=None, rsh=None):
+    """Fetch `paths` whole, replacing their staged copies (see `rsync.restage_files`)."""
+    if source.is_rclone:
+        return rclone_lib.restage_files(config_lib.find_rclone(), source, staging_dir,
+                                         temp_dir, paths, on_progress=on_progress,
+                                         cancel=cancel)
+    return rsync_lib.restage_files(config_lib.find_rsync(), source, staging_dir, temp_dir,
+                                   paths, on_progress=on_progress, cancel=cancel, rsh=rsh)
+
+
+def find_tools(sources):
+    """Check up front that the programs `sources` need are installed: rsync for rsync
+    sources, rclone only when there is an rclone source.
+
+    Raises:
+      ConfigError: naming the first missing program and how to install it.
+    """
+    if any(not source.is_rclone for source in sources):
+        config_lib.find_rsync()
+    if any(source.is_rclone for source in sources):
+        config_lib.find_rclone()
