@@ -244,7 +244,6 @@ class SyncState:
             status = self._sources.get(name)
             if status is None:
                 return
-            before = _saved_fields(status)
             status.state = "error"
             status.progress = None
             status.failures += 1

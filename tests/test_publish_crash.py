@@ -81,7 +81,6 @@ def test_sigkilled_publisher_never_breaks_the_invariants(tmp_path):
                     f.write(sources[rel][staged_len[rel]:new_len])
                 staged_len[rel] = new_len
 
-    started = time.monotonic()
     partial_seen = 0
     for kill in range(KILLS):
         child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -98,7 +97,6 @@ def test_sigkilled_publisher_never_breaks_the_invariants(tmp_path):
             child.stdout.close()
             child.stderr.close()
         partial_seen += check_invariants(logdir, sources, inodes)
-    assert time.monotonic() - started < 60
 
     for rel in FILES:
         with open(staging / rel, "ab") as f:
