@@ -50,12 +50,19 @@ def test_thirty_ssh_sources_on_one_host_never_trip_maxstartups(tmp_path, sshd_se
                         "ssh": sshd_server.command()})
     config = toml_sources(tmp_path / "sources.toml", sources)
     (tmp_path / "logs").mkdir()
-    result = subprocess.run(CLI + ["sync", "--logdir", str(tmp_path / "logs"), "--config",
-                                   str(config), "--staging", str(tmp_path / "staging")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if "run(s) updated" in line]
-    assert len(lines) == 30, result.stdout + result.stderr
+    for sharing in ([], ["--no-ssh-sharing"]):
+        logins = sshd_server.log().count("Accepted publickey for")
+        result = subprocess.run(CLI + ["sync", "--logdir", str(tmp_path / "logs"), "--config",
+                                       str(config), "--staging", str(tmp_path / "staging"),
+                                       *sharing],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stdout.splitlines() if "run(s) updated" in line]
+        assert len(lines) == 30, result.stdout + result.stderr
+        logins = sshd_server.log().count("Accepted publickey for") - logins
+        # Shared: one login for all 30 sources. Not shared (a listing per source, the
+        # second sync finds nothing new): one login per source, 3 at a time, none refused.
+        assert logins == (1 if not sharing else 30), (sharing, logins)
     for i in range(30):
         assert (tmp_path / "logs" / f"n{i}" / "run" / EVENTS).exists()
 
@@ -124,6 +131,7 @@ def test_hung_hosts_never_starve_a_healthy_source(tmp_path, sshd_server, black_h
         assert daemon["error"]["message"].startswith("Sync of 'daemon' timed out after 4 s")
         hung = source("hung0")
         assert hung["retrying"] or hung["state"] in ("queued", "syncing")
+        assert "connected, but the server never answered" in hung["error"]["message"]
     finally:
         service.stop()
 
