@@ -513,30 +513,18 @@ def is_within(path, root):
 
 
 def find_rclone():
-    """The rclone binary's path, for rclone sources.
-
-    Raises:
-      ConfigError: when rclone is not installed.
-    """
-    path = shutil.which("rclone")
-    if path is None:
-        raise ConfigError(
-            "rclone is not installed or not on PATH, and rclone: sources need it; install it "
-            "(for example 'apt-get install rclone' or 'brew install rclone') and try again."
-        )
-    return path
+    """The rclone binary's path, for rclone sources; `ConfigError` when it is missing."""
+    return _find("rclone", "rclone is not installed or not on PATH, and rclone: sources need it")
 
 
 def find_rsync():
-    """The rsync binary's path.
+    """The rsync binary's path; `ConfigError` when it is missing."""
+    return _find("rsync", "rsync is not installed or not on PATH")
 
-    Raises:
-      ConfigError: when rsync is not installed.
-    """
-    path = shutil.which("rsync")
+
+def _find(program, missing):
+    path = shutil.which(program)
     if path is None:
-        raise ConfigError(
-            "rsync is not installed or not on PATH; install it (for example "
-            "'apt-get install rsync' or 'brew install rsync') and try again."
-        )
+        raise ConfigError(f"{missing}; install it (for example 'apt-get install {program}' or "
+                          f"'brew install {program}') and try again.")
     return path

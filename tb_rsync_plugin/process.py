@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 from tb_rsync_plugin.errors import TransferError
 
@@ -55,6 +56,24 @@ def start(args, env=None):
         [*prefix, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=dict(os.environ if env is None else env, LC_ALL="C"),
         start_new_session=True)
+
+
+def start_read(job, args):
+    """`start(args)` for `job`, whose `_read_stdout` and `_read_stderr` then run on daemon
+    threads; `job.proc` and `job.err_thread` are set before either starts.
+
+    A reader that cannot start ("can't start new thread") kills the process first: no
+    child may run unwatched.
+    """
+    job.proc = start(args)
+    try:
+        job.err_thread = threading.Thread(target=job._read_stderr, daemon=True)
+        job.err_thread.start()
+        threading.Thread(target=job._read_stdout, daemon=True).start()
+    except BaseException:
+        job.proc.kill()
+        job.proc.wait()
+        raise
 
 
 def kill_group(proc):

@@ -159,15 +159,7 @@ class _Job:
         self.bytes_done = 0
         self.write_error = None
         self.done = threading.Event()
-        self.proc = process_lib.start(args)
-        try:
-            self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
-            self._err_thread.start()
-            threading.Thread(target=self._read_stdout, daemon=True).start()
-        except BaseException:  # "can't start new thread": no rclone may run unwatched
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        process_lib.start_read(self, args)
 
     def _read_stderr(self):
         for raw in self.proc.stderr:
@@ -198,7 +190,7 @@ class _Job:
                                     self.bytes_done / elapsed)
         finally:
             self.proc.wait()
-            self._err_thread.join()
+            self.err_thread.join()
             self.done.set()
             self.run.wakeup.set()
 

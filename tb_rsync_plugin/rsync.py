@@ -215,15 +215,7 @@ class _Job:
         self.bytes_done = 0
         self.done = threading.Event()
         self._progress = progress
-        self.proc = process_lib.start(args)
-        try:
-            self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
-            self._err_thread.start()
-            threading.Thread(target=self._read_stdout, daemon=True).start()
-        except BaseException:  # "can't start new thread": no rsync may run unwatched
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        process_lib.start_read(self, args)
 
     def _read_stderr(self):
         for line in self.proc.stderr:
@@ -244,7 +236,7 @@ class _Job:
                 self._line(buffer)
         finally:
             self.proc.wait()
-            self._err_thread.join()
+            self.err_thread.join()
             self.done.set()
             self.run.wakeup.set()
 
