@@ -6,6 +6,7 @@ read or written (`ssh -F /dev/null`, explicit identity and known_hosts files).
 
 import dataclasses
 import os
+import pathlib
 import shlex
 import shutil
 import signal
@@ -83,9 +84,12 @@ class SshServer:
             return f.read()
 
 
-def _start_sshd(folder, password_only=False):
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("openssh-server/client are not installed")
+def start_sshd(folder, password_only=False):
+    """Start a real sshd under `folder` -> (process, SshServer); `stop(process)` ends it.
+
+    A plain function, so the benchmarks start the same server as the tests.
+    """
+    folder = pathlib.Path(folder)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
     folder.mkdir(parents=True, exist_ok=True)
     host_key = keygen(folder / "host_key", "host")
@@ -126,10 +130,16 @@ def _start_sshd(folder, password_only=False):
                            str(log_path))
 
 
+def _start_sshd_or_skip(folder, password_only=False):
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("openssh-server/client are not installed")
+    return start_sshd(folder, password_only)
+
+
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory):
     """A real sshd on 127.0.0.1 accepting `.client_key` for the current user (root)."""
-    proc, server = _start_sshd(tmp_path_factory.mktemp("sshd"))
+    proc, server = _start_sshd_or_skip(tmp_path_factory.mktemp("sshd"))
     yield server
     stop(proc)
 
@@ -137,7 +147,8 @@ def sshd_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def password_only_sshd(tmp_path_factory):
     """A real sshd that only offers password logins (which tb-rsync must never wait on)."""
-    proc, server = _start_sshd(tmp_path_factory.mktemp("sshd-password"), password_only=True)
+    proc, server = _start_sshd_or_skip(tmp_path_factory.mktemp("sshd-password"),
+                                       password_only=True)
     yield server
     stop(proc)
 
