@@ -21,7 +21,8 @@ PHASES = ("first sync", "no change")
 
 
 def measure(local, remote, runs, reps, limit_flags):
-    results = {(p, c): [] for p in PHASES for c in (CLI, PLAIN)}  # -> [(s, failed, logins, refused)]
+    # (phase, competitor) -> [(seconds, failed, logins, dropped by sshd)]
+    results = {(p, c): [] for p in PHASES for c in (CLI, PLAIN)}
     errors = collections.Counter()
     with common.work_dir("b6") as root:
         print(f"  building {local} local + {remote} ssh sources of {runs} runs ...", flush=True)

@@ -129,7 +129,10 @@ def become_subreaper():
 
 
 def reap_orphans():
-    """Collect exited orphans handed to us as subreaper (no Popen waits for them)."""
+    """Collect exited orphans handed to us as subreaper (no Popen waits for them).
+
+    Call it only while no Popen of ours may have ended unobserved (it would take its status).
+    """
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -145,9 +148,10 @@ def descendants_cpu_s(split_pid=None):
     Live and zombie descendants count their own time plus what their exited children left
     in their cutime/cstime; children this process reaped count through its own cutime/cstime
     (this process's own time is not counted). Differences of two calls give the CPU used in
-    between, exited processes included. With `split_pid`: (cpu outside, cpu of that
-    process's subtree).
+    between, exited processes included. Exited orphans are collected first: a zombie's
+    /proc entry undercounts. With `split_pid`: (cpu outside, cpu of that process's subtree).
     """
+    reap_orphans()
     stats = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -167,8 +171,8 @@ def descendants_cpu_s(split_pid=None):
         while cursor in stats and cursor != me and cursor not in chain:
             chain.append(cursor)
             cursor = stats[cursor][0]
-        if cursor != me:
-            continue  # not ours
+        if cursor != me or not chain:
+            continue  # not ours, or this process
         if split_pid in chain:
             inside += sum(ticks)
         else:
