@@ -77,7 +77,9 @@ def report(results, errors, sources, remote, runs, reps, limit_flags):
              f"{flags}.", "",
              common.table(["sync", "competitor", "median", "vs plain", "failed sources",
                            "ssh logins", "logins per ssh source", "dropped by sshd"], rows),
-             "", common.table(["goal", "measured", ""], goals)]
+             "", common.table(["goal", "measured", ""], goals), "",
+             "A source that failed in the first sync is not a no-change one in the second: "
+             "it fetches everything then (or fails again)."]
     if errors:
         lines += ["", "Errors `tb-rsync sync` printed for failed sources (count, message):", ""]
         lines += [f"- {count} x `{text}`" for text, count in errors.most_common(3)]

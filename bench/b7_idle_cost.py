@@ -6,7 +6,8 @@ time (user + system) of TensorBoard and every process under it (rsync, ssh, the 
 server; exited ones through their parents' cutime/cstime) and of the sshd's process tree is
 read from /proc at the start and end of a window, as a share of one core. This process is
 made a child subreaper, so an ssh ControlMaster that daemonizes is still counted. The sshd
-log gives the ssh logins in the window, extrapolated to logins per ssh source per hour.
+log gives the ssh logins in the window, extrapolated to logins per ssh source per hour;
+TensorBoard's status, read every 2.5 s, gives the syncs that ended (is the interval kept?).
 """
 
 import argparse
@@ -21,15 +22,29 @@ import fleet as fleet_lib  # noqa: E402
 from tests.fixtures_tensorboard import TensorBoardProcess  # noqa: E402
 
 
-def window(fleet, seconds):
-    """CPU shares (TensorBoard side, sshd side) and ssh logins over `seconds` of idling."""
+def window(fleet, seconds, tb=None, poll_s=2.5):
+    """CPU shares (TensorBoard side, sshd side) and ssh logins over `seconds` of idling.
+
+    With `tb`, its status is read every `poll_s` to count the syncs that ended (each source
+    ends at most one per interval, so none is missed while `poll_s` is below it); serving
+    those few requests is part of the CPU measured.
+    """
     cpu0, logins0 = common.descendants_cpu_s(split_pid=fleet.proc.pid), fleet.logins()
     started = time.monotonic()
-    time.sleep(seconds)
+    ends = {}  # source -> the last_end_unix_s values seen
+    while True:
+        if tb is not None:
+            for source in tb.get_json("/data/plugin/rsync/status", timeout_s=60)["sources"]:
+                ends.setdefault(source["name"], set()).add(source["last_end_unix_s"])
+        left = seconds - (time.monotonic() - started)
+        if left <= 0:
+            break
+        time.sleep(min(poll_s, left))
     cpu1, logins1 = common.descendants_cpu_s(split_pid=fleet.proc.pid), fleet.logins()
     elapsed = time.monotonic() - started
     return {"tb": (cpu1[0] - cpu0[0]) / elapsed, "sshd": (cpu1[1] - cpu0[1]) / elapsed,
-            "logins": logins1 - logins0, "window_s": elapsed}
+            "logins": logins1 - logins0, "window_s": elapsed,
+            "syncs": sum(len(seen) - 1 for seen in ends.values())}
 
 
 def measure(local, remote, runs, interval_s, window_s, limit_flags):
@@ -46,7 +61,7 @@ def measure(local, remote, runs, interval_s, window_s, limit_flags):
                       f"{sum(s['state'] == 'error' for s in first['sources'])} in error",
                       flush=True)
                 time.sleep(2 * interval_s)
-                results["fleet"] = window(fleet, window_s)
+                results["fleet"] = window(fleet, window_s, tb, min(2.5, interval_s / 2))
                 last = tb.get_json("/data/plugin/rsync/status", timeout_s=60)
             finally:
                 tb.stop()
@@ -74,8 +89,12 @@ def report(results, sources, remote, runs, interval_s, window_s, limit_flags):
                        ("plain", "plain TensorBoard, same logdir, no sources")):
         r = results[key]
         per_hour = r["logins"] / max(remote, 1) * 3600 / r["window_s"]
+        fleet = key == "fleet"
         rows.append([label, f"{r['tb']:.1%}", f"{r['sshd']:.1%}", f"{r['tb'] + r['sshd']:.1%}",
-                     r["logins"], f"{per_hour:.0f}" if key == "fleet" else "-"])
+                     r["syncs"] if fleet else "-",
+                     f"{r['window_s'] * sources / r['syncs']:.1f} s" if fleet and r["syncs"]
+                     else "-",
+                     r["logins"], f"{per_hour:.0f}" if fleet else "-"])
     fleet = results["fleet"]
     total = fleet["tb"] + fleet["sshd"]
     interval_logins = 3600 / interval_s
@@ -87,6 +106,7 @@ def report(results, sources, remote, runs, interval_s, window_s, limit_flags):
              f"sources in error then). CPU is a share of one core (the machine has "
              f"{os.cpu_count()}). Limits passed to TensorBoard: {flags}.", "",
              common.table(["setup", "TensorBoard + children", "sshd", "total",
+                           "syncs ended in window", "seconds between syncs of a source",
                            "ssh logins in window", "logins per ssh source per hour"], rows), "",
              common.table(["goal", "measured", ""], [
                  ["idle fleet: TensorBoard + children + sshd <= 15% of one core",

@@ -68,6 +68,7 @@ class Fleet:
                 f.write(f'[[source]]\nname = "{name}"\nsource = "{self.source(name)}"\n')
                 if self.is_remote(name):
                     f.write(f"ssh = '{self.server.ssh_command}'\n")
+        self.last_cli_errors = []  # stderr lines of the last cli_sync about failed sources
         self.script = os.path.join(root, "plain-sync.sh")
         with open(self.script, "w") as f:
             f.write(PLAIN_SCRIPT)
