@@ -10,6 +10,7 @@ Logins per hour under a TensorBoard at `--rsync_interval 5` are measured by B7.
 import argparse
 import collections
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def measure(local, remote, runs, reps, limit_flags):
 
 def _first_words(line):
     """An error line without the source name and paths, so equal causes count together."""
-    return line.split(": ", 1)[-1][:150]
+    return re.sub(r"'[^']*'", "'…'", line.split(": ", 1)[-1])[:200]
 
 
 def report(results, errors, sources, remote, runs, reps, limit_flags):
