@@ -49,7 +49,7 @@ def supported_flags(help_argv, wanted):
     """
     text = subprocess.run([*help_argv, "--help"], capture_output=True, text=True).stdout
     return [(flag, value) for flag, value in wanted
-            if value is not None and re.search(rf"{re.escape(flag)}\b", text)]
+            if value is not None and re.search(rf"{re.escape(flag)}(?![\w-])", text)]
 
 
 @contextlib.contextmanager
