@@ -58,7 +58,7 @@ def measure_load(local, remote, runs, interval_s, requests, limit_flags):
     with common.work_dir("b4-load") as root:
         print(f"  building {local} local + {remote} ssh sources of {runs} runs ...", flush=True)
         with fleet_lib.Fleet(root, local, remote, runs) as fleet:
-            tb = fleet.tensorboard(fleet.dir("logs"), fleet.dir("staging"), interval_s,
+            tb = fleet.tensorboard(fleet.folder("logs"), fleet.folder("staging"), interval_s,
                                    "tensorboard.log", limit_flags)
             try:
                 settle_s, _ = fleet.wait_settled(tb)

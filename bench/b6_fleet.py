@@ -10,7 +10,6 @@ Logins per hour under a TensorBoard at `--rsync_interval 5` are measured by B7.
 import argparse
 import collections
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,8 +28,9 @@ def measure(local, remote, runs, reps, limit_flags):
         print(f"  building {local} local + {remote} ssh sources of {runs} runs ...", flush=True)
         with fleet_lib.Fleet(root, local, remote, runs) as fleet:
             for rep in range(reps):
-                logdir, staging = fleet.dir(f"{rep}/cli-logs"), fleet.dir(f"{rep}/cli-staging")
-                plain = fleet.dir(f"{rep}/plain")
+                logdir = fleet.folder(f"{rep}/cli-logs")
+                staging = fleet.folder(f"{rep}/cli-staging")
+                plain = fleet.folder(f"{rep}/plain")
                 runners = {CLI: lambda: fleet.cli_sync(logdir, staging, limit_flags),
                            PLAIN: lambda: fleet.plain_sync(plain)}
                 for phase in PHASES:
@@ -41,16 +41,12 @@ def measure(local, remote, runs, reps, limit_flags):
                                                      fleet.logins() - logins,
                                                      fleet.refusals() - refused))
                         if name == CLI:
-                            errors.update(_first_words(line) for line in fleet.last_cli_errors)
+                            errors.update(fleet_lib.error_kind(line.split(": ", 1)[-1])
+                                          for line in fleet.last_cli_errors)
                         print(f"   rep {rep + 1} {phase}, {name}: {common.fmt_s(seconds)}, "
                               f"{len(failed)} failed", flush=True)
             remote_count = fleet.remote_count
     return results, errors, remote_count
-
-
-def _first_words(line):
-    """An error line without the source name and paths, so equal causes count together."""
-    return re.sub(r"'[^']*'", "'…'", line.split(": ", 1)[-1])[:200]
 
 
 def report(results, errors, sources, remote, runs, reps, limit_flags):

@@ -53,7 +53,7 @@ def measure(local, remote, runs, interval_s, window_s, limit_flags):
     with common.work_dir("b7") as root:
         print(f"  building {local} local + {remote} ssh sources of {runs} runs ...", flush=True)
         with fleet_lib.Fleet(root, local, remote, runs) as fleet:
-            logdir, staging = fleet.dir("logs"), fleet.dir("staging")
+            logdir, staging = fleet.folder("logs"), fleet.folder("staging")
             tb = fleet.tensorboard(logdir, staging, interval_s, "tb-fleet.log", limit_flags)
             try:
                 settle_s, first = fleet.wait_settled(tb)

@@ -19,8 +19,8 @@ import time
 import common
 import b3_scale
 
-from tests import fixtures_servers  # noqa: E402
-from tests.fixtures_tensorboard import TensorBoardProcess  # noqa: E402
+from tests import fixtures_servers
+from tests.fixtures_tensorboard import TensorBoardProcess
 
 PLAIN_PARALLEL = 8  # the `xargs -P` of the plain rsync loop
 
@@ -49,7 +49,7 @@ class Fleet:
     """The source trees, the sshd and a config file naming every source; a context manager."""
 
     def __init__(self, root, local, remote, runs):
-        self.root, self.runs = root, runs
+        self.root = root
         self.src = os.path.join(root, "src")
         total = local + remote
         remote_at = {round((k + 1) * total / remote) - 1 for k in range(remote)}
@@ -91,7 +91,7 @@ class Fleet:
         path = os.path.join(self.src, name)
         return f"127.0.0.1:{path}/" if self.is_remote(name) else f"{path}/"
 
-    def dir(self, name):
+    def folder(self, name):
         path = os.path.join(self.root, name)
         os.makedirs(path, exist_ok=True)
         return path
@@ -118,7 +118,8 @@ class Fleet:
         done = set(re.findall(r"^(\S+): .* received, ", result.stdout, re.M))
         failed = [n for n in self.names if n not in done]
         if result.returncode not in (0, 1) or (result.returncode == 1) != bool(failed):
-            raise RuntimeError(f"tb-rsync sync exited {result.returncode}:\n"
+            raise RuntimeError(f"tb-rsync sync exited {result.returncode} and {len(failed)} "
+                               f"sources printed no 'NAME: ... received, ' line:\n"
                                f"{result.stderr[-3000:]}")
         self.last_cli_errors = [line for line in result.stderr.splitlines()
                                 if line.split(":")[0] in failed]
@@ -190,11 +191,16 @@ def sizes(args, local, remote, runs):
             args.runs_per_source or runs)
 
 
+def error_kind(message):
+    """An error message without names and paths (quoted), so equal causes count together."""
+    return re.sub(r"'[^']*'", "'…'", (message.splitlines() or [""])[0])[:200]
+
+
 def error_kinds(snapshot):
-    """{first line of an error message: count} over the sources in error."""
+    """{error_kind: count} over the sources in error."""
     kinds = {}
     for source in snapshot["sources"]:
         if source["state"] == "error" and source["error"]:
-            first = str(source["error"].get("message", "")).splitlines()[0][:160]
-            kinds[first] = kinds.get(first, 0) + 1
+            kind = error_kind(str(source["error"].get("message", "")))
+            kinds[kind] = kinds.get(kind, 0) + 1
     return kinds

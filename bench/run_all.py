@@ -4,7 +4,8 @@
 `--quick` passes smaller sizes to each; `--ssh` adds B1 over a real sshd on 127.0.0.1 at the
 B1 sizes. The fleet benchmarks (B6, B7, B3 at 10,000 runs, B4 under load, B1 over ssh at
 1 GiB) always run; `--fleet-only` runs just them. `--baseline` and `--no-report` are passed
-on (see any benchmark's --help). The full run takes about 15-25 minutes.
+on (see any benchmark's --help). The full run takes about 20-30 minutes (the fleet part
+about 13 on a loaded 2-core machine).
 """
 
 import argparse
