@@ -94,6 +94,8 @@ def report(results, sources, remote, runs, interval_s, window_s, limit_flags):
                      r["syncs"] if fleet else "-",
                      f"{r['window_s'] * sources / r['syncs']:.1f} s" if fleet and r["syncs"]
                      else "-",
+                     common.fmt_s((r["tb"] + r["sshd"]) * r["window_s"] / r["syncs"])
+                     if fleet and r["syncs"] else "-",
                      r["logins"], f"{per_hour:.0f}" if fleet else "-"])
     fleet = results["fleet"]
     total = fleet["tb"] + fleet["sshd"]
@@ -104,9 +106,12 @@ def report(results, sources, remote, runs, interval_s, window_s, limit_flags):
              f"{window_s:.0f} s, starting two intervals after every source had ended its "
              f"first sync ({fleet['settle_s']:.0f} s after start; {fleet['failed_first']} "
              f"sources in error then). CPU is a share of one core (the machine has "
-             f"{os.cpu_count()}). Limits passed to TensorBoard: {flags}.", "",
+             f"{os.cpu_count()}). When the machine is busy the syncs fall behind the "
+             "interval and the share drops with them; CPU per sync much less. Limits passed "
+             f"to TensorBoard: {flags}.", "",
              common.table(["setup", "TensorBoard + children", "sshd", "total",
                            "syncs ended in window", "seconds between syncs of a source",
+                           "CPU per sync",
                            "ssh logins in window", "logins per ssh source per hour"], rows), "",
              common.table(["goal", "measured", ""], [
                  ["idle fleet: TensorBoard + children + sshd <= 15% of one core",
