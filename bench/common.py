@@ -267,8 +267,9 @@ def write_section(key, title, command, body):
     text = (f"<!-- {key} start -->\n## {title}\n\n"
             f"`{command}` — {env['date']}, nproc {env['nproc']}, rsync {env['rsync']}, "
             f"Python {env['python']}, TensorBoard {env['tensorboard']}, Linux {env['kernel']}, "
-            f"load average {env['load']} (1, 5, 15 min, at the end; other jobs share the "
-            "machine), warm page cache (dropping it is not possible here).\n\n"
+            f"load average {env['load']} (1, 5, 15 min, at the end, this benchmark's own "
+            "processes included; other jobs share the machine), warm page cache (dropping it "
+            "is not possible here).\n\n"
             f"{body.strip()}\n<!-- {key} end -->")
     try:
         with open(REPORT, encoding="utf-8") as f:
