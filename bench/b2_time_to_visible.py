@@ -52,7 +52,7 @@ class Setup:
             threading.Thread(target=self._rsync_loop, daemon=True).start()
         self.tb = TensorBoardProcess(self.logdir, self.flags,
                                      os.path.join(self._root, f"{self.key}.log"),
-                                     executable=[common.tool("tensorboard")])
+                                     executable=common.tensorboard_argv())
 
     def _rsync_loop(self):
         while not self._stop.is_set():
@@ -156,13 +156,13 @@ def main(argv=None):
     parser.add_argument("--samples", type=int)
     parser.add_argument("--timeout", type=float, default=8.0,
                         help="seconds after which a sample counts as stale")
+    common.add_report_options(parser)
     args = parser.parse_args(argv)
     samples = args.samples or (4 if args.quick else 10)
     print("B2", flush=True)
     all_setups, final = measure(samples, args.timeout)
     body = report(all_setups, final, samples, args.timeout)
-    print(body)
-    common.write_section("B2", "B2: time to visible", common.command_line(), body)
+    common.report_section(args, "B2", "B2: time to visible", body)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""B3: many runs. 1,000 runs of 3 files each (an event file and two small others).
+"""B3: many runs. 1,000 runs of 3 files each (an event file and two small others);
+`--runs 10000` for a fleet-sized logdir (its own section in the report).
 
 - Nothing changed: `run_cycle` (engine) and `tb-rsync sync` (CLI) vs a bare `rsync -a` no-op
   on the same tree, each into its own primed destination.
 - One run changed (its event file grew, one small file rewritten): the engine on the
-  1,000-run tree vs a 100-run tree, with the publish step's work counted: files it looked at
-  (its actions) and files it opened (Python audit events `open`, `os.scandir`).
+  1,000-run tree vs a tree of a tenth of the runs, with the publish step's work counted:
+  files it looked at (its actions) and files it opened (audit events `open`, `os.scandir`).
 """
 
 import argparse
@@ -27,7 +28,7 @@ EVENTS = "events.out.tfevents.1700000000.node1.1234.0"
 def build_tree(src, runs):
     events = scalar_bytes(range(50), header=True)
     for i in range(runs):
-        folder = os.path.join(src, f"run{i:04d}")
+        folder = os.path.join(src, f"run{i:05d}")
         os.makedirs(folder)
         with open(os.path.join(folder, EVENTS), "wb") as f:
             f.write(events)
@@ -91,7 +92,7 @@ class Tree:
             runner()
 
     def change_one(self, rep):
-        folder = os.path.join(self.src, f"run{self.runs // 2:04d}")
+        folder = os.path.join(self.src, f"run{self.runs // 2:05d}")
         with open(os.path.join(folder, EVENTS), "ab") as f:
             f.write(scalar_bytes(range(50 + rep * 5, 55 + rep * 5)))
         with open(os.path.join(folder, "notes.txt"), "a") as f:
@@ -171,16 +172,17 @@ def report(runs, reps, noop, noop_work, changed, work):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 runs, 3 repetitions")
-    parser.add_argument("--runs", type=int)
+    parser.add_argument("--runs", type=int, help="runs in the big tree (default 1000)")
     parser.add_argument("--reps", type=int)
+    common.add_report_options(parser)
     args = parser.parse_args(argv)
     runs = args.runs or (300 if args.quick else 1000)
     reps = args.reps or (3 if args.quick else 7)
     print("B3", flush=True)
     result = measure(runs, reps)
     body = report(runs, reps, *result)
-    print(body)
-    common.write_section("B3", "B3: 1,000 runs", common.command_line(), body)
+    common.report_section(args, "B3" if runs == 1000 else f"B3-{runs}", f"B3: {runs:,} runs",
+                          body)
 
 
 if __name__ == "__main__":

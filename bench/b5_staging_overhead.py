@@ -116,6 +116,7 @@ def rows_for(title, results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 runs of 2 MiB; 300 small runs")
+    common.add_report_options(parser)
     args = parser.parse_args(argv)
     print("B5", flush=True)
     small_runs = 300 if args.quick else 1000
@@ -139,8 +140,7 @@ def main(argv=None):
         "its last 64 KiB before the published length (rounded down to 4 KiB blocks) plus any "
         "unpublished tail; small event files therefore keep all their blocks.",
     ])
-    print(body)
-    common.write_section("B5", "B5: staging disk overhead", common.command_line(), body)
+    common.report_section(args, "B5", "B5: staging disk overhead", body)
 
 
 if __name__ == "__main__":

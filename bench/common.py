@@ -32,6 +32,26 @@ def tool(name):
     return path if os.path.exists(path) else shutil.which(name)
 
 
+def tensorboard_argv():
+    """Starts TensorBoard with this Python, so it loads the plugin installed here.
+
+    A `tensorboard` found on PATH may belong to another interpreter (a pyenv shim) whose
+    plugin is another checkout's.
+    """
+    script = os.path.join(PYTHON_BIN, "tensorboard")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "tensorboard.main"]
+
+
+def supported_flags(help_argv, wanted):
+    """The (flag, value) pairs of `wanted` whose flag the program's --help mentions.
+
+    Lets a benchmark pass options a newer version adds and still run against an older one.
+    """
+    text = subprocess.run([*help_argv, "--help"], capture_output=True, text=True).stdout
+    return [(flag, value) for flag, value in wanted
+            if value is not None and re.search(rf"{re.escape(flag)}(?![\w-])", text)]
+
+
 @contextlib.contextmanager
 def work_dir(name):
     """A fresh folder under /tmp, removed afterwards (also on Ctrl-C)."""
@@ -94,6 +114,73 @@ def run(args, **kwargs):
         raise RuntimeError(f"{' '.join(map(str, args))} exited {result.returncode}: "
                            f"{result.stderr.decode(errors='replace')[-2000:]}")
     return result
+
+
+CLOCK_TICKS_S = os.sysconf("SC_CLK_TCK")
+
+
+def become_subreaper():
+    """Orphans of our descendants (a daemonized ssh ControlMaster) are re-parented to this
+    process instead of init, so `descendants_cpu_s` keeps counting them."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_orphans():
+    """Collect exited orphans handed to us as subreaper (no Popen waits for them).
+
+    Call it only while no Popen of ours may have ended unobserved (it would take its status).
+    """
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def descendants_cpu_s(split_pid=None):
+    """CPU seconds (user + system) used so far by every descendant of this process.
+
+    Live and zombie descendants count their own time plus what their exited children left
+    in their cutime/cstime; children this process reaped count through its own cutime/cstime
+    (this process's own time is not counted). Differences of two calls give the CPU used in
+    between, exited processes included. Exited orphans are collected first: a zombie's
+    /proc entry undercounts. With `split_pid`: (cpu outside, cpu of that process's subtree).
+    """
+    reap_orphans()
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2:].split()
+        # After the name: state, ppid, ... utime(11) stime(12) cutime(13) cstime(14).
+        stats[int(entry)] = (int(fields[1]), [int(fields[i]) for i in (11, 12, 13, 14)])
+    me = os.getpid()
+    outside = inside = 0
+    for pid, (_, ticks) in stats.items():
+        chain, cursor = [], pid
+        while cursor in stats and cursor != me and cursor not in chain:
+            chain.append(cursor)
+            cursor = stats[cursor][0]
+        if cursor != me or not chain:
+            continue  # not ours, or this process
+        if split_pid in chain:
+            inside += sum(ticks)
+        else:
+            outside += sum(ticks)
+    outside += sum(stats[me][1][2:]) if me in stats else 0
+    if split_pid is None:
+        return (outside + inside) / CLOCK_TICKS_S
+    return outside / CLOCK_TICKS_S, inside / CLOCK_TICKS_S
 
 
 def median(values):
@@ -170,6 +257,7 @@ def environment():
         "python": platform.python_version(),
         "tensorboard": tensorboard.__version__,
         "kernel": platform.release(),
+        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
@@ -179,7 +267,9 @@ def write_section(key, title, command, body):
     text = (f"<!-- {key} start -->\n## {title}\n\n"
             f"`{command}` — {env['date']}, nproc {env['nproc']}, rsync {env['rsync']}, "
             f"Python {env['python']}, TensorBoard {env['tensorboard']}, Linux {env['kernel']}, "
-            "warm page cache (dropping it is not possible here).\n\n"
+            f"load average {env['load']} (1, 5, 15 min, at the end, this benchmark's own "
+            "processes included; other jobs share the machine), warm page cache (dropping it "
+            "is not possible here).\n\n"
             f"{body.strip()}\n<!-- {key} end -->")
     try:
         with open(REPORT, encoding="utf-8") as f:
@@ -193,6 +283,27 @@ def write_section(key, title, command, body):
         doc = doc.rstrip("\n") + "\n\n" + text + "\n"
     with open(REPORT, "w", encoding="utf-8") as f:
         f.write(doc if doc.endswith("\n") else doc + "\n")
+
+
+BASELINE = "before the fleet engine"
+
+
+def add_report_options(parser):
+    parser.add_argument("--baseline", action="store_true",
+                        help=f"label the figures '{BASELINE}' and keep them in a section of "
+                             "their own, which later runs without this flag leave alone")
+    parser.add_argument("--no-report", action="store_true",
+                        help="print the tables only; leave docs/BENCHMARKS.md alone")
+
+
+def report_section(args, key, title, body):
+    """Print `body` and write it to docs/BENCHMARKS.md as asked by add_report_options."""
+    print(body)
+    if args.no_report:
+        return
+    if args.baseline:
+        key, title = f"{key}-before", f"{title} ({BASELINE})"
+    write_section(key, title, command_line(), body)
 
 
 def command_line():

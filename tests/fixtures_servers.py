@@ -6,6 +6,7 @@ read or written (`ssh -F /dev/null`, explicit identity and known_hosts files).
 
 import dataclasses
 import os
+import pathlib
 import shlex
 import shutil
 import signal
@@ -85,12 +86,11 @@ class SshServer:
 
 
 def start_sshd(folder, password_only=False, extra_config=()):
-    """Start an sshd in `folder`; `extra_config` lines are appended to its sshd_config.
-
-    Returns (process, SshServer); stop the process with `stop`.
+    """Start a real sshd under `folder` -> (process, SshServer); `stop(process)` ends it.
+    `extra_config` lines are appended to its sshd_config. A plain function, so the
+    benchmarks start the same server as the tests.
     """
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("openssh-server/client are not installed")
+    folder = pathlib.Path(folder)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
     folder.mkdir(parents=True, exist_ok=True)
     host_key = keygen(folder / "host_key", "host")
@@ -132,10 +132,17 @@ def start_sshd(folder, password_only=False, extra_config=()):
                            str(log_path))
 
 
+def start_sshd_or_skip(folder, password_only=False, extra_config=()):
+    """`start_sshd` for tests: skipped where OpenSSH is not installed."""
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("openssh-server/client are not installed")
+    return start_sshd(folder, password_only, extra_config)
+
+
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory):
     """A real sshd on 127.0.0.1 accepting `.client_key` for the current user (root)."""
-    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    proc, server = start_sshd_or_skip(tmp_path_factory.mktemp("sshd"))
     yield server
     stop(proc)
 
@@ -143,7 +150,8 @@ def sshd_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def password_only_sshd(tmp_path_factory):
     """A real sshd that only offers password logins (which tb-rsync must never wait on)."""
-    proc, server = start_sshd(tmp_path_factory.mktemp("sshd-password"), password_only=True)
+    proc, server = start_sshd_or_skip(tmp_path_factory.mktemp("sshd-password"),
+                                       password_only=True)
     yield server
     stop(proc)
 

@@ -26,7 +26,7 @@ from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.rsync import run_rsync
 from tb_rsync_plugin.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
-from tests.fixtures_servers import start_sshd, stop
+from tests.fixtures_servers import start_sshd_or_skip, stop
 from tests.processes import processes_mentioning
 
 RSYNC = shutil.which("rsync")
@@ -43,8 +43,8 @@ SILENT = "connected, but the server never answered; "
 def roomy_sshd(tmp_path_factory):
     """An sshd that lets one connection carry 30 sessions (9 syncs x up to 3 rsyncs), and
     takes 18 logins at once (so the baseline without sharing counts logins, not refusals)."""
-    proc, server = start_sshd(tmp_path_factory.mktemp("sshd-sharing"),
-                              extra_config=["MaxSessions 30", "MaxStartups 100"])
+    proc, server = start_sshd_or_skip(tmp_path_factory.mktemp("sshd-sharing"),
+                                      extra_config=["MaxSessions 30", "MaxStartups 100"])
     yield server
     stop(proc)
 
@@ -280,7 +280,7 @@ def test_a_server_that_never_answers(tmp_path, sshd_server, control_dir):
 
 
 def test_a_server_past_max_startups_refuses(tmp_path, control_dir):
-    proc, server = start_sshd(tmp_path / "sshd", extra_config=["MaxStartups 1:100:1"])
+    proc, server = start_sshd_or_skip(tmp_path / "sshd", extra_config=["MaxStartups 1:100:1"])
     held = []
     try:
         # One connection that never logs in fills MaxStartups 1 (once sshd counts it).
