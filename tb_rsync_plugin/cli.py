@@ -14,6 +14,7 @@ import traceback
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import rewrites as rewrites_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
 from tb_rsync_plugin.errors import SyncError
@@ -168,8 +169,16 @@ def _sync_sources(service, names):
               f"in {result.get('duration_s', 0):.1f} s", flush=True)
         for warning in source["warnings"]:
             print(f"{name}: warning: {warning}", file=sys.stderr, flush=True)
+    print_rewrites(service.journal.take_written())
     if bugs:
         raise bugs[0]
+
+
+def print_rewrites(rewrites):
+    """One line per event file this process rewrote, saying where the old copy went."""
+    for r in rewrites:
+        print(f"{r.source}: rewritten {r.file} (the source rewrote it); old copy kept at "
+              f"'{r.kept_at}'", flush=True)
 
 
 def cmd_status(args):
@@ -188,12 +197,12 @@ def cmd_status(args):
               f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")
         return EXIT_OK
     now = time.time()
-    print(format_status(snapshot, now))
+    print(format_status(snapshot, now, rewrites_lib.recent(config.rewrites_path)))
     return EXIT_FAILED if any(s["state"] == "error" for s in snapshot["sources"]) else EXIT_OK
 
 
-def format_status(snapshot, now):
-    """The freshness table: sources first, then one line per run."""
+def format_status(snapshot, now, rewrites=()):
+    """The freshness table: sources first, then one line per run, then recent rewrites."""
     lines = []
     for s in snapshot["sources"]:
         lines.append(f"source {s['name']} ({s['source']}): {s['state']}, last sync "
@@ -217,6 +226,10 @@ def format_status(snapshot, now):
     if problems:
         lines.append("")
         lines.extend(problems)
+    if rewrites:
+        lines.extend(["", "Recent rewrites (newest first):"])
+        lines.extend(f"  {_age(r.unix_s, now)}: {r.file}, old copy at '{r.kept_at}'"
+                     for r in rewrites)
     return "\n".join(lines)
 
 

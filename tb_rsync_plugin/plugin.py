@@ -21,7 +21,7 @@ from tb_rsync_plugin.errors import ConfigError
 PLUGIN_NAME = "rsync"
 CSRF_HEADER = "X-TB-Rsync"
 MAX_BODY_BYTES = 4096
-STATIC_FILES = ("index.js", "model.js", "views.js", "style.css")
+STATIC_FILES = ("index.js", "model.js", "views.js", "refresh.js", "style.css")
 
 
 class RsyncPluginLoader(base_plugin.TBLoader):
@@ -79,8 +79,12 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context, config):
         self._config = config
-        state = state_lib.SyncState(config.sources, config.interval_for)
         reloader = reload_lib.make_reloader(context, config.holding_dir)
+        # A publish may take one TensorBoard reload (plus the data server's load time, about
+        # as long again) and one loaded-data check to show: that long, a run stays "live".
+        state = state_lib.SyncState(
+            config.sources, config.interval_for, reload_period_s=reloader.period_s,
+            grace_s=2 * reloader.period_s + service_lib.LOADED_REFRESH_S)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.start()
 
