@@ -158,6 +158,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
     # --- logic, testable without HTTP --------------------------------------------------
     def status_impl(self):
+        self._service.journal.notice(self._service.state)
         return self._service.state.snapshot()
 
     def sync_impl(self, name=None):

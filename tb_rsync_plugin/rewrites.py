@@ -66,6 +66,7 @@ class RewriteJournal:
         self._lock = threading.Lock()
         # This process's own rewrites, for the CLI to print (bounded: TensorBoard never takes).
         self._written = collections.deque(maxlen=1000)
+        self._unapplied = []  # others' rewrites noticed, not yet reloaded
         try:
             self._offset = os.path.getsize(path)
         except OSError:
@@ -103,8 +104,30 @@ class RewriteJournal:
             self._written.clear()
         return taken
 
-    def follow(self):
+    def notice(self, state):
+        """Mark runs rewritten by others in `state` at once (cheap: one stat when nothing new).
+
+        Called before every status answer, so the tab never says "live" for a run another
+        process rewrote and TensorBoard has not read again; `catch_up` reloads them.
+        """
+        entries = self._follow()
+        if entries:
+            state.note_rewrites(entries)
+            with self._lock:
+                self._unapplied.extend(entries)
+
+    def take_unapplied(self):
+        with self._lock:
+            taken, self._unapplied = self._unapplied, []
+        return taken
+
+    def _follow(self):
         """Rewrites other processes appended since the last call (complete lines only)."""
+        try:
+            if os.path.getsize(self.path) <= self._offset:
+                return []
+        except OSError:
+            return []
         with self._lock:
             try:
                 with open(self.path, "rb") as f:
@@ -165,10 +188,10 @@ def catch_up(journal, reloader, logdir, hold, state, cancel):
         "restart needed".
       cancel: a threading.Event that cuts waiting short.
     """
-    entries = journal.follow()
+    journal.notice(state)
+    entries = journal.take_unapplied()
     if not entries:
         return
-    state.note_rewrites(entries)
     by_source = {}
     for entry in entries:
         by_source.setdefault(entry.source, []).append(entry)
