@@ -10,10 +10,9 @@
 // disabled (our plugin asks TensorBoard not to reload it): the refresh then waits until the
 // user switches to a dashboard.
 //
-// When to click: when a run's published time moves (the legacy loader serves it at once;
-// the fast loader after one reload period, so then also that much later), and when what
-// TensorBoard serves moves (the server's loaded-data check). At most one click per
-// MIN_REFRESH_MS. Nothing here touches our own DOM; index.js shows the result.
+// When to click: when a run's published time moves (at once with the legacy loader, one
+// reload period later with the fast loader), and when what TensorBoard serves moves (the
+// server's loaded-data check). At most one click per MIN_REFRESH_MS. Nothing here touches our own DOM; index.js shows the result.
 
 export const MIN_REFRESH_MS = 2500;
 export const STORAGE_KEY = 'tb-rsync.refresh-charts';
@@ -103,12 +102,13 @@ export class ChartRefresher {
       return;
     }
     const now = this.now();
-    if (changes.published || changes.loaded) this.dueMs.push(now);
-    const periodS = status && status.reload_period_s;
-    if (changes.published && typeof periodS === 'number' && periodS > 0) {
-      // The fast loader shows it at its next reload: click again once that has passed.
-      this.dueMs.push(now + periodS * 1000 + 300);
-    }
+    const periodS = (status && status.reload_period_s) || 0;
+    // The legacy loader serves a publish at once (tb-rsync reloaded the run); the fast
+    // loader at its next reload: click once that has passed. A change in what TensorBoard
+    // serves (the server's loaded-data check) is worth a click at once.
+    if (changes.published) this.dueMs.push(now + (periodS > 0 ? periodS * 1000 + 300 : 0));
+    if (changes.loaded) this.dueMs.push(now);
+    this.dueMs.sort((a, b) => a - b);
     this.tick();
   }
 
