@@ -159,7 +159,17 @@ def report(all_setups, samples, timeout_s):
         rows.append([s.title, f"{seen} of {samples}",
                      common.fmt_s(common.median(s.latencies)) if seen else "stale",
                      common.fmt_s(common.percentile(s.latencies, 90)) if seen else "stale"])
+    goals = []
+    for s in all_setups[:2]:
+        median = common.median(s.latencies) if s.latencies and not s.stale else None
+        goals.append([f"{s.title}: median under 3 s, no stale sample",
+                      common.fmt_s(median) if median is not None else f"{s.stale} stale",
+                      "met" if median is not None and median < 3 else "missed"])
     return (common.table(["setup", "samples in the page's data", "median", "p90"], rows)
+            + "\n\n" + common.table(["goal", "measured", ""], goals)
+            + "\n\nThe plugin's pages refresh through the Sync tab's \"Refresh TensorBoard after "
+            "each sync\" (on by default with automatic sync): it clicks TensorBoard's reload "
+            "button when a publish is served, at most every 2.5 s."
             + f"\n\nA sample not in the page's own fetched data within {timeout_s:g} s counts "
             "as stale. Headless Chromium, fresh profile per page, no clicks; four TensorBoards "
             "and four pages share the 2 cores.")

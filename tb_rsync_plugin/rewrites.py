@@ -77,6 +77,15 @@ class RewriteJournal:
         rewrites = [a for a in report.actions if a.action == "rewrite"]
         if not rewrites:
             return []
+        try:
+            written = self._append(name, report, rewrites)
+        except OSError as e:  # the files are published; other processes just miss this line
+            logger.warning("tb-rsync: cannot append to the rewrite journal %s: %s", self.path, e)
+            return []
+        self._written.extend(written)
+        return written
+
+    def _append(self, name, report, rewrites):
         written = []
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path, "ab") as f:
@@ -94,7 +103,6 @@ class RewriteJournal:
                 written.append(entry)
             f.flush()
             os.fsync(f.fileno())
-        self._written.extend(written)
         return written
 
     def take_written(self):
