@@ -1,7 +1,7 @@
 """Run every benchmark in turn; each rewrites its section of docs/BENCHMARKS.md.
 
 `python bench/run_all.py [--quick] [--ssh] [--fleet-only] [--baseline] [--no-report]`:
-`--quick` passes smaller sizes to each; `--ssh` adds B1 over a real sshd on 127.0.0.1 at the
+`--quick` passes smaller sizes to each (B2 also runs in the browser); `--ssh` adds B1 over a real sshd on 127.0.0.1 at the
 B1 sizes. The fleet benchmarks (B6, B7, B3 at 10,000 runs, B4 under load, B1 over ssh at
 1 GiB) always run; `--fleet-only` runs just them. `--baseline` and `--no-report` are passed
 on (see any benchmark's --help). The full run takes about 20-30 minutes (the fleet part
@@ -15,6 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import b1_publish_cost  # noqa: E402
+import b2_browser  # noqa: E402
 import b2_time_to_visible  # noqa: E402
 import b3_scale  # noqa: E402
 import b4_status_latency  # noqa: E402
@@ -46,6 +47,7 @@ def main():
         + (["--no-report"] if args.no_report else [])
     plan = [] if args.fleet_only else [
         (b1_publish_cost, ["--ssh"] if args.ssh else []), (b2_time_to_visible, []),
+        (b2_browser, []),
         (b3_scale, []), (b4_status_latency, []), (b5_staging_overhead, []), (b8_rclone, [])]
     plan += [(module, quick if args.quick else full) for module, full, quick in FLEET]
     started = time.monotonic()

@@ -286,7 +286,9 @@ class Demo:
         print("Starting TensorBoard (takes a few seconds)...", flush=True)
 
     def explain_urls(self, main_url, plain_url):
-        print(f"Sync TensorBoard:  {main_url}/  (Sync tab: {main_url}/#rsync) keeps growing")
+        print(f"Sync TensorBoard:  {main_url}/#rsync  keeps growing: open the Sync tab once, "
+              "then Scalars or Time Series; the charts reload after each sync (the tab's "
+              "\"Refresh TensorBoard after each sync\")")
         if plain_url:
             note = ("plain rsync replaces event files; the fast loader keeps reading the old "
                     "ones, so it goes stale" if self.plain_goes_stale() else

@@ -5,9 +5,11 @@
 // sessionStorage), open <details>, buttons clicked but not yet confirmed by the server.
 // Each part of the page is rebuilt only when its data changed; ages tick in place. Source
 // rows are updated by name, cell by cell (an open error <details> keeps its selection while
-// another source's progress moves). Polling sleeps while nobody can see the tab.
+// another source's progress moves). Polling sleeps while nobody can see the tab, unless the
+// chart refresh (refresh.js) needs it: then it goes on while the user looks at a dashboard.
 
 import {Poller, idlePollMs, pageHidden, requestSync} from './model.js';
+import {ChartRefresher} from './refresh.js';
 import * as views from './views.js';
 
 const STORAGE_KEY = 'tb-rsync.ui.v1';
@@ -110,10 +112,13 @@ class SyncTab {
     this.focusMemo = {key: null};
     this.keys = {};
     this.runsJson = '';
-    this.stats = {runsRenders: 0, lastRunsRenderMs: 0, statusUpdates: 0};
+    this.stats = {runsRenders: 0, lastRunsRenderMs: 0, statusUpdates: 0, ticks: 0};
     Object.assign(this, loadUiState());
 
+    this.refresher = new ChartRefresher();
+    this.refreshTimer = null;
     this.headerSlot = views.el('div', {attrs: {'data-slot': 'header'}});
+    this.refreshSlot = views.el('div', {attrs: {'data-slot': 'refresh'}});
     this.connSlot = views.el('div', {attrs: {'data-slot': 'connection'}});
     this.bodySlot = views.el('div', {attrs: {'data-slot': 'body'}});
     this.sourcesSlot = views.el('div', {attrs: {'data-slot': 'sources'}});
@@ -135,7 +140,7 @@ class SyncTab {
       attrs: {'data-role': 'loading'}});
 
     const app = views.el('div', {cls: 'tb-rsync'},
-        [this.headerSlot, this.connSlot, this.bodySlot, this.announcer]);
+        [this.headerSlot, this.refreshSlot, this.connSlot, this.bodySlot, this.announcer]);
     this.bodySlot.append(this.loading);
     root.append(app);
     this.app = app;
@@ -148,6 +153,12 @@ class SyncTab {
       if (e.target.open) this.openDetails.add(key);
       else this.openDetails.delete(key);
     }, true);
+    app.addEventListener('change', (e) => {
+      if (e.target.getAttribute('data-role') !== 'refresh-toggle') return;
+      this.refresher.setChoice(e.target.checked);
+      this.renderRefresh();
+      this.checkVisibility();
+    });
     this.filterInput.addEventListener('input', () => {
       this.filter = this.filterInput.value;
       this.saveUiState();
@@ -157,6 +168,7 @@ class SyncTab {
     this.poller = new Poller({
       onStatus: (status, info) => this.onStatus(status, info),
       onError: (info) => this.onError(info),
+      isHidden: () => pageHidden() && !this.refresher.wantsPolling(),
     });
     this.renderAll();
   }
@@ -176,7 +188,7 @@ class SyncTab {
    * visibilitychange/resize and, as a fallback, on every local tick (no request involved).
    */
   checkVisibility() {
-    const now = pageHidden();
+    const now = pageHidden() && !this.refresher.wantsPolling();
     if (this.hidden && !now) this.poller.poll();
     else if (!now && this.poller.sleeping) this.poller.poll();
     this.hidden = now;
@@ -195,7 +207,9 @@ class SyncTab {
   }
 
   tick() {
+    this.stats.ticks += 1;
     this.checkVisibility();
+    this.refreshCharts();
     if (!this.hidden) views.refreshAges(this.app, this.nowS());
     setTimeout(() => this.tick(), TICK_MS);
   }
@@ -232,7 +246,29 @@ class SyncTab {
         .map((s) => s.name));
     this.runs = (status.runs || []).map((r) => failing.has(r.source) ? {...r, source_failing: true} : r);
     this.runsJson = JSON.stringify(this.runs);
+    this.refresher.onStatus(status);
+    this.refreshCharts();
     this.renderAll();
+  }
+
+  /** Click TensorBoard's reload if due (refresh.js decides), and come back when it is. */
+  refreshCharts() {
+    this.refresher.tick();
+    this.renderRefresh();
+    clearTimeout(this.refreshTimer);
+    const inMs = this.refresher.nextTickInMs();
+    // 0: due but waiting for the user to leave the Sync tab; the 1 s tick looks again.
+    if (inMs) this.refreshTimer = setTimeout(() => this.refreshCharts(), inMs + 20);
+  }
+
+  renderRefresh() {
+    const r = this.refresher;
+    const lastClickS = r.clicks ? this.nowS() - (Date.now() - r.lastClickMs) / 1000 : null;
+    const key = JSON.stringify([r.enabled, r.missing, r.clicks, !!this.status]);
+    if (!this.status || !this.changed('refresh', key)) return;
+    replaceSlot(this.refreshSlot, views.buildRefreshControl(
+        {enabled: r.enabled, missing: r.missing, clicks: r.clicks, lastClickS},
+        this.nowS()), this.focusMemo);
   }
 
   onError(info) {

@@ -323,6 +323,40 @@ export function buildHeader(status, ui = {}) {
 }
 
 /**
+ * The chart refresh choice under the header: a checkbox, remembered in localStorage, and a
+ * line saying what it does, or how to get fresh charts when it is off or cannot work.
+ *
+ * @param {{enabled: boolean, missing: ?string, clicks: number, lastClickS: ?number}} refresh
+ * @param {number} nowS server clock (for "last refresh 3 s ago")
+ */
+export function buildRefreshControl(refresh, nowS) {
+  const box = el('div', {cls: 'rs-refresh', attrs: {'data-role': 'refresh'}});
+  const label = el('label', {cls: 'rs-refresh-label'});
+  const input = el('input', {attrs: {'type': 'checkbox', 'data-role': 'refresh-toggle',
+    'data-key': 'refresh-toggle'}});
+  input.checked = !!refresh.enabled;
+  label.append(input, ' Refresh TensorBoard after each sync');
+  box.append(label);
+  const manual = 'To see new points, click ⟳ at the top right of TensorBoard, or turn ' +
+    'on its Settings → Reload data.';
+  let text;
+  if (refresh.enabled && refresh.missing) {
+    text = `Cannot refresh the charts here (${refresh.missing}). ${manual}`;
+  } else if (refresh.enabled) {
+    text = 'Open charts reload (as with ⟳) when a sync publishes new data, at most ' +
+      'every few seconds.';
+  } else {
+    text = `TensorBoard does not reload its charts by itself. ${manual}`;
+  }
+  const note = el('p', {cls: 'rs-note', text, attrs: {'data-role': 'refresh-note'}});
+  if (refresh.enabled && !refresh.missing && isNum(refresh.lastClickS)) {
+    note.append(' Last refresh ', ageSpan(refresh.lastClickS, nowS), '.');
+  }
+  box.append(note);
+  return box;
+}
+
+/**
  * What the connection notice says (and screen readers announce): '' while reachable.
  * It depends only on the connection *state* (down, and why), never on the countdown, so
  * index.js re-announces it only when that state changes.
@@ -748,6 +782,11 @@ export function buildRunRow(r, nowS) {
     badge.title = `TensorBoard has events up to ${formatLocalTime(r.loaded_wall_time)}`;
   }
   state.appendChild(badge);
+  // Live but a reload or so behind (steady writing): say how far, beside the badge.
+  if (r.state === 'live' && isNum(r.behind_s) && r.behind_s >= 1) {
+    state.append(' ', el('span', {cls: 'muted small', attrs: {'data-role': 'behind'},
+      text: `${formatDuration(r.behind_s)} behind`}));
+  }
   tr.appendChild(state);
 
   const detail = document.createElement('td');
@@ -763,7 +802,14 @@ export function buildRunRow(r, nowS) {
     detail.appendChild(el('div', {cls: 'muted', attrs: {'data-role': 'lag'},
       text: `TensorBoard is ${formatDuration(r.source_wall_time - r.loaded_wall_time)} behind.`}));
   }
-  if (isNum(r.rewritten_unix_s)) {
+  if (r.rewrite && isNum(r.rewrite.unix_s)) {
+    // Where the old copy went: nothing is deleted, and people look for it here.
+    const w = el('div', {cls: 'muted', attrs: {'data-role': 'rewrite'}});
+    const by = r.rewrite.by === 'another process' ? ' (published by another process)' : '';
+    w.append(`${r.rewrite.file || 'a file'} rewritten `, ageSpan(r.rewrite.unix_s, nowS),
+        `${by}; old copy: `, el('code', {text: r.rewrite.kept_at || '?'}));
+    detail.appendChild(w);
+  } else if (isNum(r.rewritten_unix_s)) {
     const w = document.createElement('div');
     w.className = 'muted';
     w.append('source rewrote a file ', ageSpan(r.rewritten_unix_s, nowS));

@@ -17,6 +17,7 @@ from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import inbox
 from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import rewrites as rewrites_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
 from tb_rsync_plugin import transport
@@ -226,6 +227,7 @@ class CycleReporter:
                       f"{result.get('files_published', 0)} file(s) published, "
                       f"{result.get('runs_updated', 0)} run(s) updated "
                       f"in {result.get('duration_s', 0):.1f} s", flush=True)
+            print_rewrites(self._service.journal.take_written())
             warnings = list(status["warnings"])
             if not self._quiet or warnings != self._shown_warnings.get(end.name, []):
                 for warning in warnings:
@@ -256,6 +258,13 @@ def _duration(seconds):
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+def print_rewrites(rewrites):
+    """One line per event file this process rewrote, saying where the old copy went."""
+    for r in rewrites:
+        print(f"{r.source}: rewritten {r.file} (the source rewrote it); old copy kept at "
+              f"'{r.kept_at}'", flush=True)
+
+
 def cmd_status(args):
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
@@ -272,12 +281,12 @@ def cmd_status(args):
               f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")
         return EXIT_OK
     now = time.time()
-    print(format_status(snapshot, now))
+    print(format_status(snapshot, now, rewrites_lib.recent(config.rewrites_path)))
     return EXIT_FAILED if any(s["state"] == "error" for s in snapshot["sources"]) else EXIT_OK
 
 
-def format_status(snapshot, now):
-    """The freshness table: sources first, then one line per run."""
+def format_status(snapshot, now, rewrites=()):
+    """The freshness table: sources first, then one line per run, then recent rewrites."""
     lines = []
     for s in snapshot["sources"]:
         retry = s.get("next_sync_unix_s") if s.get("retrying") else None
@@ -304,6 +313,10 @@ def format_status(snapshot, now):
     if problems:
         lines.append("")
         lines.extend(problems)
+    if rewrites:
+        lines.extend(["", "Recent rewrites (newest first):"])
+        lines.extend(f"  {_age(r.unix_s, now)}: {r.file}, old copy at '{r.kept_at}'"
+                     for r in rewrites)
     return "\n".join(lines)
 
 

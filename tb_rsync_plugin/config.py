@@ -161,6 +161,11 @@ class SyncConfig:
         return os.path.join(self.staging_root, "state")
 
     @property
+    def rewrites_path(self):
+        """The rewrite journal every process sharing this staging root appends to."""
+        return os.path.join(self.staging_root, "rewrites.jsonl")
+
+    @property
     def holding_dir(self):
         """Where the fast-loader reload briefly parks a rewritten run's event files."""
         return os.path.join(self.staging_root, "holding")

@@ -28,7 +28,7 @@ PLUGIN_NAME = "rsync"
 CONFIG_POLL_S = 2.0  # how often --rsync_config is checked for edits
 CSRF_HEADER = "X-TB-Rsync"
 MAX_BODY_BYTES = 4096
-STATIC_FILES = ("index.js", "model.js", "views.js", "style.css")
+STATIC_FILES = ("index.js", "model.js", "views.js", "refresh.js", "style.css")
 
 
 class RsyncPluginLoader(base_plugin.TBLoader):
@@ -111,8 +111,12 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context, config):
         self._config = config
-        state = state_lib.SyncState(config.sources, config.interval_for)
         reloader = reload_lib.make_reloader(context, config.holding_dir)
+        # A publish may take one TensorBoard reload (plus the data server's load time, about
+        # as long again) and one loaded-data check to show: that long, a run stays "live".
+        state = state_lib.SyncState(
+            config.sources, config.interval_for, reload_period_s=reloader.period_s,
+            grace_s=2 * reloader.period_s + service_lib.LOADED_REFRESH_S)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.scheduler.add_listener(service_lib.log_transition)
         self._service.start()
@@ -166,7 +170,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
     def _status_route(self, request):
         if request.method != "GET":
             return _json({"error": "Use GET."}, 405)
-        return _json_bytes(self._service.state.status_json())
+        return _json_bytes(self.status_bytes_impl())
 
     @wrappers.Request.application
     def _sync_route(self, request):
@@ -218,7 +222,14 @@ class RsyncPlugin(base_plugin.TBPlugin):
 
     # --- logic, testable without HTTP --------------------------------------------------
     def status_impl(self):
-        return self._service.state.snapshot()
+        """The status as a dict (what the route serves, parsed)."""
+        return json.loads(self.status_bytes_impl())
+
+    def status_bytes_impl(self):
+        """The status JSON, after noticing rewrites other processes published (one stat
+        when there are none): a status never says "live" for a rewrite it has not seen."""
+        self._service.journal.notice(self._service.state)
+        return self._service.state.status_json()
 
     def sync_impl(self, name=None):
         """Start or join syncs; raises KeyError for a name that is not configured."""

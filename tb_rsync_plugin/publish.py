@@ -63,6 +63,7 @@ class FileAction:
     action: str
     bytes: int = 0
     detail: str = ""
+    kept_at: str = ""  # for a rewrite: where the old published file was moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,7 +470,8 @@ class _Publisher:
         self._remember(rel, entry)
         self._release_staged(src, src_st, written)
         self._note_run(rel, entry, touched=True, rewritten=True)
-        return self._act(rel, "rewrite", written, f"{why}; old file kept at '{keep_at}'")
+        return self._act(rel, "rewrite", written, f"{why}; old file kept at '{keep_at}'",
+                         kept_at=keep_at)
 
     def _restage(self, rel, entry):
         self.needs_restage.append(rel)
@@ -532,8 +534,8 @@ class _Publisher:
         if touched:
             info["files"].append(rel)
 
-    def _act(self, rel, action, nbytes=0, detail=""):
-        self.actions.append(FileAction(rel, action, nbytes, detail))
+    def _act(self, rel, action, nbytes=0, detail="", kept_at=""):
+        self.actions.append(FileAction(rel, action, nbytes, detail, kept_at))
 
     def _skip(self, rel, detail, error=False):
         if error:

@@ -39,6 +39,7 @@ class NoReloader:
     """For the CLI: publishing only."""
 
     kind = "none"
+    period_s = 0.0  # how long TensorBoard may take to show what was published
     note = "No TensorBoard attached: publishing only."
     not_live = ("unknown", "Published; no TensorBoard attached to ask what it shows.")
 
@@ -68,7 +69,7 @@ class FastLoaderReloader(NoReloader):
         self._data_provider = data_provider
         self.loaded_wall_times = LoadedTimes(data_provider)
         self._holding_dir = holding_dir
-        self._reload_interval_s = reload_interval_s
+        self._reload_interval_s = self.period_s = reload_interval_s
         if reload_interval_s > 0:
             self.note = ("TensorBoard's fast loader has no reload API: new points show at its "
                          f"next reload (every {reload_interval_s:g} s, --reload_interval).")

@@ -21,6 +21,7 @@ import traceback
 
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import rewrites as rewrites_lib
 from tb_rsync_plugin import rsync as rsync_lib
 from tb_rsync_plugin import scheduler as scheduler_lib
 from tb_rsync_plugin import ssh as ssh_lib
@@ -70,6 +71,7 @@ class SyncService:
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
+        self.journal = rewrites_lib.RewriteJournal(config.rewrites_path, clock)
         state.loader, state.loader_note, state.not_live = \
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
@@ -142,6 +144,7 @@ class SyncService:
                 # parks this source's files.
                 with self._publish_lock(name):
                     transfer, report = self._publish(source, transfer, retry, progress)
+                    self.journal.record(name, report)
                     notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
             if report.runs:
@@ -283,6 +286,12 @@ class SyncService:
         finally:
             os.close(fd)  # releases the lock
 
+    @contextlib.contextmanager
+    def _hold_source(self, name):
+        """Both locks of a cycle, for reloading runs another process rewrote."""
+        with self._source_lock(name), self._publish_lock(name):
+            yield
+
     def _restore_parked(self, name):
         """Put back files a killed process left parked for a fast-loader reload.
 
@@ -342,6 +351,8 @@ class SyncService:
 
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):
+            rewrites_lib.catch_up(self.journal, self.reloader, self.config.logdir,
+                                  self._hold_source, self.state, self._stop)
             runs = self.state.runs()
             if runs:
                 self._refresh_loaded(runs)

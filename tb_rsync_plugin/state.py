@@ -13,6 +13,7 @@ grown to several times its live size. Each process appends only about the source
 under an `flock`, so processes sharing a staging root never drop each other's lines.
 """
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -27,6 +28,7 @@ from tb_rsync_plugin import __version__, atomic, config, publish
 
 HEARTBEAT_S = 60.0
 PROGRESS_EVERY_S = 0.5
+STATUS_MAX_AGE_S = 1.0
 # Saved for `tb-rsync status`, not restored: the new process makes its own schedule.
 _SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures")
 COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
@@ -35,6 +37,8 @@ COMPACT_MIN_BYTES = 64 * 1024
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
                       "failures")
+# Publishes remembered per run, to tell which one TensorBoard should show by now.
+_HISTORY = 64
 
 
 @dataclasses.dataclass
@@ -66,6 +70,15 @@ class RunFreshness:
     loaded_wall_time: Optional[float] = None
     rewritten_unix_s: Optional[float] = None
     restart_reason: Optional[str] = None
+    # The newest rewrite of one of its files: {unix_s, file, kept_at, by}.
+    rewrite: Optional[dict] = None
+    # Journal generation of the newest rewrite another process published, and of the newest
+    # one this process made TensorBoard read again: "live" only when they match.
+    rewrite_gen: int = -1
+    applied_gen: int = -1
+    # (published_unix_s, newest wall time, newest step) of recent publishes, oldest first.
+    history: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=_HISTORY))
     # Event files of this run that could not be published: {staged path: sentence}. An
     # entry stays until that file publishes cleanly, whatever the run's other files do.
     file_errors: dict = dataclasses.field(default_factory=dict)
@@ -78,10 +91,18 @@ class SyncState:
       sources: the configured `Source`s, in display order.
       interval_for: maps a `Source` to its automatic sync period (0 = on request only).
       clock: returns Unix seconds; injected so tests control time.
+      reload_period_s: how often TensorBoard reads appended data by itself (the fast
+        loader's --reload_interval; 0 when tb-rsync reloads runs itself). The tab uses it to
+        time its chart refresh.
+      grace_s: how long after a publish TensorBoard may still not show it while the run
+        stays "live" (its reload period plus the loaded-data check's); beyond, "waiting".
     """
 
-    def __init__(self, sources, interval_for, clock=time.time):
+    def __init__(self, sources, interval_for, clock=time.time, reload_period_s=0.0,
+                 grace_s=0.0):
         self._clock = clock
+        self._reload_period_s = reload_period_s
+        self._grace_s = grace_s
         self._lock = threading.Lock()
         self._sources = {s.name: SourceStatus(s.name, s.source, interval_for(s)) for s in sources}
         self._runs = {}
@@ -94,7 +115,7 @@ class SyncState:
         self.rsync_error = None
         self.config_error = None  # a bad edit of --rsync_config, while the old one runs
         self._version = 0  # bumped by every change: status_json() rebuilds only then
-        self._cached = (-1, b"")
+        self._cached = (-1, 0.0, b"")
         # What the journal does not know yet: sources whose saved fields changed, runs.
         self._unsaved_sources = set()
         self._unsaved_runs = set()
@@ -215,12 +236,52 @@ class SyncState:
                 if update.rewritten:
                     fresh.rewritten_unix_s = now
                     fresh.source_wall_time = update.newest_wall_time
+                    # What TensorBoard served before is no proof it serves the new content.
+                    fresh.loaded_wall_time = None
+                    fresh.history.clear()
+                fresh.history.append((now, fresh.source_wall_time, fresh.source_step))
                 fresh.restart_reason = reload_notes.get(run)
                 self._unsaved_runs.add(run)
+            for action in report.actions:
+                if action.action == "rewrite":
+                    fresh = self._runs.setdefault(publish.run_of(name, action.path),
+                                                  RunFreshness(publish.run_of(name, action.path), name))
+                    fresh.rewrite = {"unix_s": now, "file": f"{name}/{action.path}",
+                                     "kept_at": action.kept_at, "by": "this process"}
+                    self._unsaved_runs.add(fresh.run)
             self._record_file_errors(name, report)
             if report.runs or report.actions or \
                     _meaningful(before) != _meaningful(_saved_fields(status)):
                 self._unsaved_sources.add(name)
+
+    def note_rewrites(self, rewrites):
+        """Rewrites another process published (`rewrites.Rewrite`): not live until reloaded."""
+        with self._changing():
+            for entry in rewrites:
+                if entry.source not in self._sources:
+                    continue
+                fresh = self._runs.setdefault(entry.run, RunFreshness(entry.run, entry.source))
+                fresh.rewrite = {"unix_s": entry.unix_s, "file": entry.file,
+                                 "kept_at": entry.kept_at, "by": "another process"}
+                fresh.rewritten_unix_s = fresh.published_unix_s = entry.unix_s
+                fresh.rewrite_gen = max(fresh.rewrite_gen, entry.gen)
+                fresh.source_wall_time, fresh.source_step = \
+                    entry.newest_wall_time, entry.newest_step
+                fresh.loaded_wall_time = None
+                fresh.history.clear()
+                fresh.history.append((entry.unix_s, entry.newest_wall_time, entry.newest_step))
+                fresh.restart_reason = None
+
+    def rewrites_applied(self, rewrites, reload_notes):
+        """TensorBoard was told to read these runs again; `reload_notes`: {run: why not}."""
+        with self._changing():
+            for entry in rewrites:
+                fresh = self._runs.get(entry.run)
+                if fresh is None or fresh.source != entry.source:
+                    continue
+                fresh.applied_gen = max(fresh.applied_gen, entry.gen)
+                fresh.loaded_wall_time = None
+                fresh.restart_reason = reload_notes.get(entry.run)
 
     def _record_file_errors(self, name, report):
         """Clear the errors of event files that published cleanly; add this cycle's.
@@ -282,19 +343,20 @@ class SyncState:
             return self._snapshot()
 
     def status_json(self):
-        """`snapshot()` as JSON bytes; the part after the clock is rebuilt only on change.
+        """`snapshot()` as JSON bytes; the part after the clock is rebuilt only when
+        something changed or `STATUS_MAX_AGE_S` passed (run states also follow the clock).
 
         The Sync tab polls every second or two, with hundreds of runs, while syncs run: the
         route must not build and encode the whole state each time (docs/BENCHMARKS.md B4).
         """
         with self._lock:
-            version, body = self._cached
-            if version != self._version:
+            version, built, body = self._cached
+            now = self._clock()
+            if version != self._version or not 0 <= now - built < STATUS_MAX_AGE_S:
                 data = self._snapshot()
                 del data["server_unix_s"]
                 body = json.dumps(data, separators=(",", ":")).encode("utf-8")
-                self._cached = (self._version, body)
-            now = self._clock()
+                self._cached = (self._version, now, body)
         return b'{"server_unix_s":' + json.dumps(now).encode() + b"," + body[1:]
 
     def _snapshot(self):
@@ -305,6 +367,7 @@ class SyncState:
             "logdir": self.logdir,
             "loader": self.loader,
             "reload_note": self.loader_note,
+            "reload_period_s": self._reload_period_s,
             "rsync_error": self.rsync_error,
             "config_error": self.config_error,
             "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
@@ -313,7 +376,7 @@ class SyncState:
         }
 
     def _run_json(self, fresh):
-        state, detail = self._run_state(fresh)
+        state, detail, behind_s = self._run_state(fresh)
         return {
             "run": fresh.run,
             "source": fresh.source,
@@ -323,23 +386,44 @@ class SyncState:
             "loaded_wall_time": fresh.loaded_wall_time,
             "state": state,
             "state_detail": detail,
+            "behind_s": behind_s,
             "rewritten_unix_s": fresh.rewritten_unix_s,
+            "rewrite": fresh.rewrite,
             "file_errors": dict(fresh.file_errors),
         }
 
     def _run_state(self, fresh):
+        """(state, detail, seconds TensorBoard is behind the newest published event or None).
+
+        "live" while TensorBoard shows every event published more than `grace_s` ago: under
+        steady writing it is always a reload or so behind, and that is still live (with "N s
+        behind" beside it), not a badge flipping at every sync. A rewrite another process
+        published is never live before this process made TensorBoard read the run again:
+        the old content's newest wall time may equal the new one's.
+        """
         if fresh.file_errors:
-            return "error", fresh.file_errors[min(fresh.file_errors)]
+            return "error", fresh.file_errors[min(fresh.file_errors)], None
         if fresh.restart_reason:
-            return "restart_needed", fresh.restart_reason
+            return "restart_needed", fresh.restart_reason, None
         if self.loader == "none":
-            return self.not_live
+            return self.not_live + (None,)
+        if fresh.rewrite_gen > fresh.applied_gen:
+            return ("waiting", "Another process rewrote an event file of this run; "
+                               "TensorBoard is reading it again.", None)
         if fresh.source_wall_time is None:
-            return "waiting", "Published; no events with a time yet."
-        if fresh.loaded_wall_time is not None and \
-                fresh.loaded_wall_time >= fresh.source_wall_time - 1e-3:
-            return "live", "TensorBoard shows the newest published event."
-        return self.not_live
+            return "waiting", "Published; no events with a time yet.", None
+        loaded = fresh.loaded_wall_time
+        if loaded is None:
+            return self.not_live + (None,)
+        behind_s = max(0.0, fresh.source_wall_time - loaded)
+        if behind_s <= 1e-3:
+            return "live", "TensorBoard shows the newest published event.", 0.0
+        due = [wall for unix_s, wall, _ in fresh.history
+               if unix_s <= self._clock() - self._grace_s and wall is not None]
+        if not due or loaded >= max(due) - 1e-3:
+            return ("live", f"TensorBoard is {behind_s:.0f} s behind the newest published "
+                            "event; it shows it at its next reload.", behind_s)
+        return self.not_live + (behind_s,)
 
     # --- persistence -------------------------------------------------------------------
     def save(self, state_dir):
@@ -393,8 +477,11 @@ class SyncState:
                 for saved in runs.values():
                     fresh = RunFreshness(saved["run"], name)
                     for key in ("source_wall_time", "source_step", "published_unix_s",
-                                "rewritten_unix_s"):
+                                "rewritten_unix_s", "rewrite"):
                         setattr(fresh, key, saved.get(key))
+                    if fresh.published_unix_s is not None:
+                        fresh.history.append((fresh.published_unix_s, fresh.source_wall_time,
+                                              fresh.source_step))
                     fresh.file_errors = dict(saved.get("file_errors") or {})
                     # "restart_needed" is not restored: this process is the restart.
                     self._runs[fresh.run] = fresh

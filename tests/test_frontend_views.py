@@ -25,7 +25,8 @@ TEST_PAGE = b"""<!doctype html><html><head><meta charset="utf-8">
 <script type="module">
 import * as views from '/views.js';
 import * as model from '/model.js';
-window.views = views; window.model = model; window.ready = true;
+import * as refresh from '/refresh.js';
+window.views = views; window.model = model; window.refresh = refresh; window.ready = true;
 </script></body></html>"""
 
 # TensorBoard keeps the plugin in an iframe and collapses it to height 0 on other dashboards.
@@ -430,6 +431,86 @@ def test_run_rows_explain_only_what_needs_explaining(page):
     assert got["stuck"]["detail"].startswith("Published; TensorBoard runs with --reload_interval 0")
     assert got["orphan"]["detail"].startswith("Source train is failing: the source may have "
                                               "newer events")
+
+
+def test_run_rows_say_how_far_behind_and_where_a_rewrite_went(page):
+    runs = [
+        run_fixture("steady", NOW - 5, behind_s=3.2, loaded_wall_time=NOW - 8.2),
+        run_fixture("rewritten", NOW - 5, rewritten_unix_s=NOW - 60, rewrite={
+            "unix_s": NOW - 60, "file": "train/rewritten/events.out.tfevents.1",
+            "kept_at": "/cache/quarantine/train/20261126T101500Z/events.out.tfevents.1",
+            "by": "another process"}),
+    ]
+    got = page.evaluate("""(runs) => {
+      const tbody = document.createElement('tbody');
+      tbody.append(window.views.buildRunRows(runs, %r));
+      const text = (run, sel) => {
+        const e = tbody.querySelector(`tr[data-run="${run}"] ${sel}`);
+        return e ? e.textContent : null;
+      };
+      return {behind: text('steady', '[data-role=behind]'),
+              rewrite: text('rewritten', '[data-role=rewrite]'),
+              noBehind: text('rewritten', '[data-role=behind]')};
+    }""" % NOW, runs)
+    assert got["behind"] == "3 s behind"
+    assert got["noBehind"] is None
+    assert got["rewrite"] == ("train/rewritten/events.out.tfevents.1 rewritten 1 min ago "
+                              "(published by another process); old copy: "
+                              "/cache/quarantine/train/20261126T101500Z/events.out.tfevents.1")
+
+
+def test_chart_refresher_clicks_when_data_moves_at_most_every_few_seconds(page):
+    """refresh.js with a fake clock, a fake reload button and a fake storage."""
+    got = page.evaluate("""() => {
+      const r = window.refresh;
+      let now = 0;
+      const button = {disabled: false, clicks: 0, click() { this.clicks += 1; }};
+      const store = new Map();
+      const storage = {getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v)};
+      const make = () => new r.ChartRefresher({now: () => now, find: () => ({button}), storage});
+      const st = (published, loaded, interval = 3, period = 0) => ({interval_s: interval,
+        reload_period_s: period, runs: [{run: 'a', published_unix_s: published,
+                                        loaded_wall_time: loaded}]});
+      const out = {};
+      let f = make();
+      f.onStatus(st(10, 9));                 // the first answer only sets the marks
+      out.first = button.clicks;
+      now = 1000; f.onStatus(st(11, 9));     // published: legacy loader, click at once
+      out.published = button.clicks;
+      now = 2000; f.onStatus(st(11, 11));    // loaded moved, but only 1 s later
+      out.limited = button.clicks;
+      now = 3600; f.tick();                  // 2.6 s after the last click
+      out.later = button.clicks;
+      button.disabled = true;                // the Sync tab is shown: keep the wish
+      now = 7000; f.onStatus(st(12, 12));
+      out.disabled = [button.clicks, f.dueMs.length > 0];
+      button.disabled = false; now = 8000; f.tick();
+      out.enabled = button.clicks;
+      f.setChoice(false);                    // off: remembered, and no more clicks
+      now = 20000; f.onStatus(st(13, 13));
+      out.off = [button.clicks, store.get(r.STORAGE_KEY), make().choice];
+      f = make(); f.setChoice(true);         // fast loader: one reload period after
+      f.onStatus(st(13, 13, 3, 2)); now = 30000; f.onStatus(st(14, 13, 3, 2));
+      out.fastAtOnce = button.clicks;
+      out.fastNextInMs = f.nextTickInMs();
+      now = 32300; f.tick();
+      out.fastAfter = button.clicks;
+      store.clear();
+      f = make(); f.onStatus(st(1, 1, 0));   // never chosen, no automatic sync: off
+      out.defaultNoTimer = f.enabled;
+      f.onStatus(st(1, 1, 5));
+      out.defaultTimer = f.enabled;
+      out.missing = new r.ChartRefresher({now: () => 0, storage,
+        find: () => r.findReloadButton(window)}).find().missing;
+      return out;
+    }""")
+    assert got["first"] == 0 and got["published"] == 1
+    assert got["limited"] == 1 and got["later"] == 2
+    assert got["disabled"] == [2, True] and got["enabled"] == 3
+    assert got["off"] == [3, "off", False]
+    assert got["fastAtOnce"] == 3 and got["fastNextInMs"] == 2300 and got["fastAfter"] == 4
+    assert got["defaultNoTimer"] is False and got["defaultTimer"] is True
+    assert got["missing"] == "the Sync tab is open on its own page"
 
 
 def test_idle_poll_follows_the_shortest_sync_interval(page):
@@ -1093,6 +1174,8 @@ def test_tab_stops_polling_while_tensorboard_shows_another_dashboard(tab, fake_p
         frame = next((f for f in page.frames if f.url.endswith("/entry.html")), None)
         page.wait_for_timeout(50)
     frame.wait_for_selector("tr[data-run='train/run 0']")
+    # The chart refresh (on by default with automatic sync) needs polls while hidden: off.
+    frame.uncheck("[data-role=refresh-toggle]")
     # Poll every 200 ms when visible, so a hidden tab that still polled would show at once.
     frame.evaluate("""() => { const p = window.__tbRsync.poller;
                               p.slowMs = p.fastMs = 200; p.poll(); }""")

@@ -1,0 +1,218 @@
+"""Rewrites on disk: an append-only journal in the staging root that every process follows.
+
+A rewrite (old file quarantined, new content published under the same name) gives a
+published event file a new inode. TensorBoard shows the new content only once its loader
+reads the run again (legacy: rebuild; fast loader: the holding cycle), and only the process
+that published knows to do that. So every publisher appends one line per rewritten file to
+`rewrites.jsonl` in the staging root, and every TensorBoard sharing that staging root
+follows the file: for lines another process wrote, it applies the same reload, or marks the
+run "restart needed" with the reason. The journal is also what `tb-rsync status` and the
+Sync tab show as "recent rewrites".
+
+One line is one JSON object; `gen` is the byte offset of the line, unique and increasing,
+so a reader remembers where it stopped and a run remembers which rewrite it last saw.
+Rewrites are rare (a training run restarted under the same file name), so the file stays
+small; nothing is ever removed from it.
+"""
+
+import collections
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Optional
+
+from tb_rsync_plugin import publish
+
+logger = logging.getLogger(__name__)
+
+_TAIL_BYTES = 64 * 1024  # enough for the last few hundred lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewrite:
+    """One rewritten event file, as written to the journal."""
+
+    gen: int
+    unix_s: float
+    source: str
+    run: str
+    file: str  # logdir-relative
+    kept_at: str  # where the old published file went (quarantine)
+    newest_wall_time: Optional[float]
+    newest_step: Optional[int]
+    writer: str  # host:pid:random of the process that published it
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+class RewriteJournal:
+    """Appends this process's rewrites; returns the ones other processes appended.
+
+    Lines written before this process started are not "new": it loaded the logdir after
+    them, so TensorBoard already read the rewritten files from the start.
+    """
+
+    def __init__(self, path, clock=time.time):
+        self.path = path
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._clock = clock
+        self._lock = threading.Lock()
+        # This process's own rewrites, for the CLI to print (bounded: TensorBoard never takes).
+        self._written = collections.deque(maxlen=1000)
+        self._unapplied = []  # others' rewrites noticed, not yet reloaded
+        try:
+            self._offset = os.path.getsize(path)
+        except OSError:
+            self._offset = 0
+
+    def record(self, name, report):
+        """Append one line per file `report` rewrote; returns the `Rewrite`s written."""
+        rewrites = [a for a in report.actions if a.action == "rewrite"]
+        if not rewrites:
+            return []
+        try:
+            written = self._append(name, report, rewrites)
+        except OSError as e:  # the files are published; other processes just miss this line
+            logger.warning("tb-rsync: cannot append to the rewrite journal %s: %s", self.path, e)
+            return []
+        self._written.extend(written)
+        return written
+
+    def _append(self, name, report, rewrites):
+        written = []
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "ab") as f:
+            # Several processes append: the lock keeps each line whole and its offset true.
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            for action in rewrites:
+                run = publish.run_of(name, action.path)
+                update = report.runs.get(run)
+                entry = Rewrite(
+                    gen=f.seek(0, os.SEEK_END), unix_s=self._clock(), source=name, run=run,
+                    file=f"{name}/{action.path}", kept_at=action.kept_at,
+                    newest_wall_time=update.newest_wall_time if update else None,
+                    newest_step=update.newest_step if update else None, writer=self.writer)
+                f.write(json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n")
+                written.append(entry)
+            f.flush()
+            os.fsync(f.fileno())
+        return written
+
+    def take_written(self):
+        """This process's rewrites recorded since the last call, oldest first."""
+        with self._lock:
+            taken = list(self._written)
+            self._written.clear()
+        return taken
+
+    def notice(self, state):
+        """Mark runs rewritten by others in `state` at once (cheap: one stat when nothing new).
+
+        Called before every status answer, so the tab never says "live" for a run another
+        process rewrote and TensorBoard has not read again; `catch_up` reloads them.
+        """
+        entries = self._follow()
+        if entries:
+            state.note_rewrites(entries)
+            with self._lock:
+                self._unapplied.extend(entries)
+
+    def take_unapplied(self):
+        with self._lock:
+            taken, self._unapplied = self._unapplied, []
+        return taken
+
+    def _follow(self):
+        """Rewrites other processes appended since the last call (complete lines only)."""
+        try:
+            if os.path.getsize(self.path) <= self._offset:
+                return []
+        except OSError:
+            return []
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self._offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return []
+            except OSError as e:
+                logger.warning("tb-rsync: cannot read the rewrite journal %s: %s", self.path, e)
+                return []
+            end = data.rfind(b"\n") + 1  # a line being written waits for the next call
+            entries = _parse(data[:end], self._offset)
+            self._offset += end
+        return [e for e in entries if e.writer != self.writer]
+
+
+def recent(path, limit=10):
+    """The newest `limit` rewrites in the journal at `path`, newest first."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - _TAIL_BYTES)
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    if start:
+        cut = data.find(b"\n") + 1  # the first line is probably cut
+        data, start = data[cut:], start + cut
+    return _parse(data, start)[::-1][:limit]
+
+
+def _parse(data, offset):
+    entries = []
+    for line in data.split(b"\n"):
+        if line:
+            try:
+                fields = json.loads(line)
+                fields["gen"] = offset
+                entries.append(Rewrite(**{k.name: fields.get(k.name)
+                                          for k in dataclasses.fields(Rewrite)}))
+            except (ValueError, TypeError):
+                logger.warning("tb-rsync: skipping a damaged line in the rewrite journal")
+        offset += len(line) + 1
+    return entries
+
+
+def catch_up(journal, reloader, logdir, hold, state, cancel):
+    """Make TensorBoard read again the runs that other processes rewrote.
+
+    Args:
+      journal: this process's `RewriteJournal`.
+      reloader: the TensorBoard reloader (`reload.make_reloader`).
+      logdir: the logdir the runs are in.
+      hold: `hold(name)` -> a context manager holding source `name`'s locks, so no publish
+        or other reload of its runs happens meanwhile.
+      state: the `SyncState`; runs of its sources are marked rewritten, then reloaded or
+        "restart needed".
+      cancel: a threading.Event that cuts waiting short.
+    """
+    journal.notice(state)
+    entries = journal.take_unapplied()
+    if not entries:
+        return
+    by_source = {}
+    for entry in entries:
+        by_source.setdefault(entry.source, []).append(entry)
+    for name, items in sorted(by_source.items()):
+        runs = {e.run: publish.RunUpdate(e.run, e.newest_wall_time, e.newest_step, True,
+                                         (e.file,)) for e in items}
+        report = publish.PublishReport((), runs, (), ())
+        try:
+            with hold(name):
+                notes = reloader.apply(logdir, report, cancel=cancel)
+        except Exception as e:  # a lock never freed, TB internals changed: say so, go on
+            logger.exception("tb-rsync: reloading runs rewritten by another process failed")
+            notes = {run: f"Another process rewrote an event file of this run and reloading "
+                          f"it failed ({e}); restart TensorBoard to see the new content."
+                     for run in runs}
+        state.rewrites_applied(items, notes)
