@@ -127,7 +127,7 @@ class Scheduler:
                 if name not in wanted:
                     entry.retired = True
                     entry.due_mono = None
-                    if not entry.busy:
+                    if entry.lane is None:  # idle or only queued: nothing to wait for
                         del self._entries[name]
             now = self._clock()
             for source in sources:

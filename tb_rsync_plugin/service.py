@@ -78,10 +78,15 @@ class SyncService:
         state.restore(config.state_dir)
         for source in config.sources:
             self._restore_parked(source.name)
+        self._check_tools()
+
+    def _check_tools(self):
+        """rsync (and rclone, for rclone sources) installed? The tab's banner says if not."""
         try:
-            transport.find_tools(config.sources)
+            transport.find_tools(self.config.sources)
+            self.state.rsync_error = None
         except SyncError as e:
-            state.rsync_error = str(e)
+            self.state.rsync_error = str(e)
 
     # --- asking for syncs (the scheduler decides when) ---------------------------------
     def request(self, names=None):
@@ -109,6 +114,7 @@ class SyncService:
         for source in added:
             self._restore_parked(source.name)
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
+        self._check_tools()
 
     def run_cycle(self, name, on_progress=None):
         """One blocking cycle for source `name` outside the scheduler; raises `SyncError`."""
