@@ -231,9 +231,9 @@ def _mib_list(text):
 
 NOTES = """
 
-The engine's time is two rsync processes run side by side (the dry-run listing and the
-`--append` pass over event files), the CRC scan of the new MiB, one `O_APPEND` write with fsync, the manifest and the
-state file. The CLI adds Python start-up and imports (the line above). `rsync -a` rewrites
+The engine's time is one rsync listing (`--dry-run`, the only walk of the source), then
+`--append` of the grown event file by file list (over ssh both ride one shared login), the
+CRC scan of the new MiB, one `O_APPEND` write with fsync, the manifest and the state journal. The CLI adds Python start-up and imports (the line above). `rsync -a` rewrites
 the whole destination file each time, so its cost follows the file size.
 """
 

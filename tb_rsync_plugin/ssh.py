@@ -31,6 +31,7 @@ from tb_rsync_plugin.errors import TransferError
 
 CONNECT_TIMEOUT_S = 10
 CONTROL_PERSIST_S = 300
+RECHECK_AFTER_S = 30.0  # well inside ControlPersist: a master checked this recently is used
 _LOGIN_GRACE_S = 20  # past the connect timeout (which covers the banner): key exchange, auth
 _PROBE_TIMEOUT_S = 10
 _HOSTSPEC_RE = re.compile(r"^(?:(?P<user>[^@:/]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<host>[^:/]+)):")
@@ -115,6 +116,7 @@ class _Share:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     socket: str = None  # our ControlPath; None: the user's ssh config shares, or -G failed
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    checked_mono: float = float("-inf")  # when a master last answered (or was opened)
 
     def options(self):
         """The ssh command without the host: rsync's `--rsh`."""
@@ -172,9 +174,14 @@ class SshConnections:
             if share.lock.acquire(timeout=0.05):
                 break
         try:
-            self._make_dir()
-            if not self._check(share):
-                self._open(share, source, cancel)
+            # Checked a moment ago: skip the `ssh -O check` process. An idle fleet syncs every
+            # host's sources every few seconds, and if the master did die meanwhile, rsync's
+            # ssh (ControlMaster=auto) logs in by itself and becomes the new master.
+            if time.monotonic() - share.checked_mono >= RECHECK_AFTER_S:
+                self._make_dir()
+                if not self._check(share):
+                    self._open(share, source, cancel)
+                share.checked_mono = time.monotonic()
             with self._lock:
                 self._used[share.socket] = share
         finally:
@@ -189,6 +196,7 @@ class SshConnections:
         with self._lock:
             used, self._used = list(self._used.values()), {}
         for share in used:
+            share.checked_mono = float("-inf")
             if _run(share.args("-O", "stop")) is None or os.path.exists(share.socket):
                 _remove_if_stale(share.socket)
 
