@@ -100,7 +100,8 @@ def _config_from_flags(flags):
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   watch, ssh_sharing=getattr(flags, "rsync_ssh_sharing", "true") != "false",
+                                   watch,
+                                   ssh_sharing=getattr(flags, "rsync_ssh_sharing", "true") != "false",
                                    **limits)
 
 
@@ -138,19 +139,30 @@ class RsyncPlugin(base_plugin.TBPlugin):
                 continue
             seen = signature
             try:
-                config = _config_from_flags(flags)
-            except ConfigError as e:
-                logger.warning("tb-rsync: %s Keeping the running configuration.", e)
-                self._service.state.set_config_error(f"{e} The sources in use are those "
-                                                     "from before that edit.")
-                continue
-            self._config = config
-            self._service.reconfigure(config)
+                self._apply_config_edit(flags, path)
+            except Exception as e:  # an OSError of a new source's folders, inotify limits...
+                logger.exception("tb-rsync: following the edit of %s failed", path)
+                self._service.state.set_config_error(
+                    f"Following the edit of '{path}' failed ({type(e).__name__}: {e}); see "
+                    "TensorBoard's log.")
+
+    def _apply_config_edit(self, flags, path):
+        try:
+            config = _config_from_flags(flags)
+        except ConfigError as e:
+            logger.warning("tb-rsync: %s Keeping the running configuration.", e)
+            self._service.state.set_config_error(f"{e} The sources in use are those "
+                                                 "from before that edit.")
+            return
+        watched_before = {s for s in self._config.sources if s.watch}
+        self._config = config
+        self._service.reconfigure(config)
+        if {s for s in config.sources if s.watch} != watched_before:
             if self._watcher is not None:
                 self._watcher.stop()
             self._watcher = inbox.start_watching(config, self._service.request)
-            self._service.state.set_config_error(None)
-            logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
+        self._service.state.set_config_error(None)
+        logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 
     def get_plugin_apps(self):
         apps = {"/status": self._status_route, "/sync": self._sync_route}

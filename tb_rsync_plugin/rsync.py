@@ -1,4 +1,4 @@
-"""rsync into the staging tree; with ssh.py, the only modules that start subprocesses.
+"""rsync into the staging tree (process.py starts its processes; ssh.py gives its --rsh).
 
 Event files and everything else need opposite handling. One sync is one walk of the source,
 and more processes only when that walk found something to move:
@@ -426,9 +426,8 @@ class _Run:
                 _unlink(job.files_from)
 
     def result(self, jobs, restaged_phase):
-        """What `jobs` did. The listing and the append pass walk the same source side by
-        side, so a file that vanished or could not be read may be reported by both: the
-        warnings count each message once."""
+        """What `jobs` did. The listing and a transfer may both report a file that vanished
+        or could not be read: the warnings count each message once."""
         changed, restaged, warnings, nbytes = {}, set(), [], 0
         vanished, some_vanished, skipped = {}, False, {}
         for job in jobs:

@@ -133,11 +133,14 @@ class Scheduler:
             for source in sources:
                 interval = interval_for(source)
                 entry = self._entries.get(source.name)
-                if entry is None or entry.retired:
+                if entry is None:
                     entry = self._entries[source.name] = _Entry(
                         source.name, source.host, interval, host_limit_for(source))
                     entry.due_mono = now if interval > 0 and self._timers else None
                 else:
+                    # Removed, then added back while its cycle still runs: the same entry
+                    # goes on (a second entry would run a second cycle of the source).
+                    entry.retired = False
                     if interval != entry.interval_s and not entry.busy:
                         entry.due_mono = now if interval > 0 else None
                     entry.interval_s = interval
@@ -158,6 +161,8 @@ class Scheduler:
         """
         started, joined = [], []
         with self._cond:
+            if self._stopping:
+                return {"started": started, "joined": joined}  # nothing would run it
             for name in [n for n, e in self._entries.items() if not e.retired] \
                     if names is None else names:
                 entry = self._entries.get(name)
@@ -221,24 +226,34 @@ class Scheduler:
         self._state.try_queue(entry.name)
 
     def _dispatch_loop(self):
-        with self._cond:
-            while not self._stopping:
-                now = self._clock()
-                for entry in self._entries.values():
-                    if entry.due_mono is not None and entry.due_mono <= now and not entry.busy:
-                        self._queue(entry)
-                    if entry.lane == "main" and now - entry.started_mono > SLOW_AFTER_S \
-                            and self._running("slow") < self._max_parallel:
-                        entry.lane = "slow"  # a long cycle gives its main slot back
-                for entry in sorted((e for e in self._entries.values()
-                                     if e.queued_seq is not None), key=lambda e: e.queued_seq):
-                    lane = "slow" if entry.failures else "main"
-                    if self._running(lane) < self._max_parallel and \
-                            (entry.host is None or
-                             self._running_on(entry.host) < entry.host_limit):
-                        self._launch(entry, lane)
-                dues = [e.due_mono for e in self._entries.values() if e.due_mono is not None]
-                self._cond.wait(max(0.01, min(dues + [now + _TICK_S]) - now))
+        while True:
+            try:
+                with self._cond:
+                    self._dispatch()
+                return
+            except Exception:  # a bug: log it and keep scheduling, or every sync stops
+                logger.exception("tb-rsync: the scheduler hit an unexpected error")
+                time.sleep(_TICK_S)
+
+    def _dispatch(self):
+        """Queue what is due and start what fits, until stopped (holding `_cond`)."""
+        while not self._stopping:
+            now = self._clock()
+            for entry in self._entries.values():
+                if entry.due_mono is not None and entry.due_mono <= now and not entry.busy:
+                    self._queue(entry)
+                if entry.lane == "main" and now - entry.started_mono > SLOW_AFTER_S \
+                        and self._running("slow") < self._max_parallel:
+                    entry.lane = "slow"  # a long cycle gives its main slot back
+            for entry in sorted((e for e in self._entries.values()
+                                 if e.queued_seq is not None), key=lambda e: e.queued_seq):
+                lane = "slow" if entry.failures else "main"
+                if self._running(lane) < self._max_parallel and \
+                        (entry.host is None or
+                         self._running_on(entry.host) < entry.host_limit):
+                    self._launch(entry, lane)
+            dues = [e.due_mono for e in self._entries.values() if e.due_mono is not None]
+            self._cond.wait(max(0.01, min(dues + [now + _TICK_S]) - now))
 
     def _running(self, lane):
         return sum(1 for e in self._entries.values() if e.lane == lane)
@@ -253,6 +268,7 @@ class Scheduler:
             threading.Thread(target=self._run, args=(entry,), daemon=True,
                              name=f"tb-rsync-sync-{entry.name}").start()
         except RuntimeError as e:  # "can't start new thread": count it as a failed cycle
+            self._state.abandon(entry.name)
             self._book(entry, e, None)
             self._release(entry)
 
@@ -277,8 +293,8 @@ class Scheduler:
     def _release(self, entry):
         """The cycle's slot is free (holding `_cond`)."""
         entry.lane = None
-        if entry.retired:
-            self._entries.pop(entry.name, None)
+        if entry.retired and self._entries.get(entry.name) is entry:
+            del self._entries[entry.name]
         self._cond.notify_all()
 
     def _book(self, entry, error, result):

@@ -84,9 +84,9 @@ class SyncService:
         """rsync (and rclone, for rclone sources) installed? The tab's banner says if not."""
         try:
             transport.find_tools(self.config.sources)
-            self.state.rsync_error = None
+            self.state.set_rsync_error(None)
         except SyncError as e:
-            self.state.rsync_error = str(e)
+            self.state.set_rsync_error(str(e))
 
     # --- asking for syncs (the scheduler decides when) ---------------------------------
     def request(self, names=None):
@@ -109,11 +109,12 @@ class SyncService:
         added = [s for s in config.sources if s.name not in
                  {old.name for old in self.config.sources}]
         self.config = config
+        # The scheduler first: it must not queue a source the state no longer knows.
+        self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
         self.state.set_sources(config.sources, config.interval_for)
         self.state.restore(config.state_dir, [s.name for s in added])
         for source in added:
             self._restore_parked(source.name)
-        self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
         self._check_tools()
 
     def run_cycle(self, name, on_progress=None):
@@ -132,7 +133,10 @@ class SyncService:
         Raises:
           SyncError: recorded in state first; anything else is a bug, recorded likewise.
         """
-        source = self.config.source(name)
+        try:
+            source = self.config.source(name)
+        except KeyError:  # removed by a config edit just as its cycle started
+            raise SyncError(f"Source '{name}' is no longer configured.") from None
         self.state.begin(name)
         listeners = [f for f in (on_progress, self._on_progress) if f is not None]
 
@@ -191,9 +195,7 @@ class SyncService:
     def _transfer(self, source, progress):
         """rsync into staging; returns the transfer and what an earlier cycle left to retry."""
         cfg, name = self.config, source.name
-        staging_dir = cfg.staging_dir(name)
-        for folder in (staging_dir, cfg.temp_dir):
-            os.makedirs(folder, exist_ok=True)
+        staging_dir = cfg.staging_dir(name)  # the transport creates it, or says why not
         # A cycle that stopped between rsync and publish left staged files rsync will not
         # report again; the marker, made before rsync first writes into staging, makes the
         # next publish walk the whole staging tree. A sync that changes nothing writes none.

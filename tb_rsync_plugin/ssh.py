@@ -177,7 +177,9 @@ class SshConnections:
             # Checked a moment ago: skip the `ssh -O check` process. An idle fleet syncs every
             # host's sources every few seconds, and if the master did die meanwhile, rsync's
             # ssh (ControlMaster=auto) logs in by itself and becomes the new master.
-            if time.monotonic() - share.checked_mono >= RECHECK_AFTER_S:
+            # (The socket must still be there: another process's close() removes it at once.)
+            if time.monotonic() - share.checked_mono >= RECHECK_AFTER_S or \
+                    not os.path.exists(share.socket):
                 self._make_dir()
                 if not self._check(share):
                     self._open(share, source, cancel)

@@ -121,6 +121,9 @@ class SyncState:
         self._unsaved_runs = set()
         self._saved_at = {}  # source -> when its status was last journalled (Unix s)
         self._progress_shown = {}  # source -> when its progress last reached readers
+        # Sources whose cycle ended since the last save: only they get heartbeat lines (a
+        # process must not journal its stale view of a source another process syncs).
+        self._ended = set()
 
     # --- sources -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -144,8 +147,8 @@ class SyncState:
     def try_queue(self, name):
         """Mark `name` queued unless a sync is already queued or running; True if marked."""
         with self._changing():
-            status = self._sources[name]
-            if status.state in ("queued", "syncing"):
+            status = self._sources.get(name)
+            if status is None or status.state in ("queued", "syncing"):
                 return False
             status.state = "queued"
             return True
@@ -158,6 +161,10 @@ class SyncState:
             if status is not None and status.state in ("queued", "syncing"):
                 status.state = "error" if status.error else "idle"
                 status.progress = None
+
+    def set_rsync_error(self, message):
+        with self._changing():
+            self.rsync_error = message
 
     def set_config_error(self, message):
         with self._changing():
@@ -213,6 +220,7 @@ class SyncState:
             status.error = None
             status.failures = 0
             status.last_end_unix_s = status.last_ok_unix_s = now
+            self._ended.add(name)
             status.warnings = list(transfer.warnings)
             status.last_result = {
                 "bytes_received": transfer.bytes_received,
@@ -244,8 +252,8 @@ class SyncState:
                 self._unsaved_runs.add(run)
             for action in report.actions:
                 if action.action == "rewrite":
-                    fresh = self._runs.setdefault(publish.run_of(name, action.path),
-                                                  RunFreshness(publish.run_of(name, action.path), name))
+                    run = publish.run_of(name, action.path)
+                    fresh = self._runs.setdefault(run, RunFreshness(run, name))
                     fresh.rewrite = {"unix_s": now, "file": f"{name}/{action.path}",
                                      "kept_at": action.kept_at, "by": "this process"}
                     self._unsaved_runs.add(fresh.run)
@@ -435,8 +443,9 @@ class SyncState:
         with self._lock:
             lines = {}
             for name, status in self._sources.items():
-                if name in self._unsaved_sources or \
-                        now - self._saved_at.get(name, 0.0) >= HEARTBEAT_S:
+                heartbeat = name in self._ended and \
+                    now - self._saved_at.get(name, 0.0) >= HEARTBEAT_S
+                if name in self._unsaved_sources or heartbeat:
                     lines.setdefault(name, []).append({"source": _saved_fields(status)})
             for run in sorted(self._unsaved_runs):
                 fresh = self._runs.get(run)
@@ -444,6 +453,7 @@ class SyncState:
                     lines.setdefault(fresh.source, []).append({"run": self._run_json(fresh)})
             self._unsaved_sources.clear()
             self._unsaved_runs.clear()
+            self._ended.clear()
             for name in lines:
                 self._saved_at[name] = now
         written = 0

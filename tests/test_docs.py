@@ -443,6 +443,8 @@ MESSAGES = [
     ("service.py", "syncs again after %d failed attempt(s)."),
     ("plugin.py", "Keeping the running configuration."),
     ("plugin.py", "tb-rsync: re-read %s: %d source(s)."),
+    ("plugin.py", "tb-rsync: following the edit of %s failed"),
+    ("service.py", "is no longer configured."),
 ]
 
 

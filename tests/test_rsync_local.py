@@ -324,7 +324,7 @@ def test_symlinks_never_lead_out_of_the_tree(dirs, tmp_path):
     assert not os.path.lexists(staging / "run" / "escape_rel")
 
 
-# --- the listing and the append pass run side by side ---------------------------------------
+# --- one listing, then the transfers it asks for ---------------------------------------
 
 def rsync_wrapper(tmp_path, body):
     """An executable standing in for rsync: `body` (Python) runs with `args` and `kind`

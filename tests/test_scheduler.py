@@ -248,3 +248,25 @@ def test_stop_cancels_queued_cycles():
 ])
 def test_the_host_a_source_counts_against(source, host):
     assert config_lib.Source("n", source).host == host
+
+
+def test_a_source_removed_and_added_back_while_it_syncs_stays_one_source():
+    cycles = Cycles()
+    release = threading.Event()
+    cycles.block["a"] = release
+    a = config_lib.Source("a", "/a/")
+    scheduler, state, ends = make([a], cycles)
+    scheduler.start(timers=False)
+    scheduler.request(["a"])
+    wait_until(lambda: cycles.count("a") == 1, 10, message="a running")
+    scheduler.set_sources([], lambda s: 0.0, lambda s: 3)
+    scheduler.set_sources([a], lambda s: 0.0, lambda s: 3)
+    assert scheduler.request(["a"]) == {"started": [], "joined": ["a"]}, \
+        "the running cycle is joined, not doubled"
+    release.set()
+    assert scheduler.wait(timeout_s=10)
+    assert cycles.count("a") == 1 and cycles.peak == 1
+    assert scheduler.request(["a"])["started"] == ["a"], "still scheduled after its cycle"
+    assert scheduler.wait(timeout_s=10)
+    scheduler.stop()
+    assert scheduler.request(["a"]) == {"started": [], "joined": []}, "nothing after stop"
