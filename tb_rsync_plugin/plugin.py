@@ -98,11 +98,10 @@ def _config_from_flags(flags):
                                           "--rsync_" + key)
               for key, default in (("max_parallel", config_lib.DEFAULT_MAX_PARALLEL),
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
+    sharing = getattr(flags, "rsync_ssh_sharing", "true") != "false"
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   watch,
-                                   ssh_sharing=getattr(flags, "rsync_ssh_sharing", "true") != "false",
-                                   **limits)
+                                   watch, ssh_sharing=sharing, **limits)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
