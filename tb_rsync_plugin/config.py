@@ -326,8 +326,7 @@ def _make_source(table, where):
                           "write the source as 'rclone:REMOTE:PATH'.")
     if source.ssh and not source.is_remote_shell:
         # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
-        kind = "an rsync daemon" if source.is_daemon else \
-            "an rclone remote" if source.is_rclone else "a local folder"
+        kind = _kind_of(source)
         raise ConfigError(f"In {where}: 'ssh' only applies to host:dir sources, and "
                           f"'{source.source}' is {kind}; remove 'ssh' or write the source "
                           "as HOST:DIR.")
@@ -352,10 +351,15 @@ def _remote_shell(table, where):
     return rsh.strip()
 
 
+def _kind_of(source):
+    """What a source is, for sentences that refuse an option it cannot use."""
+    return ("an rsync daemon" if source.is_daemon else "an rclone remote" if source.is_rclone
+            else "a local folder" if source.is_local else "a HOST:DIR source")
+
+
 def _check_rsh(source, where):
     if not source.is_remote_shell:
-        kind = "an rsync daemon" if source.is_daemon else \
-            "an rclone remote" if source.is_rclone else "a local folder"
+        kind = _kind_of(source)
         raise ConfigError(f"In {where}: 'rsh' only applies to HOST:DIR sources (HOST being "
                           f"the pod or container), and '{source.source}' is {kind}; remove "
                           "'rsh' or write the source as POD:DIR.")
@@ -369,8 +373,7 @@ def _check_rsh(source, where):
 
 def _check_watch(source, what):
     if not source.is_local:
-        kind = "an rsync daemon" if source.is_daemon else \
-            "an rclone remote" if source.is_rclone else "a HOST:DIR source"
+        kind = _kind_of(source)
         raise ConfigError(f"{what} only applies to local folders (an inbox that nodes push "
                           f"into), and source '{source.name}' ('{source.source}') is {kind}; "
                           "sync it on an interval instead.")
