@@ -1,11 +1,16 @@
 """rsync into the staging tree (process.py starts its processes; ssh.py gives its --rsh).
 
-Event files and everything else need opposite handling. One sync is one walk of the source,
-and more processes only when that walk found something to move:
+Event files and everything else need opposite handling. A sync of an idle source is one
+walk of the source, and more processes only when that walk found something to move:
 
 1. A listing: ``rsync --dry-run`` over the filtered tree itemizes every file whose size or
    mtime differs from its staged copy. When nothing changed this is the whole sync (one
-   login, one walk, nothing written).
+   login, one walk, nothing written). For a source that changed at its last sync
+   (``expect_growth``: a job is writing), the ``--append`` pass of event files (the user's
+   filters narrowed to basenames containing ``tfevents``, ``--prune-empty-dirs``) runs
+   beside the listing, so grown event files cost one round of wall time, not two; an event
+   file that pass itemized is done, whatever the listing says (the source may have grown
+   since, or the listing may have looked at the staged copy mid-append).
 2. Then, side by side, each with ``--files-from`` (no second walk):
    - event files (basename contains ``tfevents``) that are new or longer at the source:
      ``rsync --append``, which moves just the new bytes (a 1 GB file grown by 1 MB: 0.02 s
@@ -101,7 +106,7 @@ class TransferResult:
 
 
 def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None,
-              before_write=None, rsh=None):
+              before_write=None, rsh=None, expect_growth=False):
     """Bring `staging_dir` up to date with `source` (never deleting anything).
 
     Args:
@@ -112,7 +117,10 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       on_progress: called with `Progress` from rsync's reader threads (never concurrently).
       cancel: a `threading.Event`; when set, rsync is stopped and TransferError raised.
       before_write: called once before the first process that writes into staging starts
-        (never when nothing changed), so the caller can mark staging as unpublished.
+        (never when nothing changed and not `expect_growth`), so the caller can mark staging
+        as unpublished.
+      expect_growth: the source changed at its last sync (a job is writing): run the
+        `--append` pass of event files beside the listing, one round instead of two.
       rsh: the `--rsh` value for a `host:dir` source (`ssh.SshConnections.rsh_for`, which
         shares one login); default: `ssh.ssh_command(source.ssh)`.
 
@@ -120,17 +128,38 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
     run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
-    # One walk: the listing itemizes only what differs from staging. A sync that finds
-    # nothing ends here, having written nothing.
-    (listing,) = run.settle([run.start("list", ["--dry-run"] + run.filters(), progress=False)])
+    if expect_growth:
+        # An active source: its event files most likely grew, so the append pass runs beside
+        # the listing (two walks, one round of wall time).
+        if before_write is not None:
+            before_write()
+        listing = run.start("list", ["--dry-run"] + run.filters(), progress=False)
+        events = run.start("events", ["--append", "--prune-empty-dirs"] +
+                           run.filters(events=True))
+        listing, events = run.settle([listing, events])
+        appended, first = {path for _, _, _, path in events.items}, [listing, events]
+    else:
+        # An idle source: one walk. A sync that finds nothing ends here, having written
+        # nothing.
+        (listing,) = run.settle([run.start("list", ["--dry-run"] + run.filters(),
+                                           progress=False)])
+        appended, first = set(), [listing]
     append, whole, others, same_size = [], [], [], []
     for kind, length, _, path in listing.items:
         if kind[1:2] == "d":
             continue  # folders come with the files inside them
-        if not (kind.startswith(">f") and is_event_file(path)):
+        event = is_event_file(path)
+        if event and path in appended:
+            # The append pass brought it up to date (or made the symlink). Never judged by
+            # the listing's length: the source may have grown since, or the listing may have
+            # looked at the staged copy half-way through the append.
+            continue
+        if not (kind.startswith(">f") and event):
             if kind.startswith(">f") or kind[1:2] == "L":
                 others.append(path)
             continue
+        # Not touched by an append pass this sync: its staged copy is as the previous sync
+        # left it, so the listed length is a fair comparison.
         try:
             staged = os.lstat(os.path.join(staging_dir, path))
         except FileNotFoundError:
@@ -146,7 +175,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
             # the fix was never fetched (tests/test_faults.py, corrupt records case).
             same_size.append(path)
     jobs = []
-    if (append or whole or others) and before_write is not None:
+    if (append or whole or others) and before_write is not None and not expect_growth:
         before_write()
     # --append with an explicit list: no second walk; a file that grew again since the
     # listing is appended up to its current length (the publisher keeps whole records).
@@ -157,7 +186,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     if others:
         jobs.append(run.start("files", [], files=others))
     jobs = run.settle(jobs)
-    return dataclasses.replace(run.result([listing] + jobs, restaged_phase="restage"),
+    return dataclasses.replace(run.result(first + jobs, restaged_phase="restage"),
                                same_size=tuple(sorted(same_size)))
 
 
@@ -272,10 +301,16 @@ class _Run:
         self._lock = threading.Lock()
         make_folders(source, staging_dir, temp_dir)
 
-    def filters(self):
-        """The user's rules: excludes win, every folder is descended, includes mean 'only'."""
+    def filters(self, events=False):
+        """The user's rules: excludes win, every folder is descended, includes mean 'only'.
+
+        With `events`, the same selection narrowed to event files (basename contains
+        'tfevents'): a file passes both or neither rule set, except non-event files.
+        """
         rules = [f"--exclude={p}" for p in self.source.exclude
                  if not (p == "*" and self.source.include)]
+        if events:
+            rules += ["--include=*/", "--filter=-! *tfevents*"]
         if self.source.include:
             rules.append("--include=*/")
             rules += [f"--include={p}" for p in self.source.include]

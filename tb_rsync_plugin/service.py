@@ -68,6 +68,7 @@ class SyncService:
         self._stop = threading.Event()
         self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         self._publish_lock_warned = False
+        self._growing = set()  # sources whose last cycle changed something
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
@@ -157,9 +158,13 @@ class SyncService:
                     self.journal.record(name, report)
                     notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
+            outcome = CycleOutcome(name, transfer, report)
+            # A source that changed now likely grows again by the next sync (a job writing):
+            # its next sync appends beside the listing; an idle one only lists.
+            (self._growing.add if outcome.changed else self._growing.discard)(name)
             if report.runs:
                 self._refresh_loaded(list(report.runs))
-            return CycleOutcome(name, transfer, report)
+            return outcome
         except SyncError as e:
             if self._stop.is_set():
                 self.state.abandon(name)  # cancelled by stop(): not the source's failure
@@ -210,7 +215,8 @@ class SyncService:
         self._ssh.prepare(source, cancel=self._stop)  # one login for all rsyncs of the host
         rsh = self._ssh.rsh_for(source)
         transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
-                                   cancel=self._stop, before_write=mark_unpublished, rsh=rsh)
+                                   cancel=self._stop, before_write=mark_unpublished, rsh=rsh,
+                                   expect_growth=name in self._growing)
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the

@@ -12,11 +12,12 @@ from tb_rsync_plugin import rsync as rsync_lib
 
 
 def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_write=None,
-          rsh=None):
+          rsh=None, expect_growth=False):
     """Bring `staging_dir` up to date with `source` (see `rsync.run_rsync`).
 
     `before_write` is called before anything is written into staging; `rsh` is the shared
-    ssh login's `--rsh` (rsync over ssh only).
+    ssh login's `--rsh` and `expect_growth` says the source changed at its last sync (rsync
+    only: it then appends beside its listing).
     """
     if source.is_rclone:
         return rclone_lib.run_rclone(config_lib.find_rclone(), source, staging_dir, temp_dir,
@@ -24,7 +25,8 @@ def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_w
                                      before_write=before_write)
     return rsync_lib.run_rsync(config_lib.find_rsync(), source, staging_dir, temp_dir,
                                on_progress=on_progress, cancel=cancel,
-                               before_write=before_write, rsh=rsh)
+                               before_write=before_write, rsh=rsh,
+                               expect_growth=expect_growth)
 
 
 def refetch(source, staging_dir, temp_dir, paths, on_progress=None, cancel=None, rsh=None):

@@ -392,6 +392,73 @@ def test_a_sync_that_finds_nothing_runs_one_rsync_and_writes_nothing(dirs, tmp_p
     assert (tmp_path / "kinds").read_text().split() == ["list"]
 
 
+@pytest.mark.parametrize("order", ["list-then-grow-then-append", "append-then-grow-then-list"])
+def test_active_source_growing_during_the_sync_is_never_restaged(dirs, tmp_path, order):
+    """An active source (`expect_growth`): the append pass runs beside the listing, and the
+    source grows between the two processes' looks at it. An event file the append pass
+    itemized must not be taken for shrunk because the listing saw an older, shorter length
+    (the staged copy is then longer than that length)."""
+    src, staging, temp = dirs
+    event = src / "run" / EVENTS
+    event.parent.mkdir()
+    append_scalars(event, range(100))
+    sync(dirs)
+    append_scalars(event, range(100, 200))
+    marker = tmp_path / "first-done"
+    first, second = ("list", "events") if order.startswith("list") else ("events", "list")
+    wrapper = rsync_wrapper(tmp_path, (
+        f"if kind == {second!r}:\n"
+        f"    wait_for({str(marker)!r})\n"
+        f"    with open({str(event)!r}, 'ab') as f:\n"
+        f"        f.write({scalar_bytes(range(200, 300))!r})\n"
+        "rc = rsync()\n"
+        f"if kind == {first!r}:\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "sys.exit(rc)\n"))
+
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
+                       expect_growth=True)
+
+    assert result.changed == (f"run/{EVENTS}",)
+    assert result.restaged == () and result.same_size == ()
+    staged, source = (staging / "run" / EVENTS).read_bytes(), event.read_bytes()
+    assert source.startswith(staged) and len(staged) >= len(scalar_bytes(range(200), header=True))
+    sync(dirs)  # the next sync appends the rest
+    assert (staging / "run" / EVENTS).read_bytes() == event.read_bytes()
+
+
+def test_active_source_created_or_grown_after_the_append_pass_looked(dirs, tmp_path):
+    """An active source (`expect_growth`): the listing sees a new event file and a grown one that the append pass missed (it
+    looked first): both are appended by a second --append, not restaged."""
+    src, staging, temp = dirs
+    old = src / "run" / EVENTS
+    new = src / "new run" / "deep" / f"{EVENTS}.2"
+    old.parent.mkdir()
+    append_scalars(old, range(100))
+    sync(dirs)
+    marker = tmp_path / "append-done"
+    wrapper = rsync_wrapper(tmp_path, (
+        "if kind == 'list':\n"
+        f"    wait_for({str(marker)!r})\n"
+        f"    os.makedirs({str(new.parent)!r})\n"
+        f"    with open({str(new)!r}, 'wb') as f:\n"
+        f"        f.write({scalar_bytes(range(3), header=True)!r})\n"
+        f"    with open({str(old)!r}, 'ab') as f:\n"
+        f"        f.write({scalar_bytes(range(100, 103))!r})\n"
+        "rc = rsync()\n"
+        "if kind == 'events':\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "sys.exit(rc)\n"))
+
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
+                       expect_growth=True)
+
+    assert result.changed == (f"new run/deep/{EVENTS}.2", f"run/{EVENTS}")
+    assert result.restaged == ()
+    assert (staging / "run" / EVENTS).read_bytes() == old.read_bytes()
+    assert (staging / "new run" / "deep" / f"{EVENTS}.2").read_bytes() == new.read_bytes()
+
+
 def test_one_sync_sorts_grown_shrunk_same_size_new_and_other_files(dirs):
     src, staging, _ = dirs
     grown, shrunk, same = (src / "a" / EVENTS, src / "b" / EVENTS, src / "c" / EVENTS)
