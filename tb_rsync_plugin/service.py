@@ -68,7 +68,6 @@ class SyncService:
         self._stop = threading.Event()
         self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         self._publish_lock_warned = False
-        self._growing = set()  # sources whose last cycle changed something
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
@@ -77,6 +76,9 @@ class SyncService:
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
         state.restore(config.state_dir)
+        # A `tb-rsync sync` run every minute is a new process: whether a source's last sync
+        # changed something is in the journal, and such a source appends beside its listing.
+        self._growing = {s.name for s in config.sources if state.source(s.name)["last_changed"]}
         for source in config.sources:
             self._restore_parked(source.name)
         self._check_tools()
