@@ -77,8 +77,8 @@ class SyncService:
         state.logdir = config.logdir
         state.restore(config.state_dir)
         # A `tb-rsync sync` run every minute is a new process: whether a source's last sync
-        # changed something is in the journal, and such a source appends beside its listing.
-        self._growing = {s.name for s in config.sources if state.source(s.name)["last_changed"]}
+        # appended to event files is in the journal; such a source appends beside its listing.
+        self._growing = {s.name for s in config.sources if state.source(s.name)["appending"]}
         for source in config.sources:
             self._restore_parked(source.name)
         self._check_tools()
@@ -161,9 +161,10 @@ class SyncService:
                     notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
             outcome = CycleOutcome(name, transfer, report)
-            # A source that changed now likely grows again by the next sync (a job writing):
-            # its next sync appends beside the listing; an idle one only lists.
-            (self._growing.add if outcome.changed else self._growing.discard)(name)
+            # Event files that grew now likely grow again by the next sync (a job writing):
+            # that sync appends beside the listing; any other source only lists.
+            appended = self.state.source(name)["appending"]
+            (self._growing.add if appended else self._growing.discard)(name)
             if report.runs:
                 self._refresh_loaded(list(report.runs))
             return outcome

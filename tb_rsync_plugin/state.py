@@ -36,7 +36,7 @@ COMPACT_MIN_BYTES = 64 * 1024
 # Source fields kept across restarts (the rest describe this process's schedule).
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
-                      "failures", "last_changed")
+                      "failures", "appending")
 # Publishes remembered per run, to tell which one TensorBoard should show by now.
 _HISTORY = 64
 
@@ -51,7 +51,7 @@ class SourceStatus:
     retrying: bool = False  # next_sync_unix_s is a retry after a failure
     failures: int = 0  # consecutive failed syncs
     idle_factor: int = 1  # automatic syncs back off to this many intervals while idle
-    last_changed: bool = False  # the last successful sync fetched or published something
+    appending: bool = False  # the last successful sync appended to event files (being written)
     last_start_unix_s: Optional[float] = None
     last_end_unix_s: Optional[float] = None
     last_ok_unix_s: Optional[float] = None
@@ -221,7 +221,8 @@ class SyncState:
             status.error = None
             status.failures = 0
             status.last_end_unix_s = status.last_ok_unix_s = now
-            status.last_changed = bool(transfer.changed or report.runs or report.actions)
+            status.appending = any(a.action in ("append", "wait") and
+                                   config.is_event_file(a.path) for a in report.actions)
             self._ended.add(name)
             status.warnings = list(transfer.warnings)
             status.last_result = {
@@ -509,11 +510,11 @@ def _saved_fields(status):
 
 def _meaningful(fields):
     """What makes a source line worth journalling when the sync published nothing: its
-    error, warnings and whether it changed (times and the result of an empty sync wait for
-    the heartbeat)."""
+    error, warnings and whether it is being appended to (times and the result of an empty
+    sync wait for the heartbeat)."""
     error = fields.get("error") or {}
     return (error.get("message"), error.get("details"), fields.get("warnings"),
-            fields.get("last_changed"))
+            fields.get("appending"))
 
 
 def journal_path(state_dir, name):
