@@ -76,9 +76,6 @@ class SyncService:
             reloader.kind, reloader.note, reloader.not_live
         state.logdir = config.logdir
         state.restore(config.state_dir)
-        # A `tb-rsync sync` run every minute is a new process: whether a source's last sync
-        # appended to event files is in the journal; such a source appends beside its listing.
-        self._growing = {s.name for s in config.sources if state.source(s.name)["appending"]}
         for source in config.sources:
             self._restore_parked(source.name)
         self._check_tools()
@@ -161,10 +158,6 @@ class SyncService:
                     notes = self._reload(report, progress, transfer.bytes_received)
             self.state.finish(name, transfer, report, notes)
             outcome = CycleOutcome(name, transfer, report)
-            # Event files that grew now likely grow again by the next sync (a job writing):
-            # that sync appends beside the listing; any other source only lists.
-            appended = self.state.source(name)["appending"]
-            (self._growing.add if appended else self._growing.discard)(name)
             if report.runs:
                 self._refresh_loaded(list(report.runs))
             return outcome
@@ -197,6 +190,12 @@ class SyncService:
         except Exception:
             logger.exception("tb-rsync: asking TensorBoard what it has loaded failed")
 
+    def _appending(self, name):
+        """Event files that grew at the last successful sync likely grow again by this one
+        (a job writing): this sync then appends beside its listing; others only list. The
+        state keeps it, journalled, so a new `tb-rsync sync` process knows it too."""
+        return self.state.source(name)["appending"]
+
     def _dirty_marker(self, name):
         return os.path.join(self.config.staging_root, "locks", name + ".unpublished")
 
@@ -219,7 +218,7 @@ class SyncService:
         rsh = self._ssh.rsh_for(source)
         transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
                                    cancel=self._stop, before_write=mark_unpublished, rsh=rsh,
-                                   expect_growth=name in self._growing)
+                                   expect_growth=self._appending(name))
         if transfer.same_size:
             # Changed at the source without changing size (a corrupt record fixed in place,
             # a same-length rewrite): --append skips those, so they are fetched whole and the
