@@ -36,7 +36,9 @@ COMPACT_MIN_BYTES = 64 * 1024
 # Source fields kept across restarts (the rest describe this process's schedule).
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
-                      "failures", "appending")
+                      "failures", "appending", "last_change")
+# Run names kept in a source's `last_change` (the status is polled; a fleet has many).
+LAST_CHANGE_RUNS = 5
 # Publishes remembered per run, to tell which one TensorBoard should show by now.
 _HISTORY = 64
 
@@ -57,6 +59,9 @@ class SourceStatus:
     last_ok_unix_s: Optional[float] = None
     progress: Optional[dict] = None
     last_result: Optional[dict] = None
+    # The newest sync that published something (the last one often published nothing):
+    # {unix_s, files_published, bytes_published, runs_updated, runs (the first few)}.
+    last_change: Optional[dict] = None
     error: Optional[dict] = None
     warnings: list = dataclasses.field(default_factory=list)
 
@@ -234,6 +239,14 @@ class SyncState:
                 "runs_updated": len(report.runs),
                 "duration_s": round(now - (status.last_start_unix_s or now), 3),
             }
+            if status.last_result["files_published"] or report.runs:
+                status.last_change = {
+                    "unix_s": now,
+                    "files_published": status.last_result["files_published"],
+                    "bytes_published": report.bytes_published,
+                    "runs_updated": len(report.runs),
+                    "runs": sorted(report.runs)[:LAST_CHANGE_RUNS],
+                }
             for run, update in report.runs.items():
                 fresh = self._runs.setdefault(run, RunFreshness(run, name))
                 if update.newest_wall_time is not None:

@@ -81,3 +81,25 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
     again.restore(folder)
     assert {r["run"]: r["source_wall_time"] for r in again.snapshot()["runs"]} == \
         {run: 59.0 for run in runs}
+
+
+def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(tmp_path):
+    """The latest sync often moves nothing: `last_change` keeps the one that did."""
+    from tb_rsync_plugin import rsync
+    now = [1000.0]
+    state = make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    assert state.snapshot()["sources"][0]["last_change"] is None
+    runs = [f"n/run{i}" for i in range(7)]
+    state.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs), {})
+    changed_at = now[0]
+    now[0] += 30
+    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    state.save(folder)
+    change = state.snapshot()["sources"][0]["last_change"]
+    assert change["unix_s"] == changed_at and change["runs_updated"] == 7
+    assert change["runs"] == runs[:state_lib.LAST_CHANGE_RUNS]
+    again = make_state(lambda: now[0])
+    again.restore(folder)
+    assert again.snapshot()["sources"][0]["last_change"] == change
