@@ -9,7 +9,7 @@
 // chart refresh (refresh.js) needs it: then it goes on while the user looks at a dashboard.
 
 import {Poller, idlePollMs, pageHidden, requestSync} from './model.js';
-import {ChartRefresher} from './refresh.js';
+import {ChartRefresher, savedReloadPeriodS} from './refresh.js';
 import * as views from './views.js';
 
 const STORAGE_KEY = 'tb-rsync.ui.v1';
@@ -124,6 +124,7 @@ class SyncTab {
     this.sourcesSlot = views.el('div', {attrs: {'data-slot': 'sources'}});
     this.sourcesSection = views.buildSourcesTable([], 0);
     this.sourcesBody = this.sourcesSection.querySelector('[data-role="sources-body"]');
+    this.summaryNode = this.sourcesSection.querySelector('[data-role="fleet-summary"]');
     this.sourcesSlot.append(this.sourcesSection);
     this.connBox = views.buildConnection(this.conn, this.nowS());
     this.connLive = this.connBox.querySelector('[data-role="conn-live"]');
@@ -136,6 +137,8 @@ class SyncTab {
     this.runsBody = this.runsSection.querySelector('[data-role="runs-body"]');
     this.runsCount = this.runsSection.querySelector('[data-role="runs-count"]');
     this.filterInput = this.runsSection.querySelector('[data-role="filter"]');
+    this.pagerNode = this.runsSection.querySelector('[data-role="pager"]');
+    this.page = 0;
     this.loading = views.el('p', {cls: 'muted', text: 'Loading sync status\u2026',
       attrs: {'data-role': 'loading'}});
 
@@ -161,6 +164,7 @@ class SyncTab {
     });
     this.filterInput.addEventListener('input', () => {
       this.filter = this.filterInput.value;
+      this.page = 0;
       this.saveUiState();
       this.scheduleRunsRender();
     });
@@ -264,10 +268,11 @@ class SyncTab {
   renderRefresh() {
     const r = this.refresher;
     const lastClickS = r.clicks ? this.nowS() - (Date.now() - r.lastClickMs) / 1000 : null;
-    const key = JSON.stringify([r.enabled, r.missing, r.clicks, !!this.status]);
+    const reloadDataS = savedReloadPeriodS(r.storage);
+    const key = JSON.stringify([r.enabled, r.missing, r.clicks, reloadDataS, !!this.status]);
     if (!this.status || !this.changed('refresh', key)) return;
     replaceSlot(this.refreshSlot, views.buildRefreshControl(
-        {enabled: r.enabled, missing: r.missing, clicks: r.clicks, lastClickS},
+        {enabled: r.enabled, missing: r.missing, clicks: r.clicks, lastClickS, reloadDataS},
         this.nowS()), this.focusMemo);
   }
 
@@ -291,8 +296,14 @@ class SyncTab {
       await this.sync(name, target);
     } else if (action === 'retry') {
       this.poller.poll();
+    } else if (action === 'page-prev' || action === 'page-next') {
+      this.page += action === 'page-next' ? 1 : -1;
+      this.renderRuns();
+      // The pager is under the table: bring the new page's first rows into view.
+      if (this.runsTable.getBoundingClientRect().top < 0) this.runsTable.scrollIntoView();
     } else if (target.hasAttribute('data-sort')) {
       this.sort = views.nextSort(this.sort, target.getAttribute('data-sort'));
+      this.page = 0;
       this.saveUiState();
       this.renderRuns();
     }
@@ -389,18 +400,25 @@ class SyncTab {
    * Update source rows by name, and within a row only the cells whose data changed
    * (views.SOURCE_CELLS keys): a progress tick replaces that source's state cell and nothing
    * else, so text selected in another row's error <pre>, scroll and focus all stay.
+   * Failing sources come first (views.orderSources); the summary line above says how many.
    */
   renderSources() {
     const st = this.status;
     if (!st) return;
     const sources = st.sources || [];
+    const summary = views.fleetSummary(sources, this.runs);
+    if (this.changed('summary', JSON.stringify(summary))) {
+      const node = views.buildFleetSummary(summary, this.nowS());
+      this.summaryNode.replaceWith(node);
+      this.summaryNode = node;
+    }
     const pending = new Set(sources.map((s) => s.name).filter((n) => this.isPending(n)));
     if (!this.changed('sources', JSON.stringify([sources, [...pending]]))) return;
     const nowS = this.nowS();
     const ui = {pending};
     const seen = new Set();
     let prev = null;
-    for (const s of sources) {
+    for (const s of views.orderSources(sources)) {
       seen.add(s.name);
       let row = this.sourceRows.get(s.name);
       if (!row) {
@@ -424,7 +442,8 @@ class SyncTab {
           });
         });
       }
-      // Keep the server's order; move a row only if it is not already in place.
+      row.tr.classList.toggle('rs-compact', views.compactRow(s, sources.length));
+      // Keep that order; move a row only if it is not already in place.
       const want = prev ? prev.nextSibling : this.sourcesBody.firstChild;
       if (want !== row.tr) this.sourcesBody.insertBefore(row.tr, want);
       prev = row.tr;
@@ -460,11 +479,14 @@ class SyncTab {
   renderRuns() {
     const st = this.status;
     if (!st) return;
-    const key = `${this.sort.key}|${this.sort.dir}|${this.filter}|${this.runsJson}`;
+    const key = `${this.sort.key}|${this.sort.dir}|${this.filter}|${this.page}|${this.runsJson}`;
     if (!this.changed('runs', key)) return;
     const t0 = performance.now();
     const runs = this.runs || [];
-    const shown = views.sortRuns(views.filterRuns(runs, this.filter), this.sort);
+    const matching = views.sortRuns(views.filterRuns(runs, this.filter), this.sort);
+    const page = views.runsPage(this.page, matching.length);
+    this.page = page.page;
+    const shown = matching.slice(page.from, page.to);
     const nowS = this.nowS();
     const jsons = shown.map((r) => JSON.stringify(r));
     const rows = this.runRows || [];
@@ -485,7 +507,13 @@ class SyncTab {
       this.runRows = shown.map((r, i) => ({name: r.run, json: jsons[i], tr: trs[i]}));
       this.stats.lastRunsRender = 'tbody';
     }
-    this.runsCount.textContent = views.runsCountText(shown.length, runs.length);
+    this.runsCount.textContent = views.runsCountText(matching.length, runs.length);
+    keepFocus(this.pagerNode, this.focusMemo, () => {
+      const node = views.buildRunsPager(page, matching.length);
+      this.pagerNode.replaceWith(node);
+      this.pagerNode = node;
+      return node;
+    });
     views.applySort(this.runsTable, this.sort);
     if (this.filterInput.value !== this.filter) this.filterInput.value = this.filter;
     this.stats.runsRenders += 1;

@@ -13,10 +13,60 @@
 // When to click: when a run's published time moves (at once with the legacy loader, one
 // reload period later with the fast loader), and when what TensorBoard serves moves (the
 // server's loaded-data check). At most one click per MIN_REFRESH_MS. Nothing here touches our own DOM; index.js shows the result.
+//
+// Clicking works only in a browser tab where the Sync tab was opened. So while the choice
+// is on, TensorBoard's own persisted "Reload data" setting is turned on too (its
+// `_tb_global_settings` in localStorage, which TensorBoard reads when a page loads): every
+// TensorBoard page opened later in this browser reloads by itself, every 30 s at the
+// fastest. That is done once per choice (a user who turns it off in TensorBoard is not
+// overruled) and undone when the choice goes off.
 
 export const MIN_REFRESH_MS = 2500;
 export const STORAGE_KEY = 'tb-rsync.refresh-charts';
 const BUTTON_SELECTOR = 'app-header-reload button';
+export const TB_SETTINGS_KEY = '_tb_global_settings';
+// What autoReload was before we turned it on (JSON {autoReload: true|false|null}); its
+// presence means "done for this choice".
+export const RELOAD_DATA_KEY = 'tb-rsync.reload-data-before';
+// TensorBoard's fastest (and default) reload period; it ignores a saved period not above it.
+export const TB_MIN_RELOAD_MS = 30000;
+
+function readJson(storage, key) {
+  try {
+    const value = JSON.parse(storage.getItem(key));
+    return value && typeof value === 'object' ? value : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+/** Turn on TensorBoard's saved "Reload data", once per choice; remember what it was. */
+export function turnOnReloadData(storage = safeStorage()) {
+  if (!storage || storage.getItem(RELOAD_DATA_KEY) !== null) return;
+  const settings = readJson(storage, TB_SETTINGS_KEY) || {};
+  const before = typeof settings.autoReload === 'boolean' ? settings.autoReload : null;
+  storage.setItem(TB_SETTINGS_KEY, JSON.stringify({...settings, autoReload: true}));
+  storage.setItem(RELOAD_DATA_KEY, JSON.stringify({autoReload: before}));
+}
+
+/** Put TensorBoard's saved "Reload data" back as it was before turnOnReloadData(). */
+export function restoreReloadData(storage = safeStorage()) {
+  const before = storage && readJson(storage, RELOAD_DATA_KEY);
+  if (!before) return;
+  const settings = readJson(storage, TB_SETTINGS_KEY) || {};
+  if (typeof before.autoReload === 'boolean') settings.autoReload = before.autoReload;
+  else delete settings.autoReload;
+  storage.setItem(TB_SETTINGS_KEY, JSON.stringify(settings));
+  storage.removeItem(RELOAD_DATA_KEY);
+}
+
+/** TensorBoard's saved reload period in seconds when its "Reload data" is on, else null. */
+export function savedReloadPeriodS(storage = safeStorage()) {
+  const settings = storage && readJson(storage, TB_SETTINGS_KEY);
+  if (!settings || settings.autoReload !== true) return null;
+  const ms = settings.autoReloadPeriodInMs;
+  return (Number.isFinite(ms) && ms > TB_MIN_RELOAD_MS ? ms : TB_MIN_RELOAD_MS) / 1000;
+}
 
 /** The user's saved choice: true, false, or null (never chosen: follow the default). */
 export function loadChoice(storage = safeStorage()) {
@@ -95,6 +145,7 @@ export class ChartRefresher {
   /** Apply a status answer: the effective choice and any click it calls for. */
   onStatus(status) {
     this.enabled = this.choice === null ? defaultChoice(status) : this.choice;
+    if (this.enabled) turnOnReloadData(this.storage);
     const changes = dataChanges(this.mark, status);
     this.mark = changes.mark;
     if (!this.enabled) {
@@ -116,6 +167,8 @@ export class ChartRefresher {
     this.choice = on;
     this.enabled = on;
     saveChoice(on, this.storage);
+    if (on) turnOnReloadData(this.storage);
+    else restoreReloadData(this.storage);
     if (!on) this.dueMs = [];
   }
 

@@ -326,7 +326,9 @@ export function buildHeader(status, ui = {}) {
  * The chart refresh choice under the header: a checkbox, remembered in localStorage, and a
  * line saying what it does, or how to get fresh charts when it is off or cannot work.
  *
- * @param {{enabled: boolean, missing: ?string, clicks: number, lastClickS: ?number}} refresh
+ * @param {{enabled: boolean, missing: ?string, clicks: number, lastClickS: ?number,
+ *     reloadDataS: ?number}} refresh reloadDataS: TensorBoard's saved "Reload data" period
+ *     when it is on (refresh.js turns it on with the choice), else null
  * @param {number} nowS server clock (for "last refresh 3 s ago")
  */
 export function buildRefreshControl(refresh, nowS) {
@@ -351,6 +353,13 @@ export function buildRefreshControl(refresh, nowS) {
   const note = el('p', {cls: 'rs-note', text, attrs: {'data-role': 'refresh-note'}});
   if (refresh.enabled && !refresh.missing && isNum(refresh.lastClickS)) {
     note.append(' Last refresh ', ageSpan(refresh.lastClickS, nowS), '.');
+  }
+  if (refresh.enabled && isNum(refresh.reloadDataS)) {
+    // Said beside the choice: turning it on also changed TensorBoard's own setting.
+    note.append(' ', el('span', {attrs: {'data-role': 'reload-data-note'},
+      text: 'TensorBoard pages opened later in this browser reload by themselves every ' +
+        `${formatDuration(refresh.reloadDataS)}, even without this tab: its own ` +
+        'Settings \u2192 Reload data is on too.'}));
   }
   box.append(note);
   return box;
@@ -483,16 +492,34 @@ function stateCell(source) {
       if (!waiting && isNum(p.percent)) parts.push(`${Math.round(p.percent)}%`);
       if (!waiting && isNum(p.rate_bytes_s)) parts.push(formatRate(p.rate_bytes_s));
     }
-    wrap.append(el('div', {cls: 'small muted', text: parts.join(' \u00b7 '),
+    wrap.append(el('div', {cls: 'small muted rs-sub', text: parts.join(' \u00b7 '),
       attrs: {'data-role': 'progress-text', 'data-phase': p.phase ?? ''}}));
     td.append(wrap);
   }
   return td;
 }
 
-function lastResultCell(source) {
+/** "3 files, 1.0 MiB, 2 runs" for a source's last_change. */
+export function changeSummary(change) {
+  const parts = [];
+  if (isNum(change.files_published)) parts.push(plural(change.files_published, 'file'));
+  if (isNum(change.bytes_published)) parts.push(formatBytes(change.bytes_published));
+  if (isNum(change.runs_updated)) parts.push(plural(change.runs_updated, 'run'));
+  return parts.join(', ');
+}
+
+function changeRunsTitle(change) {
+  const runs = Array.isArray(change.runs) ? change.runs : [];
+  if (!runs.length) return '';
+  const more = isNum(change.runs_updated) && change.runs_updated > runs.length ?
+    ` and ${change.runs_updated - runs.length} more` : '';
+  return `Runs: ${runs.join(', ')}${more}`;
+}
+
+function lastResultCell(source, nowS) {
   const td = el('td', {cls: 'col-result'});
   const r = source.last_result;
+  const change = source.last_change;
   if (!r) {
     td.append(el('span', {cls: 'muted', text: '\u2014'}));
     return td;
@@ -500,18 +527,28 @@ function lastResultCell(source) {
   const main = [];
   if (isNum(r.files_transferred)) main.push(plural(r.files_transferred, 'file'));
   if (isNum(r.bytes_received)) main.push(`${formatBytes(r.bytes_received)} received`);
+  // Most syncs of a quiet source move nothing: say so, and when it last moved data.
+  const nothing = r.files_transferred === 0 && !r.files_published;
   // After a failure this is still the last good sync's result: say so.
   const stale = source.state === 'error';
-  td.append(el('div', {cls: stale ? 'muted' : '',
-    text: `${stale ? 'last success: ' : ''}${main.join(', ') || '\u2014'}`}));
+  const line = el('div', {cls: stale || nothing ? 'muted' : '', attrs: {'data-role': 'result'},
+    text: `${stale ? 'last success: ' : ''}${nothing ? 'no new data' : main.join(', ') || '\u2014'}`});
+  const earlier = change && isNum(change.unix_s) &&
+    !(isNum(source.last_ok_unix_s) && change.unix_s >= source.last_ok_unix_s);
+  if (earlier) {
+    const what = el('span', {attrs: {'data-role': 'last-change', 'title': changeRunsTitle(change)}});
+    what.append('last new data ', ageSpan(change.unix_s, nowS), ` (${changeSummary(change)})`);
+    line.append('; ', what);
+  }
+  td.append(line);
   const sub = [];
-  if (isNum(r.files_published) || isNum(r.bytes_published)) {
+  if (!nothing && (isNum(r.files_published) || isNum(r.bytes_published))) {
     sub.push(`published ${isNum(r.files_published) ? plural(r.files_published, 'file') : ''}` +
       `${isNum(r.bytes_published) ? ` (${formatBytes(r.bytes_published)})` : ''}`);
   }
-  if (isNum(r.runs_updated)) sub.push(`${plural(r.runs_updated, 'run')} updated`);
+  if (isNum(r.runs_updated) && !nothing) sub.push(`${plural(r.runs_updated, 'run')} updated`);
   if (isNum(r.duration_s)) sub.push(`${r.duration_s < 10 ? r.duration_s.toFixed(1) : Math.round(r.duration_s)} s`);
-  if (sub.length) td.append(el('div', {cls: 'small muted', text: sub.join(' \u00b7 ')}));
+  if (sub.length) td.append(el('div', {cls: 'small muted rs-sub', text: sub.join(' \u00b7 ')}));
   return td;
 }
 
@@ -552,8 +589,8 @@ function errorCell(source, nowS) {
 
 function nameCell(s) {
   const td = el('td', {cls: 'col-name'});
-  td.append(el('div', {cls: 'name', text: s.name}));
-  td.append(el('code', {cls: 'small muted src-string', text: s.source}));
+  td.append(el('div', {cls: 'name', text: s.name, attrs: {'title': s.source}}));
+  td.append(el('code', {cls: 'small muted src-string rs-sub', text: s.source}));
   return td;
 }
 
@@ -565,7 +602,7 @@ function lastCell(s, nowS) {
     if (s.state === 'error') last.append(el('span', {cls: 'err-message', text: 'failed '}));
     last.append(ageSpan(s.last_end_unix_s, nowS));
     if (isNum(s.last_ok_unix_s) && s.last_ok_unix_s !== s.last_end_unix_s) {
-      const ok = el('div', {cls: 'small muted'});
+      const ok = el('div', {cls: 'small muted rs-sub'});
       ok.append('last success ', ageSpan(s.last_ok_unix_s, nowS));
       last.append(ok);
     }
@@ -589,7 +626,7 @@ function nextCell(s, nowS) {
     const pace = factor > 1 ?
       `idle: every ${formatDuration(s.interval_s * factor)} (set: ${formatDuration(s.interval_s)})` :
       `every ${formatDuration(s.interval_s)}`;
-    next.append(el('div', {cls: 'small muted', text: pace,
+    next.append(el('div', {cls: 'small muted rs-sub', text: pace,
       attrs: factor > 1 ? {'title': 'No change in the last syncs: checked less often until ' +
         'the next change or a click on Sync.'} : {}}));
   } else {
@@ -618,7 +655,8 @@ export const SOURCE_CELLS = Object.freeze([
     build: (s) => stateCell(s)},
   {name: 'last', key: (s) => JSON.stringify([s.state === 'syncing', s.last_start_unix_s,
     s.last_end_unix_s, s.last_ok_unix_s]), build: (s, nowS) => lastCell(s, nowS)},
-  {name: 'result', key: (s) => JSON.stringify(s.last_result ?? null), build: (s) => lastResultCell(s)},
+  {name: 'result', key: (s) => JSON.stringify([s.state === 'error', s.last_result ?? null,
+    s.last_change ?? null, s.last_ok_unix_s]), build: (s, nowS) => lastResultCell(s, nowS)},
   {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s, !!s.retrying,
     s.idle_factor ?? 1]),
     build: (s, nowS) => nextCell(s, nowS)},
@@ -628,9 +666,68 @@ export const SOURCE_CELLS = Object.freeze([
     !!(ui && ui.pending && ui.pending.has(s.name))]), build: (s, nowS, ui) => actionCell(s, ui)},
 ]);
 
+// From this many sources on, a source with nothing wrong gets a one-line row (its source
+// string, pace and result details on hover): a fleet fits on a few screens.
+export const COMPACT_FROM = 6;
+
+/** Failing sources first (a fleet's one problem is never row 101), the rest as configured. */
+export function orderSources(sources) {
+  return [...sources.filter((s) => s.state === 'error'),
+    ...sources.filter((s) => s.state !== 'error')];
+}
+
+/** True when `s` shows on one line: one of many sources, with no error or warning. */
+export function compactRow(s, count) {
+  return count >= COMPACT_FROM && s.state !== 'error' && !s.error &&
+    !(s.warnings && s.warnings.length);
+}
+
+/**
+ * The fleet at a glance: how many sources are ok, failing, syncing (or queued), and the
+ * source whose newest event is oldest (runs: status.runs), or null when no run has a time.
+ */
+export function fleetSummary(sources, runs) {
+  const out = {total: sources.length, ok: 0, failing: 0, syncing: 0, quietest: null};
+  for (const s of sources) {
+    if (s.state === 'error') out.failing += 1;
+    else if (s.state === 'syncing' || s.state === 'queued') out.syncing += 1;
+    else out.ok += 1;
+  }
+  const newest = new Map();
+  for (const r of runs || []) {
+    if (isNum(r.source_wall_time) && !(newest.get(r.source) >= r.source_wall_time)) {
+      newest.set(r.source, r.source_wall_time);
+    }
+  }
+  for (const [name, unixS] of newest) {
+    if (!out.quietest || unixS < out.quietest.unixS) out.quietest = {name, unixS};
+  }
+  return out;
+}
+
+/** "101 sources: 100 ok · 1 failing · 0 syncing · quietest: node7, newest event 3 h ago". */
+export function buildFleetSummary(summary, nowS) {
+  const p = el('p', {cls: 'rs-summary', attrs: {'data-role': 'fleet-summary'}});
+  p.append(`${plural(summary.total, 'source')}: `);
+  const chip = (n, word, cls, role) => el('span', {cls: `badge ${n ? cls : ''}`,
+    text: `${n} ${word}`, attrs: {'data-role': role}});
+  p.append(chip(summary.ok, 'ok', 'run-live', 'count-ok'), ' ',
+      chip(summary.failing, 'failing', 'src-error', 'count-failing'), ' ',
+      chip(summary.syncing, 'syncing', 'src-syncing', 'count-syncing'));
+  if (summary.quietest) {
+    const q = el('span', {cls: 'muted', attrs: {'data-role': 'quietest',
+      'title': 'The source whose newest event is the oldest'}});
+    q.append(' \u00b7 quietest: ', el('strong', {text: summary.quietest.name}),
+        ', newest event ', ageSpan(summary.quietest.unixS, nowS, {fresh: true}));
+    p.append(q);
+  }
+  return p;
+}
+
 /** One source row (`data-source` = its name); each cell carries `data-cell`. */
 export function buildSourceRow(s, nowS, ui = {}) {
-  const tr = el('tr', {attrs: {'data-source': s.name}});
+  const tr = el('tr', {cls: compactRow(s, ui.count || 0) ? 'rs-compact' : '',
+    attrs: {'data-source': s.name}});
   for (const cell of SOURCE_CELLS) {
     const td = cell.build(s, nowS, ui);
     td.setAttribute('data-cell', cell.name);
@@ -640,15 +737,17 @@ export function buildSourceRow(s, nowS, ui = {}) {
 }
 
 /**
- * One row per source.
+ * A summary line and one row per source, failing ones first.
  *
  * @param {Array<object>} sources status.sources
  * @param {number} nowS status.server_unix_s
- * @param {{pending?: Set<string>}} ui names whose Sync was clicked and not yet confirmed
+ * @param {{pending?: Set<string>, runs?: Array<object>}} ui pending: names whose Sync was
+ *     clicked and not yet confirmed; runs: status.runs, for the summary
  */
 export function buildSourcesTable(sources, nowS, ui = {}) {
   const section = el('section', {cls: 'rs-section', attrs: {'aria-labelledby': 'rs-sources-h'}});
   section.append(el('h2', {text: 'Sources', attrs: {id: 'rs-sources-h'}}));
+  section.append(buildFleetSummary(fleetSummary(sources, ui.runs), nowS));
   const wrap = el('div', {cls: 'table-wrap'});
   const table = el('table', {cls: 'rs-table', attrs: {'data-role': 'sources'}});
   const headRow = el('tr');
@@ -658,7 +757,8 @@ export function buildSourcesTable(sources, nowS, ui = {}) {
   headRow.append(el('th', {attrs: {scope: 'col'}}, [el('span', {cls: 'sr-only', text: 'Action'})]));
   table.append(el('thead', {}, [headRow]));
   const tbody = el('tbody', {attrs: {'data-role': 'sources-body'}});
-  for (const s of sources) tbody.append(buildSourceRow(s, nowS, ui));
+  const rowUi = {...ui, count: sources.length};
+  for (const s of orderSources(sources)) tbody.append(buildSourceRow(s, nowS, rowUi));
   table.append(tbody);
   wrap.append(table);
   section.append(wrap);
@@ -706,8 +806,34 @@ export function buildRunsSection(sort = DEFAULT_SORT, filterText = '') {
   table.append(el('tbody', {attrs: {'data-role': 'runs-body'}}));
   wrap.append(table);
   section.append(wrap);
+  section.append(el('div', {cls: 'rs-pager', attrs: {'data-role': 'pager'}}));
   applySort(table, sort);
   return section;
+}
+
+// Runs shown at once: the rest are a click away, so 10,000 runs cost what 100 do.
+export const RUNS_PAGE_SIZE = 100;
+
+/** The page to show (clamped) and its first and last index, for `total` matching runs. */
+export function runsPage(page, total, size = RUNS_PAGE_SIZE) {
+  const pages = Math.max(1, Math.ceil(total / size));
+  const at = Math.min(Math.max(0, page | 0), pages - 1);
+  return {page: at, pages, from: at * size, to: Math.min(total, (at + 1) * size)};
+}
+
+/** "101–200 of 10,000" with previous / next buttons; empty when everything fits. */
+export function buildRunsPager(p, total) {
+  const box = el('div', {cls: 'rs-pager', attrs: {'data-role': 'pager'}});
+  if (p.pages <= 1) return box;
+  const n = (x) => x.toLocaleString('en-US');
+  box.append(el('span', {cls: 'muted', attrs: {'data-role': 'page-range'},
+    text: `${n(p.from + 1)}\u2013${n(p.to)} of ${n(total)}`}));
+  const button = (label, action, disabled, ariaLabel) => el('button', {cls: 'btn btn-small',
+    text: label, attrs: {'type': 'button', 'data-action': action, 'data-key': action,
+      'aria-label': ariaLabel, 'aria-disabled': disabled ? 'true' : null}});
+  box.append(button('\u2039 Previous', 'page-prev', p.page === 0, 'Previous page of runs'),
+      button('Next \u203a', 'page-next', p.page >= p.pages - 1, 'Next page of runs'));
+  return box;
 }
 
 /** Mark the sorted column: aria-sort on its <th>, an arrow in its button. */

@@ -466,8 +466,10 @@ def test_chart_refresher_clicks_when_data_moves_at_most_every_few_seconds(page):
       let now = 0;
       const button = {disabled: false, clicks: 0, click() { this.clicks += 1; }};
       const store = new Map();
-      const storage = {getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v)};
+      const storage = {getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v),
+                       removeItem: (k) => store.delete(k)};
       const make = () => new r.ChartRefresher({now: () => now, find: () => ({button}), storage});
+      const tbSettings = () => JSON.parse(store.get(r.TB_SETTINGS_KEY) || 'null');
       const st = (published, loaded, interval = 3, period = 0) => ({interval_s: interval,
         reload_period_s: period, runs: [{run: 'a', published_unix_s: published,
                                         loaded_wall_time: loaded}]});
@@ -475,6 +477,7 @@ def test_chart_refresher_clicks_when_data_moves_at_most_every_few_seconds(page):
       let f = make();
       f.onStatus(st(10, 9));                 // the first answer only sets the marks
       out.first = button.clicks;
+      out.tbOn = [tbSettings(), r.savedReloadPeriodS(storage)];  // TensorBoard's own setting
       now = 1000; f.onStatus(st(11, 9));     // published: legacy loader, click at once
       out.published = button.clicks;
       now = 2000; f.onStatus(st(11, 11));    // loaded moved, but only 1 s later
@@ -489,7 +492,17 @@ def test_chart_refresher_clicks_when_data_moves_at_most_every_few_seconds(page):
       f.setChoice(false);                    // off: remembered, and no more clicks
       now = 20000; f.onStatus(st(13, 13));
       out.off = [button.clicks, store.get(r.STORAGE_KEY), make().choice];
+      out.tbOff = [tbSettings(), r.savedReloadPeriodS(storage)];  // put back as it was
+      // A user's own settings are kept; a longer period of theirs too.
+      store.set(r.TB_SETTINGS_KEY, JSON.stringify({autoReload: false,
+        autoReloadPeriodInMs: 60000, paginationSize: 24}));
       f = make(); f.setChoice(true);         // fast loader: one reload period after
+      out.tbMine = [tbSettings(), r.savedReloadPeriodS(storage)];
+      // Turned off in TensorBoard's settings afterwards: not turned on again behind the
+      // user's back (only when they choose refresh again).
+      store.set(r.TB_SETTINGS_KEY, JSON.stringify({autoReload: false}));
+      make().onStatus(st(1, 1, 5));
+      out.tbRespected = tbSettings().autoReload;
       f.onStatus(st(13, 13, 3, 2)); now = 30000; f.onStatus(st(14, 13, 3, 2));
       out.fastAtOnce = button.clicks;
       out.fastNextInMs = f.nextTickInMs();
@@ -508,6 +521,11 @@ def test_chart_refresher_clicks_when_data_moves_at_most_every_few_seconds(page):
     assert got["limited"] == 1 and got["later"] == 2
     assert got["disabled"] == [2, True] and got["enabled"] == 3
     assert got["off"] == [3, "off", False]
+    assert got["tbOn"] == [{"autoReload": True}, 30]
+    assert got["tbOff"] == [{}, None]
+    assert got["tbMine"] == [{"autoReload": True, "autoReloadPeriodInMs": 60000,
+                              "paginationSize": 24}, 60]
+    assert got["tbRespected"] is False
     assert got["fastAtOnce"] == 3 and got["fastNextInMs"] == 2300 and got["fastAfter"] == 4
     assert got["defaultNoTimer"] is False and got["defaultTimer"] is True
     assert got["missing"] == "the Sync tab is open on its own page"
@@ -888,17 +906,19 @@ def test_tab_no_sources_explains_configuration(tab, fake_plugin):
 def test_tab_thousand_runs_poll_smoothly(tab, fake_plugin):
     runs = [run_fixture(f"node{i % 7}/exp {i}", NOW - 37 * i, step=i) for i in range(1000)]
     fake_plugin.set_status(make_status(runs=runs, now=NOW + 1))
-    tab.wait_for_function("document.querySelectorAll('tr[data-run]').length === 1000",
-                          timeout=15000)
+    # Shown a page (views.RUNS_PAGE_SIZE) at a time; tests/test_ui_fleet.py pages through.
+    tab.wait_for_function("document.querySelector('[data-role=runs-count]').textContent "
+                          "=== '(1000)'", timeout=15000)
+    assert tab.locator("tr[data-run]").count() == 100
     first_ms = tab.evaluate("window.__tbRsync.stats.lastRunsRenderMs")
-    # A poll where one run grew: that row is replaced, the other 999 stay as they were.
+    # A poll where one run grew: that row is replaced, the other 99 stay as they were.
     tab.evaluate("() => { for (const tr of document.querySelectorAll('tr[data-run]')) tr.__old = 1; }")
-    runs[500] = dict(runs[500], source_step=123456)
+    runs[7] = dict(runs[7], source_step=123456)
     fake_plugin.set_status(make_status(runs=runs, now=NOW + 2))
     tab.evaluate("window.__tbRsync.poller.poll()")
-    tab.locator("tr[data-run='node3/exp 500'] [data-role=step]", has_text="123456").wait_for()
+    tab.locator("tr[data-run='node0/exp 7'] [data-role=step]", has_text="123456").wait_for()
     kept = tab.evaluate("() => [...document.querySelectorAll('tr[data-run]')].filter((t) => t.__old).length")
-    assert kept == 999
+    assert kept == 99
     assert tab.evaluate("window.__tbRsync.stats.lastRunsRender") == "rows"
     row_ms = tab.evaluate("window.__tbRsync.stats.lastRunsRenderMs")
     filt = tab.locator("input[data-role=filter]")
@@ -1161,7 +1181,7 @@ def test_tab_source_progress_keeps_error_details_selection(tab, fake_plugin):
     print("progress texts seen:", texts)
     assert got == {"selection": "rsync: change_", "samePre": True, "open": True,
                    "badCellsKept": True, "sameTrainRow": True, "sameTrainName": True,
-                   "order": ["train", "bad"], "announced": "train: sync finished"}
+                   "order": ["bad", "train"], "announced": "train: sync finished"}
     assert "waiting for TensorBoard to reload" in texts[-1]
 
 
