@@ -14,7 +14,8 @@ import pytest
 
 from tb_rsync_plugin import config, publish, rsync
 from tb_rsync_plugin import state as state_lib
-from tests.test_frontend_views import NOW, fake_plugin, server  # noqa: F401 (fixtures)
+from tests.test_frontend_views import (NOW, fake_plugin, make_status, run_fixture,  # noqa: F401
+                                       server, source_fixture)
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "test-artifacts")
@@ -150,3 +151,31 @@ def test_fleet_runs_page_by_page_and_stay_fast(fleet_page, fake_plugin):  # noqa
     print(f"10,000 runs: first page {first_ms:.0f} ms, a poll with one grown run "
           f"{poll_ms:.0f} ms (filter and sort of all runs included)")
     assert first_ms < 3000 and poll_ms < 3000
+
+
+def test_steps_stay_on_one_line_in_an_800_px_window(browser, server, fake_plugin):  # noqa: F811
+    runs = [run_fixture(f"gpu{i}/a-rather-long-experiment-name lr=0.0{i} batch=512 seed={i}",
+                        NOW - 30 * i, step=12345678 + i, source=f"gpu{i}",
+                        state="waiting", loaded_wall_time=NOW - 600,
+                        state_detail="Published; TensorBoard's fast loader shows it at its "
+                                     "next reload (every 5 s).") for i in range(5)]
+    fake_plugin.set_status(make_status(runs=runs, sources=[source_fixture(f"gpu{i}")
+                                                           for i in range(5)]))
+    context = browser.new_context(viewport={"width": 800, "height": 900})
+    page = context.new_page()
+    page.goto(server + "/entry.html")
+    page.wait_for_selector("tr[data-run]")
+    page.screenshot(path=os.path.join(ARTIFACTS, "ui-800px.png"), full_page=True)
+    lines = page.evaluate("""() => [...document.querySelectorAll('[data-role=step]')].map((td) => {
+      const range = document.createRange();
+      range.selectNodeContents(td);
+      return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+    })""")
+    # ... and the table fits the window: nothing is cut off at the right.
+    overflow = page.evaluate("""() => {
+      const table = document.querySelector('table[data-role=runs]');
+      return table.getBoundingClientRect().right - table.parentElement.getBoundingClientRect().right;
+    }""")
+    context.close()
+    assert lines == [1] * 5
+    assert overflow <= 1, overflow
