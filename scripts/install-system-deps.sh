@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# System packages tb-rsync's demo and tests need: rsync (the transport), rclone (the transport
-# of rclone: sources, object storage), openssh-server and openssh-client (tests start their own
-# sshd on 127.0.0.1), chromium (the Sync tab's browser tests). Idempotent: installs only what
-# is missing. Needs root or sudo.
+# System packages tb-rsync's demo and tests need. Idempotent: installs only what is missing.
+# Needs root or sudo.
+#
+#   scripts/install-system-deps.sh          for the tests: rsync (the transport), rclone (the
+#                                           transport of rclone: sources, object storage),
+#                                           openssh-server and openssh-client (tests start
+#                                           their own sshd on 127.0.0.1), chromium (the Sync
+#                                           tab's browser tests; not with TB_RSYNC_NO_BROWSER=1)
+#   scripts/install-system-deps.sh --demo   for the demo: rsync only (it syncs local folders
+#                                           and uses no browser of its own)
 set -euo pipefail
+demo=0
+case "${1:-}" in
+  "") ;;
+  --demo) demo=1 ;;
+  *) echo "install-system-deps: unknown option '$1'; use --demo (for the demo) or nothing (for the tests)." >&2
+     exit 2 ;;
+esac
 need=()
 command -v rsync >/dev/null || need+=(rsync)
-command -v rclone >/dev/null || need+=(rclone)
-command -v ssh >/dev/null || need+=(openssh-client)
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v ssh-keygen >/dev/null || need+=(openssh-client)
-if [ "${TB_RSYNC_NO_BROWSER:-0}" != 1 ]; then
-  command -v chromium >/dev/null || need+=(chromium)
+if [ "$demo" = 0 ]; then
+  command -v rclone >/dev/null || need+=(rclone)
+  command -v ssh >/dev/null || need+=(openssh-client)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  if [ "${TB_RSYNC_NO_BROWSER:-0}" != 1 ]; then
+    command -v chromium >/dev/null || need+=(chromium)
+  fi
 fi
 if [ ${#need[@]} -eq 0 ]; then
-  echo "install-system-deps: rsync, rclone, ssh, sshd and chromium are already installed"
+  echo "install-system-deps: everything needed is already installed"
   exit 0
 fi
 SUDO=""
