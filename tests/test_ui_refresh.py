@@ -157,3 +157,30 @@ def test_refresh_off_means_no_forced_reloads_and_is_remembered(tmp_path, tensorb
     frame.locator("[data-role=refresh-toggle]").wait_for(timeout=30000)
     assert not frame.locator("[data-role=refresh-toggle]").is_checked()
     assert page.page_errors == []
+
+
+def test_refresh_on_turns_on_tensorboards_own_reload_for_later_pages(tmp_path,
+                                                                     tensorboard_server, page):
+    """A TensorBoard page opened later in the same browser, never showing the Sync tab,
+    has its own Settings -> Reload data on; the note beside the option says so."""
+    remote, tb = start(tmp_path, tensorboard_server)
+    frame, _ = open_sync_tab(page, tb)
+    frame.locator("[data-role=reload-data-note]").wait_for(timeout=30000)
+    assert "reload by themselves every 30 s" in \
+        frame.locator("[data-role=reload-data-note]").text_content()
+    later = page.context.new_page()
+    later.goto(tb.url + "/#timeseries")
+    later.locator("settings-button button").click()
+    reload_box = later.get_by_role("checkbox", name="Reload data")
+    reload_box.wait_for(timeout=20000)
+    assert reload_box.is_checked()
+    later.close()
+    # Off again: TensorBoard's setting is put back as it was (off in a fresh profile).
+    frame.locator("[data-role=refresh-toggle]").uncheck()
+    later = page.context.new_page()
+    later.goto(tb.url + "/#timeseries")
+    later.locator("settings-button button").click()
+    reload_box = later.get_by_role("checkbox", name="Reload data")
+    reload_box.wait_for(timeout=20000)
+    assert not reload_box.is_checked()
+    assert page.page_errors == []
