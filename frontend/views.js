@@ -684,7 +684,8 @@ export function compactRow(s, count) {
 
 /**
  * The fleet at a glance: how many sources are ok, failing, syncing (or queued), and the
- * source whose newest event is oldest (runs: status.runs), or null when no run has a time.
+ * source whose newest event is oldest (runs: status.runs), or null unless two sources or
+ * more have runs with a time.
  */
 export function fleetSummary(sources, runs) {
   const out = {total: sources.length, ok: 0, failing: 0, syncing: 0, quietest: null};
@@ -699,7 +700,8 @@ export function fleetSummary(sources, runs) {
       newest.set(r.source, r.source_wall_time);
     }
   }
-  for (const [name, unixS] of newest) {
+  // "Quietest" means something only among several sources with runs.
+  for (const [name, unixS] of newest.size > 1 ? newest : []) {
     if (!out.quietest || unixS < out.quietest.unixS) out.quietest = {name, unixS};
   }
   return out;
