@@ -121,6 +121,8 @@ def test_fleet_runs_page_by_page_and_stay_fast(fleet_page, fake_plugin):  # noqa
     page = fleet_page
     stats = "window.__tbRsync.stats"
     first_ms = page.evaluate(f"{stats}.lastRunsRenderMs")
+    page.locator("[data-role=pager]").scroll_into_view_if_needed()
+    page.screenshot(path=os.path.join(ARTIFACTS, "ui-fleet-runs-pager.png"))
     page.locator("button[data-action=page-next]").click()
     page.wait_for_function("document.querySelector('[data-role=page-range]')?.textContent"
                            "?.startsWith('101\u2013200')")
