@@ -90,10 +90,12 @@ class SyncService:
 
     # --- asking for syncs (the scheduler decides when) ---------------------------------
     def request(self, names=None):
-        """Start or join syncs for `names` (all sources when None); never blocks.
+        """Ask for syncs of `names` (all sources when None) that start after this call; never
+        blocks.
 
         Returns:
-          {"started": [...], "joined": [...]} of source names.
+          {"started": [...], "joined": [...], "queued_after": [...]} of source names
+          (`scheduler.Scheduler.request`).
         """
         return self.scheduler.request(names)
 

@@ -125,6 +125,9 @@ class SyncState:
         # Sources whose cycle ended since the last save: only they get heartbeat lines (a
         # process must not journal its stale view of a source another process syncs).
         self._ended = set()
+        # Sources asked for while syncing: their scheduler queues them again at the end of
+        # the cycle, so the cycle ends in "queued", never in a moment of "idle" in between.
+        self._queued_after = set()
 
     # --- sources -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -149,15 +152,31 @@ class SyncState:
         """Mark `name` queued unless a sync is already queued or running; True if marked."""
         with self._changing():
             status = self._sources.get(name)
+            self._queued_after.discard(name)
             if status is None or status.state in ("queued", "syncing"):
                 return False
             status.state = "queued"
             return True
 
+    def queue_after(self, name):
+        """`name` is asked for while it syncs: its cycle ends in "queued" (the scheduler
+        queues it again then)."""
+        with self._changing():
+            if name in self._sources:
+                self._queued_after.add(name)
+
+    def _end_state(self, name, state):
+        """The state a cycle of `name` ends in (holding the lock)."""
+        if name in self._queued_after:
+            self._queued_after.discard(name)
+            return "queued"
+        return state
+
     def abandon(self, name):
         """A queued or running sync cancelled because tb-rsync is stopping: not a failure of
         the source, so nothing is recorded and it shows its state from before."""
         with self._changing():
+            self._queued_after.discard(name)
             status = self._sources.get(name)
             if status is not None and status.state in ("queued", "syncing"):
                 status.state = "error" if status.error else "idle"
@@ -216,7 +235,7 @@ class SyncState:
             if status is None:
                 return
             before = _saved_fields(status)
-            status.state = "idle"
+            status.state = self._end_state(name, "idle")
             status.progress = None
             status.error = None
             status.failures = 0
@@ -316,7 +335,7 @@ class SyncState:
             status = self._sources.get(name)
             if status is None:
                 return
-            status.state = "error"
+            status.state = self._end_state(name, "error")
             status.progress = None
             status.failures += 1
             status.last_end_unix_s = self._clock()
