@@ -384,9 +384,12 @@ class SyncState:
             self._unsaved_sources.add(name)
 
     def source(self, name):
-        """One source's status as in `snapshot()["sources"]`."""
+        """One source's status as in `snapshot()["sources"]` (also while it is retired)."""
         with self._lock:
-            return dataclasses.asdict(self._sources[name])
+            status = self._status(name)
+            if status is None:
+                raise KeyError(name)
+            return dataclasses.asdict(status)
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
