@@ -81,3 +81,30 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
     again.restore(folder)
     assert {r["run"]: r["source_wall_time"] for r in again.snapshot()["runs"]} == \
         {run: 59.0 for run in runs}
+
+
+def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
+    """What a `tb-rsync sync` journals reaches a TensorBoard's state; a compaction (a new
+    file) is read from its start, and lines older than what the reader knows change nothing."""
+    from tb_rsync_plugin import rsync
+    now = [1000.0]
+    writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    path = state_lib.journal_path(folder, "n")
+    runs = [f"n/run{i}" for i in range(50)]
+    writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, 1.0), {})
+    writer.save(folder)
+    reader.follow(folder)
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {1}
+    inode = os.stat(path).st_ino
+    for step in range(2, 60):
+        now[0] += 1
+        writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, float(step)),
+                      {})
+        writer.save(folder)
+    assert os.stat(path).st_ino != inode, "compacted"
+    reader.follow(folder)
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}
+    assert reader.source("n")["last_end_unix_s"] == now[0]
+    reader.restore(folder)  # everything again: nothing older wins
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}
