@@ -106,4 +106,4 @@ def skipped(path):
             return
         _warned.add(path)
     logger.warning("tb-rsync: skipping damaged line(s) in '%s' (not what tb-rsync writes); "
-                   "the rest of the file is used. Delete the file to start it afresh.", path)
+                   "the rest of the file is used.", path)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import state_journal
 
 SAVES = 150
 
@@ -73,8 +74,8 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
                      {})
         state.save(folder)
     path = state_lib.journal_path(folder, "n")
-    live = len(state_lib._journal_bytes(*state_lib._read_journal(path)))
-    assert os.path.getsize(path) <= state_lib.COMPACT_FACTOR * live + 64 * 1024
+    live = len(state_journal._journal_bytes(*state_journal._read_journal(path)))
+    assert os.path.getsize(path) <= state_journal.COMPACT_FACTOR * live + 64 * 1024
     with open(path, "ab") as f:
         f.write(b'{"run":{"run":"n/run1","source_wall')  # a crash mid-line
     again = make_state(lambda: now[0])
