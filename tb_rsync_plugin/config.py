@@ -192,6 +192,11 @@ class SyncConfig:
         return min(limits + [self.max_per_host])
 
 
+def is_source_name(name):
+    """A plain folder name: no '/', no leading dot, no control characters."""
+    return bool(_NAME_RE.match(name)) and not name.startswith(".")
+
+
 def is_event_file(path):
     """TensorBoard's rule: an event file is any file whose basename contains 'tfevents'."""
     return "tfevents" in path.replace("\\", "/").rsplit("/", 1)[-1]
@@ -257,7 +262,7 @@ def _make_source(table, where):
         if not isinstance(table.get(key), str) or not table[key].strip():
             raise ConfigError(f"In {where}: '{key}' must be a non-empty string.")
     name = table["name"].strip()
-    if not _NAME_RE.match(name) or name in (".", "..") or name.startswith("."):
+    if not is_source_name(name):
         raise ConfigError(
             f"In {where}: name '{name}' is not a plain folder name; use letters, digits, "
             "spaces or '-', without '/', '..' or a leading dot."

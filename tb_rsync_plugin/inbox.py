@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 QUIET_S = 0.1  # a sync is asked for once no change came for this long...
 MAX_DELAY_S = 0.4  # ...or this long after the first change, even while a push goes on
-RETRY_S = 0.1  # a request that only joined a running sync is repeated this often
 RESCHEDULE_S = 2.0  # a source folder that does not exist (yet) is looked for this often
 STOP_WAIT_S = 5.0
 
@@ -36,9 +35,9 @@ class SourceWatcher:
 
     A request is handed over once the source has been quiet for `QUIET_S`, or `MAX_DELAY_S`
     after its first unhandled change. A change that lands while that source is syncing may
-    come too late for that sync, so a request that did not start a sync (its name is not in
-    the answer's "started") is repeated every `RETRY_S` until one starts. Each source is also
-    asked for once when its watch begins: what arrived while nobody watched.
+    come too late for that sync: the service then syncs it again once that sync ends (every
+    request is served by a sync that starts after it). Each source is also asked for once
+    when its watch begins: what arrived while nobody watched.
 
     Args:
       sources: `config.Source`s to watch (local folders).
@@ -55,7 +54,7 @@ class SourceWatcher:
         self._ignore = tuple(os.path.realpath(p).rstrip(os.sep) + os.sep for p in ignore)
         self._clock = clock
         self._cond = threading.Condition()
-        self._first, self._last, self._retry_at = {}, {}, {}  # per source with a change
+        self._first, self._last = {}, {}  # per source with a change
         self._unwatched = set(self._roots)  # to schedule (again)
         self._reported = set()  # sources whose missing folder was logged
         self._watches = {}
@@ -141,26 +140,20 @@ class SourceWatcher:
                 self._cond.wait(max(0.0, min(wake) - now) if wake else None)
 
     def _due_at(self, name):
-        return max(min(self._last[name] + QUIET_S, self._first[name] + MAX_DELAY_S),
-                   self._retry_at.get(name, 0.0))
+        return min(self._last[name] + QUIET_S, self._first[name] + MAX_DELAY_S)
 
     def _ask(self, name):
         with self._cond:
             stamp = self._last[name]
         try:
-            started = name in self._request([name])["started"]
+            self._request([name])
         except Exception:  # a bug: keep watching (the change is dropped, not retried forever)
             logger.exception("tb-rsync: asking for a sync of watched source %r failed", name)
-            started = True
         with self._cond:
-            if not started:
-                self._retry_at[name] = self._clock() + RETRY_S
-            elif self._last[name] == stamp:
+            if self._last[name] == stamp:
                 del self._first[name], self._last[name]
-                self._retry_at.pop(name, None)
-            else:  # changed again while asking: that change may come too late for this sync
+            else:  # changed again while asking: asked for again once quiet
                 self._first[name] = self._last[name]
-                self._retry_at.pop(name, None)
 
     def _schedule(self):
         with self._cond:

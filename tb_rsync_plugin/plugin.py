@@ -243,7 +243,8 @@ class RsyncPlugin(base_plugin.TBPlugin):
         return self._service.state.status_json()
 
     def sync_impl(self, name=None):
-        """Start or join syncs; raises KeyError for a name that is not configured."""
+        """Ask for syncs (`service.request`); raises KeyError for a name that is not
+        configured."""
         if name is None:
             return self._service.request()
         self._config.source(name)  # KeyError if unknown: a key, never a path

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Optional
 
-from tb_rsync_plugin import publish
+from tb_rsync_plugin import disk_lines, publish
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +118,9 @@ class RewriteJournal:
         Called before every status answer, so the tab never says "live" for a run another
         process rewrote and TensorBoard has not read again; `catch_up` reloads them.
         """
-        entries = self._follow()
+        # Only runs of sources this process syncs: others' runs are not its to reload.
+        entries = state.note_rewrites(self._follow())
         if entries:
-            state.note_rewrites(entries)
             with self._lock:
                 self._unapplied.extend(entries)
 
@@ -147,7 +147,7 @@ class RewriteJournal:
                 logger.warning("tb-rsync: cannot read the rewrite journal %s: %s", self.path, e)
                 return []
             end = data.rfind(b"\n") + 1  # a line being written waits for the next call
-            entries = _parse(data[:end], self._offset)
+            entries = _parse(data[:end], self._offset, self.path)
             self._offset += end
         return [e for e in entries if e.writer != self.writer]
 
@@ -165,20 +165,33 @@ def recent(path, limit=10):
     if start:
         cut = data.find(b"\n") + 1  # the first line is probably cut
         data, start = data[cut:], start + cut
-    return _parse(data, start)[::-1][:limit]
+    data = data[:data.rfind(b"\n") + 1]  # a line being written is not damaged
+    return _parse(data, start, path)[::-1][:limit]
 
 
-def _parse(data, offset):
+_FIELDS = {"unix_s": disk_lines.number, "source": disk_lines.is_source_name,
+           "run": disk_lines.text, "file": disk_lines.text, "kept_at": disk_lines.text,
+           "newest_wall_time": disk_lines.optional(disk_lines.number),
+           "newest_step": disk_lines.optional(disk_lines.integer),
+           "writer": disk_lines.text}
+
+
+def _inside(fields):
+    # The run is reloaded and, on the fast loader, its files moved: only ever a folder of
+    # the source's own tree in the logdir.
+    return disk_lines.is_run_of(fields["source"], fields["run"]) and \
+        disk_lines.is_file_of(fields["run"], fields["file"])
+
+
+def _parse(data, offset, path):
+    """The rewrites in `data` (whole lines starting at byte `offset` of `path`)."""
     entries = []
     for line in data.split(b"\n"):
         if line:
-            try:
-                fields = json.loads(line)
-                fields["gen"] = offset
-                entries.append(Rewrite(**{k.name: fields.get(k.name)
-                                          for k in dataclasses.fields(Rewrite)}))
-            except (ValueError, TypeError):
-                logger.warning("tb-rsync: skipping a damaged line in the rewrite journal")
+            fields = disk_lines.parse(line, path, _FIELDS, required=tuple(_FIELDS),
+                                      check=_inside)
+            if fields is not None:
+                entries.append(Rewrite(gen=offset, **fields))
         offset += len(line) + 1
     return entries
 

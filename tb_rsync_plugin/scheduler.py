@@ -12,9 +12,11 @@ it, `service.SyncService.cycle`) on threads of its own, within named bounds:
   slot a healthy source is waiting for. (A host that hangs for the first time holds a main
   slot until ssh's ConnectTimeout or `SLOW_AFTER_S`, whichever comes first.)
 
-Requests never block: a source already queued or running is joined, so twenty clicks make
-one cycle. Queued sources start in request order, skipping those whose host is full (no
-head-of-line blocking). Timers run on the monotonic clock; the tab is told wall-clock times.
+Requests never block, and each one is served by a cycle that lists the source after it: a
+source already queued is joined; a source whose cycle is running (it may have listed before
+the request) is queued again the moment that cycle ends, once however many requests came
+meanwhile. So twenty clicks make at most two cycles, and none is lost. Queued sources start in
+request order, skipping those whose host is full (no head-of-line blocking). Timers run on the monotonic clock; the tab is told wall-clock times.
 
 Backoff, both capped and both reset by a click:
 - a failing source retries after `interval * 2**(failures-1)` (at least `MIN_RETRY_S`, at
@@ -81,6 +83,7 @@ class _Entry:
     failures: int = 0
     idle_streak: int = 0
     retired: bool = False  # removed from the configuration; dropped after its cycle
+    again: bool = False  # asked for while running: queued again when that cycle ends
 
     @property
     def busy(self):
@@ -152,28 +155,38 @@ class Scheduler:
 
     # --- asking ------------------------------------------------------------------------
     def request(self, names=None):
-        """Start or join cycles for `names` (all sources when None); never blocks.
+        """Ask for a cycle of `names` (all sources when None) that starts after this call;
+        never blocks.
 
         A request is a click: it retries a failing source at once and ends an idle backoff.
+        A running cycle may have listed the source before the request, so it does not count:
+        the source is queued again when it ends.
 
         Returns:
-          {"started": [...], "joined": [...]} of source names.
+          {"started": [...], "joined": [...], "queued_after": [...]} of source names: queued
+          now, already queued (not started yet), or queued again once the running cycle ends.
         """
-        started, joined = [], []
+        answer = {"started": [], "joined": [], "queued_after": []}
         with self._cond:
             if self._stopping:
-                return {"started": started, "joined": joined}  # nothing would run it
+                return answer  # nothing would run it
             for name in [n for n, e in self._entries.items() if not e.retired] \
                     if names is None else names:
                 entry = self._entries.get(name)
                 if entry is None or entry.retired:
                     raise KeyError(name)
                 entry.idle_streak = 0
-                (joined if entry.busy else started).append(name)
-                if not entry.busy:
+                if entry.queued_seq is not None:
+                    answer["joined"].append(name)
+                elif entry.lane is not None:
+                    entry.again = True
+                    self._state.queue_after(name)
+                    answer["queued_after"].append(name)
+                else:
                     self._queue(entry)
+                    answer["started"].append(name)
             self._cond.notify_all()
-        return {"started": started, "joined": joined}
+        return answer
 
     def wait(self, names=None, timeout_s=None):
         """Block until no cycle of `names` is queued or running; False on timeout."""
@@ -291,10 +304,17 @@ class Scheduler:
             self._release(entry)
 
     def _release(self, entry):
-        """The cycle's slot is free (holding `_cond`)."""
+        """The cycle's slot is free; a source asked for meanwhile is queued again at once, so
+        `wait()` never sees it idle in between (holding `_cond`)."""
         entry.lane = None
-        if entry.retired and self._entries.get(entry.name) is entry:
-            del self._entries[entry.name]
+        again, entry.again = entry.again, False
+        if entry.retired:
+            if self._entries.get(entry.name) is entry:
+                del self._entries[entry.name]
+        elif again and self._stopping:
+            self._state.abandon(entry.name)
+        elif again:
+            self._queue(entry)
         self._cond.notify_all()
 
     def _book(self, entry, error, result):

@@ -69,7 +69,7 @@ class SyncService:
         self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
         self._publish_lock_warned = False
         self.scheduler = scheduler_lib.Scheduler(
-            self.cycle, state, config.max_parallel, on_end=[lambda end: self._save_state()])
+            self.cycle, state, config.max_parallel, on_end=[self._after_cycle])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
         self.journal = rewrites_lib.RewriteJournal(config.rewrites_path, clock)
         state.loader, state.loader_note, state.not_live = \
@@ -90,10 +90,12 @@ class SyncService:
 
     # --- asking for syncs (the scheduler decides when) ---------------------------------
     def request(self, names=None):
-        """Start or join syncs for `names` (all sources when None); never blocks.
+        """Ask for syncs of `names` (all sources when None) that start after this call; never
+        blocks.
 
         Returns:
-          {"started": [...], "joined": [...]} of source names.
+          {"started": [...], "joined": [...], "queued_after": [...]} of source names
+          (`scheduler.Scheduler.request`).
         """
         return self.scheduler.request(names)
 
@@ -147,6 +149,9 @@ class SyncService:
 
         try:
             with self._source_lock(name):
+                # What another process published up to now (it held this lock): this cycle
+                # starts from it, and the tab shows it even if this cycle changes nothing.
+                self.state.follow(self.config.state_dir, [name])
                 transfer, retry = self._transfer(source, progress)
                 # Another process with another staging root holds another source lock, so
                 # the published folder is locked too, before publishing into it: else both
@@ -337,6 +342,12 @@ class SyncService:
                         f"(lock '{path}'); wait for it or stop that process.") from None
                 self._stop.wait(0.2)
 
+    def _after_cycle(self, end):
+        """Journal the cycle; then take in what another process journalled meanwhile (it
+        may have saved after this cycle took the source's lock)."""
+        self._save_state()
+        self.state.follow(self.config.state_dir, [end.name])
+
     def _save_state(self):
         try:
             self.state.save(self.config.state_dir)
@@ -369,6 +380,7 @@ class SyncService:
         while not self._stop.wait(LOADED_REFRESH_S):
             rewrites_lib.catch_up(self.journal, self.reloader, self.config.logdir,
                                   self._hold_source, self.state, self._stop)
+            self.state.follow(self.config.state_dir)  # what other processes synced
             runs = self.state.runs()
             if runs:
                 self._refresh_loaded(runs)

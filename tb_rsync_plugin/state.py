@@ -5,18 +5,21 @@ readers (HTTP, the CLI) take `snapshot()`, a plain dict matching docs/API.md, or
 `status_json()`, the same as bytes, rebuilt only when something changed. One lock guards
 everything, and snapshots are built under it, so a reader never sees half an update.
 
-For `tb-rsync status` and the next start, what changed is also appended to a journal per
-source (`state/<name>.jsonl` in the staging root, one JSON object a line, the last line
-about a source or run wins). A sync that changed nothing writes nothing, except a heartbeat
+For `tb-rsync status`, the next start and every other process on the staging root, what
+changed is also appended to a journal per source (`state/<name>.jsonl` in the staging root,
+one JSON object a line). A sync that changed nothing writes nothing, except a heartbeat
 every `HEARTBEAT_S` so 'last sync' stays roughly current; a journal is compacted when it has
 grown to several times its live size. Each process appends only about the sources it syncs,
-under an `flock`, so processes sharing a staging root never drop each other's lines.
+under an `flock`, so processes sharing a staging root never drop each other's lines, and
+each follows the journals of its sources (`follow`): a line newer than what it knows (a
+later sync end, a later publish) is taken in, so a TensorBoard shows what a `tb-rsync sync`
+beside it published. A cycle that ends while its source is out of the configuration (an
+edit of --rsync_config) is still recorded and journalled: adding the source back shows it.
 """
 
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -24,15 +27,16 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__, atomic, config, publish
+from tb_rsync_plugin import __version__, config, publish
+# The journal files; `tb-rsync status` reads them through these names.
+from tb_rsync_plugin.state_journal import (append_journal, forget_sources, journal_lines,
+                                           journal_path, load_snapshot)
 
 HEARTBEAT_S = 60.0
 PROGRESS_EVERY_S = 0.5
 STATUS_MAX_AGE_S = 1.0
 # Saved for `tb-rsync status`, not restored: the new process makes its own schedule.
 _SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures")
-COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
-COMPACT_MIN_BYTES = 64 * 1024
 # Source fields kept across restarts (the rest describe this process's schedule).
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
@@ -111,7 +115,12 @@ class SyncState:
         self._grace_s = grace_s
         self._lock = threading.Lock()
         self._sources = {s.name: SourceStatus(s.name, s.source, interval_for(s)) for s in sources}
-        self._runs = {}
+        self._runs = {}  # of configured and retired sources; only the former are shown
+        # Sources removed from the configuration whose last cycle is not journalled yet.
+        self._retired = {}
+        # Journals followed: source -> (inode, bytes read); a compaction makes a new inode.
+        self._read_to = {}
+        self._follow_lock = threading.Lock()  # one reader of the journals at a time
         # Set by the service from its reloader: which loader, a note for the whole tab, and
         # the (state, detail) of a published run TensorBoard does not show yet.
         self.loader = "none"
@@ -130,6 +139,9 @@ class SyncState:
         # Sources whose cycle ended since the last save: only they get heartbeat lines (a
         # process must not journal its stale view of a source another process syncs).
         self._ended = set()
+        # Sources asked for while syncing: their scheduler queues them again at the end of
+        # the cycle, so the cycle ends in "queued", never in a moment of "idle" in between.
+        self._queued_after = set()
 
     # --- sources -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -144,25 +156,63 @@ class SyncState:
             old = self._sources
             self._sources = {}
             for s in sources:
-                status = old.get(s.name) or SourceStatus(s.name, s.source, interval_for(s))
+                status = old.get(s.name) or self._retired.pop(s.name, None) or \
+                    SourceStatus(s.name, s.source, interval_for(s))
                 status.source, status.interval_s = s.source, interval_for(s)
                 self._sources[s.name] = status
-            self._runs = {run: fresh for run, fresh in self._runs.items()
-                          if fresh.source in self._sources}
+            for name, status in old.items():
+                if name not in self._sources:
+                    self._retired[name] = status
+                    self._queued_after.discard(name)
+            self._prune_retired()
+
+    def _status(self, name):
+        """A source's status, also while it is retired (its cycle's end is still recorded)."""
+        return self._sources.get(name) or self._retired.get(name)
+
+    def _prune_retired(self):
+        """Forget retired sources with nothing left to journal (re-adding reads the journal)."""
+        for name, status in list(self._retired.items()):
+            if status.state not in ("queued", "syncing") and name not in self._unsaved_sources \
+                    and not any(self._runs[r].source == name for r in self._unsaved_runs
+                                if r in self._runs):
+                del self._retired[name]
+                self._read_to.pop(name, None)
+                self._runs = {run: fresh for run, fresh in self._runs.items()
+                              if fresh.source != name}
+
+    def _shown_runs(self):
+        return [fresh for fresh in self._runs.values() if fresh.source in self._sources]
 
     def try_queue(self, name):
         """Mark `name` queued unless a sync is already queued or running; True if marked."""
         with self._changing():
             status = self._sources.get(name)
+            self._queued_after.discard(name)
             if status is None or status.state in ("queued", "syncing"):
                 return False
             status.state = "queued"
             return True
 
+    def queue_after(self, name):
+        """`name` is asked for while it syncs: its cycle ends in "queued" (the scheduler
+        queues it again then)."""
+        with self._changing():
+            if name in self._sources:
+                self._queued_after.add(name)
+
+    def _end_state(self, name, state):
+        """The state a cycle of `name` ends in (holding the lock)."""
+        if name in self._queued_after:
+            self._queued_after.discard(name)
+            return "queued"
+        return state
+
     def abandon(self, name):
         """A queued or running sync cancelled because tb-rsync is stopping: not a failure of
         the source, so nothing is recorded and it shows its state from before."""
         with self._changing():
+            self._queued_after.discard(name)
             status = self._sources.get(name)
             if status is not None and status.state in ("queued", "syncing"):
                 status.state = "error" if status.error else "idle"
@@ -189,9 +239,9 @@ class SyncState:
 
     def begin(self, name):
         with self._changing():
-            status = self._sources.get(name)
+            status = self._status(name)
             if status is None:
-                return  # removed from the configuration: its last cycle is not shown
+                return
             status.state = "syncing"
             status.last_start_unix_s = self._clock()
             status.progress = {"bytes_done": 0, "percent": 0, "rate_bytes_s": 0.0,
@@ -202,7 +252,7 @@ class SyncState:
         (or at once when the phase changes): with a hundred sources syncing, rsync's
         progress lines would otherwise make every status request rebuild the snapshot."""
         with self._lock:
-            status = self._sources.get(name)
+            status = self._status(name)
             if status is None:
                 return
             new = dataclasses.asdict(progress)
@@ -217,11 +267,11 @@ class SyncState:
         """Record a successful cycle: the source's result and every run it touched."""
         now = self._clock()
         with self._changing():
-            status = self._sources.get(name)
+            status = self._status(name)
             if status is None:
                 return
             before = _saved_fields(status)
-            status.state = "idle"
+            status.state = self._end_state(name, "idle")
             status.progress = None
             status.error = None
             status.failures = 0
@@ -279,11 +329,18 @@ class SyncState:
                 self._unsaved_sources.add(name)
 
     def note_rewrites(self, rewrites):
-        """Rewrites another process published (`rewrites.Rewrite`): not live until reloaded."""
+        """Rewrites another process published (`rewrites.Rewrite`): not live until reloaded.
+
+        Returns those of configured sources (the others are not this process's to reload).
+        """
+        noted = []
+        if not rewrites:
+            return noted  # no version bump: the cached status stays valid
         with self._changing():
             for entry in rewrites:
                 if entry.source not in self._sources:
                     continue
+                noted.append(entry)
                 fresh = self._runs.setdefault(entry.run, RunFreshness(entry.run, entry.source))
                 fresh.rewrite = {"unix_s": entry.unix_s, "file": entry.file,
                                  "kept_at": entry.kept_at, "by": "another process"}
@@ -295,6 +352,7 @@ class SyncState:
                 fresh.history.clear()
                 fresh.history.append((entry.unix_s, entry.newest_wall_time, entry.newest_step))
                 fresh.restart_reason = None
+        return noted
 
     def rewrites_applied(self, rewrites, reload_notes):
         """TensorBoard was told to read these runs again; `reload_notes`: {run: why not}."""
@@ -326,10 +384,10 @@ class SyncState:
 
     def fail(self, name, message, details=""):
         with self._changing():
-            status = self._sources.get(name)
+            status = self._status(name)
             if status is None:
                 return
-            status.state = "error"
+            status.state = self._end_state(name, "error")
             status.progress = None
             status.failures += 1
             status.last_end_unix_s = self._clock()
@@ -339,14 +397,17 @@ class SyncState:
             self._unsaved_sources.add(name)
 
     def source(self, name):
-        """One source's status as in `snapshot()["sources"]`."""
+        """One source's status as in `snapshot()["sources"]` (also while it is retired)."""
         with self._lock:
-            return dataclasses.asdict(self._sources[name])
+            status = self._status(name)
+            if status is None:
+                raise KeyError(name)
+            return dataclasses.asdict(status)
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
         with self._lock:
-            return list(self._runs)
+            return [fresh.run for fresh in self._shown_runs()]
 
     def set_loaded(self, loaded_wall_times):
         """What TensorBoard serves: {run: newest loaded wall time or None}."""
@@ -384,7 +445,7 @@ class SyncState:
         return b'{"server_unix_s":' + json.dumps(now).encode() + b"," + body[1:]
 
     def _snapshot(self):
-        runs = [self._run_json(r) for r in sorted(self._runs.values(), key=lambda r: r.run)]
+        runs = [self._run_json(r) for r in sorted(self._shown_runs(), key=lambda r: r.run)]
         return {
             "server_unix_s": self._clock(),
             "version": __version__,
@@ -458,7 +519,7 @@ class SyncState:
         now = self._clock()
         with self._lock:
             lines = {}
-            for name, status in self._sources.items():
+            for name, status in list(self._sources.items()) + list(self._retired.items()):
                 heartbeat = name in self._ended and \
                     now - self._saved_at.get(name, 0.0) >= HEARTBEAT_S
                 if name in self._unsaved_sources or heartbeat:
@@ -475,43 +536,107 @@ class SyncState:
         written = 0
         for name, entries in lines.items():
             try:
-                _append_journal(journal_path(state_dir, name), entries)
+                append_journal(journal_path(state_dir, name), entries)
             except OSError:
                 with self._lock:  # try again next time
                     self._unsaved_sources.add(name)
                     self._unsaved_runs.update(e["run"]["run"] for e in entries if "run" in e)
                 raise
             written += len(entries)
+        with self._lock:
+            self._prune_retired()
         return written
 
     def restore(self, state_dir, names=None):
-        """Load runs and last results saved by an earlier process, if any (best effort)."""
-        with self._changing():
-            for name, status in self._sources.items():
-                if names is not None and name not in names:
+        """Load what earlier processes journalled about `names` (all sources when None)."""
+        with self._follow_lock:
+            for name in self._sources if names is None else names:
+                self._read_to.pop(name, None)  # read the journal from its start
+        self.follow(state_dir, names)
+
+    def follow(self, state_dir, names=None):
+        """Take in what other processes journalled about `names` (all sources when None)
+        since the last call: one `stat` per journal when nothing is new.
+
+        Lines are folded in only where not older than what this process knows (the sync
+        end, the publish), so its own lines, read back, change nothing. "restart_needed"
+        is never read back: it is about the process that wrote it.
+        """
+        with self._follow_lock:
+            with self._lock:
+                wanted = [n for n in self._sources if names is None or n in names]
+            for name in wanted:
+                lines = self._new_lines(journal_path(state_dir, name), name)
+                if not lines:
                     continue
-                status.failures = 0
-                try:
-                    saved_source, runs = _read_journal(journal_path(state_dir, name))
-                except OSError:
-                    continue
-                for key in _SAVED_SOURCE_KEYS:
-                    if key in saved_source and key not in _SCHEDULE_KEYS:
-                        setattr(status, key, saved_source[key])
-                if status.error:
-                    status.state = "error"
-                for saved in runs.values():
-                    fresh = RunFreshness(saved["run"], name)
-                    for key in ("source_wall_time", "source_step", "published_unix_s",
-                                "rewritten_unix_s", "rewrite"):
-                        setattr(fresh, key, saved.get(key))
-                    if fresh.published_unix_s is not None:
-                        fresh.history.append((fresh.published_unix_s, fresh.source_wall_time,
-                                              fresh.source_step))
-                    fresh.file_errors = dict(saved.get("file_errors") or {})
-                    # "restart_needed" is not restored: this process is the restart.
-                    self._runs[fresh.run] = fresh
-                self._saved_at[name] = status.last_end_unix_s or 0.0
+                with self._changing():
+                    if name not in self._sources:
+                        continue  # removed meanwhile
+                    for kind, saved in lines:
+                        if kind == "source":
+                            self._fold_source(self._sources[name], saved)
+                        else:
+                            self._fold_run(name, saved)
+
+    def _new_lines(self, path, name):
+        """The whole lines appended to `path` since the last read (holding `_follow_lock`)."""
+        inode, offset = self._read_to.get(name, (None, 0))
+        try:
+            st = os.stat(path)
+            if st.st_ino == inode and st.st_size == offset:
+                return []
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != inode or st.st_size < offset:
+                    offset = 0  # a new journal, or compacted: fold it from the start
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return []  # no journal yet, or unreadable: nothing to fold
+        end = data.rfind(b"\n") + 1  # a line being appended waits for the next call
+        self._read_to[name] = (st.st_ino, offset + end)
+        return journal_lines(data[:end], path, name)
+
+    def _fold_source(self, status, saved):
+        end = saved["last_end_unix_s"]
+        if end is None or (status.last_end_unix_s is not None and
+                           end < status.last_end_unix_s):
+            return
+        syncing = status.state == "syncing"
+        for key in _SAVED_SOURCE_KEYS:
+            # The schedule is this process's own; a start it is syncing from, too.
+            if key not in _SCHEDULE_KEYS and not (syncing and key == "last_start_unix_s"):
+                setattr(status, key, saved[key])
+        status.warnings = list(saved["warnings"] or [])
+        status.appending = bool(saved["appending"])
+        if status.state not in ("queued", "syncing"):
+            status.state = "error" if status.error else "idle"
+        self._saved_at[status.name] = max(self._saved_at.get(status.name, 0.0), end)
+
+    def _fold_run(self, name, saved):
+        fresh = self._runs.get(saved["run"])
+        published = saved["published_unix_s"]
+        if fresh is not None and (published is None or (
+                fresh.published_unix_s is not None and published < fresh.published_unix_s)):
+            return
+        if fresh is None:
+            fresh = self._runs[saved["run"]] = RunFreshness(saved["run"], name)
+        rewritten = saved["rewritten_unix_s"]
+        if rewritten is not None and rewritten != fresh.rewritten_unix_s:
+            # New content: what TensorBoard served before is no proof it serves this.
+            fresh.loaded_wall_time = None
+            fresh.history.clear()
+        fresh.source_wall_time, fresh.source_step = \
+            saved["source_wall_time"], saved["source_step"]
+        fresh.published_unix_s, fresh.rewritten_unix_s = published, rewritten
+        rewrite, known = saved["rewrite"], fresh.rewrite or {}
+        if rewrite is not None and \
+                (known.get("file"), known.get("unix_s")) != (rewrite["file"], rewrite["unix_s"]):
+            fresh.rewrite = dict(rewrite, by="another process")
+        fresh.file_errors = dict(saved["file_errors"] or {})
+        point = (published, fresh.source_wall_time, fresh.source_step)
+        if published is not None and (not fresh.history or fresh.history[-1] != point):
+            fresh.history.append(point)
 
 
 def _saved_fields(status):
@@ -528,97 +653,3 @@ def _meaningful(fields):
     error = fields.get("error") or {}
     return (error.get("message"), error.get("details"), fields.get("warnings"),
             fields.get("appending"))
-
-
-def journal_path(state_dir, name):
-    return os.path.join(state_dir, name + ".jsonl")
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path):
-    """Hold an flock on `lock_path` (per open file, so it also orders threads)."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _append_journal(path, entries):
-    """Append `entries` as lines; compact the journal when it has grown too long."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
-                    for e in entries)
-    with _exclusive(path + ".lock"):
-        with open(path, "ab") as f:
-            f.write(data)
-            size = f.tell()
-        if size > COMPACT_MIN_BYTES:
-            source, runs = _read_journal(path)
-            live = _journal_bytes(source, runs)
-            if size > COMPACT_FACTOR * len(live):
-                atomic.write_bytes(path, live)
-
-
-def _journal_bytes(source, runs):
-    entries = ([{"source": source}] if source else []) + [{"run": r} for r in runs.values()]
-    return b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
-                    for e in entries)
-
-
-def _read_journal(path):
-    """Fold a journal: (the last source line, {run: its last line}). Raises OSError."""
-    source, runs = {}, {}
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash; the lines after it still count
-            if isinstance(entry.get("source"), dict):
-                source = entry["source"]
-            elif isinstance(entry.get("run"), dict) and "run" in entry["run"]:
-                runs[entry["run"]["run"]] = entry["run"]
-    return source, runs
-
-
-def load_snapshot(state_dir):
-    """Every source's saved state for `tb-rsync status`, or None if no sync has run yet."""
-    try:
-        names = sorted(n[:-len(".jsonl")] for n in os.listdir(state_dir)
-                       if n.endswith(".jsonl"))
-    except FileNotFoundError:
-        return None
-    sources, runs = [], []
-    for name in names:
-        try:
-            source, source_runs = _read_journal(journal_path(state_dir, name))
-        except OSError:
-            continue
-        if source:
-            sources.append(dict(source, name=name))
-        runs.extend(source_runs.values())
-    if not sources and not runs:
-        return None
-    return {"sources": sources, "runs": sorted(runs, key=lambda r: r.get("run", ""))}
-
-
-def forget_sources(state_dir, names):
-    """Drop the saved state of sources `names`; returns those it held.
-
-    For a source nobody syncs any more (a typo, a retired node): it would otherwise stay
-    listed, and stay in error, for good. Its published files stay.
-    """
-    found = []
-    for name in names:
-        path = journal_path(state_dir, name)
-        if not os.path.exists(path):
-            continue
-        with _exclusive(path + ".lock"):  # the lock file stays: others may hold it
-            try:
-                os.unlink(path)
-                found.append(name)
-            except FileNotFoundError:
-                pass
-    return found

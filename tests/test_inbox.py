@@ -22,20 +22,16 @@ EVENTS = event_file_name()
 
 
 class Requests:
-    """Stands in for `SyncService.request`: records calls, answers "started" (or "joined"
-    for the first `joined` calls)."""
+    """Stands in for `SyncService.request`: records calls, answers "started"."""
 
-    def __init__(self, joined=0):
-        self.calls, self._joined = [], joined
+    def __init__(self):
+        self.calls = []
         self._lock = threading.Lock()
 
     def __call__(self, names):
         with self._lock:
             self.calls.append(list(names))
-            if self._joined:
-                self._joined -= 1
-                return {"started": [], "joined": list(names)}
-        return {"started": list(names), "joined": []}
+        return {"started": list(names), "joined": [], "queued_after": []}
 
     def count(self, name):
         with self._lock:
@@ -104,16 +100,6 @@ def test_temps_reads_and_our_own_folders_ask_for_nothing(tmp_path):
         watcher.stop()
 
 
-def test_a_request_that_only_joined_is_repeated_until_one_starts(tmp_path):
-    requests = Requests(joined=3)
-    watcher = watcher_for(tmp_path, requests, "inbox")
-    try:
-        wait_until(lambda: requests.count("inbox") == 4, 10, 0.01,
-                   "three joined requests, then one that starts a sync")
-    finally:
-        watcher.stop()
-
-
 def test_a_folder_created_after_start_is_watched(tmp_path):
     requests = Requests()
     source = config_lib.Source("late", f"{tmp_path / 'late'}/", watch=True)
@@ -130,7 +116,7 @@ def test_a_folder_created_after_start_is_watched(tmp_path):
 
 def test_a_push_landing_during_a_sync_is_synced_after_it(tmp_path, monkeypatch):
     """The sync that is running has listed the inbox already; the watcher's request for the
-    late push only joins it, so it is asked again until a sync starts after it."""
+    late push queues the source again for when that sync ends."""
     gate = tmp_path / "gate"
     gate.mkdir()
     wrapper = rsync_wrapper(tmp_path, (
@@ -162,9 +148,9 @@ def test_a_push_landing_during_a_sync_is_synced_after_it(tmp_path, monkeypatch):
         late = remote / "late" / EVENTS
         late.parent.mkdir()
         append_scalars(str(late), range(2))
-        # The watcher asks while the first sync still runs: that request only joins it.
-        wait_until(lambda: any(a["joined"] for a in answers), 20, 0.01,
-                   "a request for the late push that joins the running sync")
+        # The watcher asks while the first sync still runs: one more sync comes after it.
+        wait_until(lambda: any(a["queued_after"] for a in answers), 20, 0.01,
+                   "a request for the late push while the first sync runs")
         (gate / "go").touch()
         published = os.path.join(config.logdir, "n", "late", EVENTS)
         wait_until(lambda: os.path.exists(published), 30, 0.05, "the late push published")

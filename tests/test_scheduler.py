@@ -145,19 +145,66 @@ def test_a_long_cycle_moves_to_the_slow_lane(monkeypatch):
     assert scheduler.wait(timeout_s=30)
 
 
-def test_requests_join_a_queued_or_running_cycle():
+def test_requests_join_a_queued_cycle():
     cycles = Cycles()
     release = threading.Event()
-    cycles.block["a"] = release
-    scheduler, state, _ = make([config_lib.Source("a", "/a/")], cycles)
+    cycles.block["first"] = release
+    scheduler, state, _ = make([config_lib.Source("first", "/f/"),
+                                config_lib.Source("a", "/a/")], cycles, max_parallel=1)
     scheduler.start(timers=False)
-    assert scheduler.request(["a"]) == {"started": ["a"], "joined": []}
+    scheduler.request(["first"])
+    wait_until(lambda: cycles.count("first") == 1, 10, message="first running")
+    assert scheduler.request(["a"]) == {"started": ["a"], "joined": [], "queued_after": []}
     for _ in range(20):
-        assert scheduler.request(["a"]) == {"started": [], "joined": ["a"]}
+        assert scheduler.request(["a"]) == {"started": [], "joined": ["a"], "queued_after": []}
     release.set()
     assert scheduler.wait(timeout_s=10)
     assert cycles.count("a") == 1
-    assert state.snapshot()["sources"][0]["state"] == "queued"  # the cycle sets the rest
+    assert state.snapshot()["sources"][1]["state"] == "queued"  # the cycle sets the rest
+
+
+def test_a_request_while_a_cycle_runs_gets_exactly_one_cycle_after_it():
+    """The running cycle may have listed the source before the click (issue: a click right
+    after a sync ended joined it and nothing ran): the source is queued again at its end."""
+    cycles = Cycles()
+    release = threading.Event()
+    cycles.block["a"] = release
+    ends = []
+    scheduler, state, _ = make([config_lib.Source("a", "/a/")], cycles)
+    scheduler.add_listener(lambda end: ends.append(state.source("a")["state"]))
+    scheduler.start(timers=False)
+    assert scheduler.request(["a"])["started"] == ["a"]
+    wait_until(lambda: cycles.count("a") == 1, 10, message="a running")
+    for _ in range(20):
+        assert scheduler.request(["a"]) == {"started": [], "joined": [], "queued_after": ["a"]}
+    state.begin("a")  # what the service's cycle does: the click must outlive its finish
+    state.fail("a", "boom")
+    assert state.source("a")["state"] == "queued", "never idle between the two cycles"
+    release.set()
+    assert scheduler.wait(timeout_s=10), "wait() covers the cycle queued after"
+    assert cycles.count("a") == 2, "twenty clicks during one cycle make one more"
+    assert len(ends) == 2
+
+
+def test_a_request_at_the_very_end_of_a_cycle_is_not_lost():
+    """A click between the cycle's return and the release of its slot (the status already
+    says idle then) still gets a cycle of its own."""
+    cycles = Cycles()
+    scheduler, _, _ = make([config_lib.Source("a", "/a/")], cycles)
+    answers = []
+    in_listener = threading.Event()
+
+    def click_from_listener(end):
+        if not in_listener.is_set():  # listeners run after the cycle, before the release
+            in_listener.set()
+            answers.append(scheduler.request(["a"]))
+
+    scheduler.add_listener(click_from_listener)
+    scheduler.start(timers=False)
+    scheduler.request(["a"])
+    assert scheduler.wait(timeout_s=10)
+    assert answers == [{"started": [], "joined": [], "queued_after": ["a"]}]
+    assert cycles.count("a") == 2
 
 
 def test_failures_back_off_exponentially_capped_and_a_click_retries_at_once(monkeypatch):
@@ -261,12 +308,13 @@ def test_a_source_removed_and_added_back_while_it_syncs_stays_one_source():
     wait_until(lambda: cycles.count("a") == 1, 10, message="a running")
     scheduler.set_sources([], lambda s: 0.0, lambda s: 3)
     scheduler.set_sources([a], lambda s: 0.0, lambda s: 3)
-    assert scheduler.request(["a"]) == {"started": [], "joined": ["a"]}, \
-        "the running cycle is joined, not doubled"
+    assert scheduler.request(["a"]) == {"started": [], "joined": [], "queued_after": ["a"]}, \
+        "queued after the running cycle, not beside it"
     release.set()
     assert scheduler.wait(timeout_s=10)
-    assert cycles.count("a") == 1 and cycles.peak == 1
+    assert cycles.count("a") == 2 and cycles.peak == 1
     assert scheduler.request(["a"])["started"] == ["a"], "still scheduled after its cycle"
     assert scheduler.wait(timeout_s=10)
     scheduler.stop()
-    assert scheduler.request(["a"]) == {"started": [], "joined": []}, "nothing after stop"
+    assert scheduler.request(["a"]) == {"started": [], "joined": [], "queued_after": []}, \
+        "nothing after stop"

@@ -153,3 +153,37 @@ def test_publishing_goes_on_where_the_logdir_cannot_be_locked(tmp_path, monkeypa
     finally:
         service.stop()
     assert os.path.getsize(os.path.join(config.logdir, "n", "run", event_file_name())) > 0
+
+
+def test_a_sync_that_ends_while_its_source_is_out_of_the_configuration_is_kept(tmp_path):
+    """An edit removes the source while its sync runs and another edit adds it back: the
+    sync's result shows (the tab said step 0 'live' while TensorBoard served step 40)."""
+    new_service, config = make_service(tmp_path)
+    events = str(tmp_path / "remote" / "run" / event_file_name())
+    append_scalars(events, range(1))
+    service = new_service()
+    state = service.state
+    service.start(timers=False)
+    lock = None
+    try:
+        service.request(["n"])
+        assert service.wait(timeout_s=30)
+        assert [r["source_step"] for r in state.snapshot()["runs"]] == [0]
+        append_scalars(events, range(1, 41))
+        lock = open(config.lock_path("n"), "a")  # another process holds the source
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        service.request(["n"])
+        wait_until(lambda: source_of(state.snapshot())["state"] == "syncing", 10,
+                   message="the sync waiting for the source's lock")
+        service.reconfigure(config_lib.build_config(config.logdir, [], None,
+                                                    config.staging_root))
+        assert state.snapshot()["sources"] == [] and state.snapshot()["runs"] == []
+        lock.close()  # the sync goes on, and ends while the source is not configured
+        assert service.wait(timeout_s=30)
+        service.reconfigure(config)
+        assert [r["source_step"] for r in state.snapshot()["runs"]] == [40]
+        assert source_of(state.snapshot())["last_result"]["runs_updated"] == 1
+    finally:
+        if lock is not None:
+            lock.close()
+        service.stop()

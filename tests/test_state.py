@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import state_journal
 
 SAVES = 150
 
@@ -73,8 +74,8 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
                      {})
         state.save(folder)
     path = state_lib.journal_path(folder, "n")
-    live = len(state_lib._journal_bytes(*state_lib._read_journal(path)))
-    assert os.path.getsize(path) <= state_lib.COMPACT_FACTOR * live + 64 * 1024
+    live = len(state_journal._journal_bytes(*state_journal._read_journal(path)))
+    assert os.path.getsize(path) <= state_journal.COMPACT_FACTOR * live + 64 * 1024
     with open(path, "ab") as f:
         f.write(b'{"run":{"run":"n/run1","source_wall')  # a crash mid-line
     again = make_state(lambda: now[0])
@@ -103,3 +104,30 @@ def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(t
     again = make_state(lambda: now[0])
     again.restore(folder)
     assert again.snapshot()["sources"][0]["last_change"] == change
+
+
+def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
+    """What a `tb-rsync sync` journals reaches a TensorBoard's state; a compaction (a new
+    file) is read from its start, and lines older than what the reader knows change nothing."""
+    from tb_rsync_plugin import rsync
+    now = [1000.0]
+    writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    path = state_lib.journal_path(folder, "n")
+    runs = [f"n/run{i}" for i in range(50)]
+    writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, 1.0), {})
+    writer.save(folder)
+    reader.follow(folder)
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {1}
+    inode = os.stat(path).st_ino
+    for step in range(2, 60):
+        now[0] += 1
+        writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, float(step)),
+                      {})
+        writer.save(folder)
+    assert os.stat(path).st_ino != inode, "compacted"
+    reader.follow(folder)
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}
+    assert reader.source("n")["last_end_unix_s"] == now[0]
+    reader.restore(folder)  # everything again: nothing older wins
+    assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}

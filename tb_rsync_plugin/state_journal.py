@@ -1,0 +1,176 @@
+"""The state journals on disk: `state/<name>.jsonl` in the staging root, one per source.
+
+One JSON object a line: `{"source": {...}}` (the source's saved fields) or `{"run": {...}}`
+(a run as in the status JSON). Processes append under an `flock` on `<name>.jsonl.lock`; a
+journal grown to `COMPACT_FACTOR` times its live size is rewritten (atomically, so a new
+inode) with only the last line of its source and of each run. Every line read back is
+checked (`disk_lines`): a damaged one is skipped. `state.SyncState` writes and follows
+these; `tb-rsync status` reads them with `load_snapshot`.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+
+from tb_rsync_plugin import atomic, disk_lines
+
+COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
+COMPACT_MIN_BYTES = 64 * 1024
+
+
+def journal_path(state_dir, name):
+    return os.path.join(state_dir, name + ".jsonl")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """Hold an flock on `lock_path` (per open file, so it also orders threads)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_journal(path, entries):
+    """Append `entries` as lines; compact the journal when it has grown too long."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for e in entries)
+    with _exclusive(path + ".lock"):
+        with open(path, "ab") as f:
+            f.write(data)
+            size = f.tell()
+        if size > COMPACT_MIN_BYTES:
+            source, runs = _read_journal(path)
+            live = _journal_bytes(source, runs)
+            if size > COMPACT_FACTOR * len(live):
+                atomic.write_bytes(path, live)
+
+
+def _journal_bytes(source, runs):
+    entries = ([{"source": source}] if source else []) + [{"run": r} for r in runs.values()]
+    return b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for e in entries)
+
+
+_OPTIONAL_TIME = disk_lines.optional(disk_lines.number)
+_SOURCE_LINE = {
+    "name": disk_lines.text, "source": disk_lines.text, "interval_s": disk_lines.number,
+    "state": disk_lines.text, "last_start_unix_s": _OPTIONAL_TIME,
+    "last_end_unix_s": _OPTIONAL_TIME, "last_ok_unix_s": _OPTIONAL_TIME,
+    "last_result": disk_lines.optional(disk_lines.object_of(
+        {key: disk_lines.number for key in (
+            "bytes_received", "bytes_published", "files_transferred", "files_published",
+            "runs_updated", "duration_s")})),
+    "error": disk_lines.optional(disk_lines.object_of(
+        {"message": disk_lines.text, "details": disk_lines.text, "unix_s": _OPTIONAL_TIME})),
+    "warnings": disk_lines.list_of(disk_lines.text), "next_sync_unix_s": _OPTIONAL_TIME,
+    "retrying": disk_lines.flag, "failures": disk_lines.integer, "appending": disk_lines.flag,
+    "last_change": disk_lines.optional(disk_lines.object_of(
+        {"unix_s": disk_lines.number, "files_published": disk_lines.number,
+         "bytes_published": disk_lines.number, "runs_updated": disk_lines.number,
+         "runs": disk_lines.list_of(disk_lines.text)})),
+}
+_RUN_LINE = {
+    "run": disk_lines.text, "source": disk_lines.text, "source_wall_time": _OPTIONAL_TIME,
+    "source_step": disk_lines.optional(disk_lines.integer), "published_unix_s": _OPTIONAL_TIME,
+    "loaded_wall_time": _OPTIONAL_TIME, "state": disk_lines.text,
+    "state_detail": disk_lines.optional(disk_lines.text), "behind_s": _OPTIONAL_TIME,
+    "rewritten_unix_s": _OPTIONAL_TIME,
+    "rewrite": disk_lines.optional(disk_lines.object_of(
+        {"unix_s": disk_lines.number, "file": disk_lines.text, "kept_at": disk_lines.text,
+         "by": disk_lines.text})),
+    "file_errors": disk_lines.text_map,
+}
+_LINE_FIELDS = {"source": _SOURCE_LINE, "run": _RUN_LINE}
+_LINE = {"source": disk_lines.optional(disk_lines.object_of(_SOURCE_LINE)),
+         "run": disk_lines.optional(disk_lines.object_of(_RUN_LINE))}
+# Fields every reader indexes (the CLI's table); the others default to None.
+_REQUIRED = {"source": ("source", "state"), "run": ("run", "source", "state")}
+_DEFAULTS = {"warnings": [], "file_errors": {}, "retrying": False, "failures": 0,
+             "appending": False, "state_detail": ""}
+
+
+def journal_lines(data, path, name):
+    """[("source" | "run", fields)] of the whole lines in `data`, from source `name`'s
+    journal at `path`; damaged lines are skipped (`disk_lines`)."""
+    lines = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        entry = disk_lines.parse(line, path, _LINE, check=lambda e: _usable(e, name))
+        if entry is not None:
+            kind = "source" if entry["source"] is not None else "run"
+            fields = _LINE_FIELDS[kind]
+            lines.append((kind, {key: entry[kind].get(key, _DEFAULTS.get(key))
+                                 for key in fields}))
+    return lines
+
+
+
+def _usable(entry, name):
+    """Exactly one of a source and a run, with the fields readers index; a run of this
+    source only (run names reach TensorBoard's reloads)."""
+    kinds = [kind for kind in ("source", "run") if entry[kind] is not None]
+    if len(kinds) != 1 or not all(key in entry[kinds[0]] for key in _REQUIRED[kinds[0]]):
+        return False
+    return kinds[0] == "source" or disk_lines.is_run_of(name, entry["run"]["run"])
+
+
+def _read_journal(path):
+    """Fold a journal: (the last source line, {run: its last line}). Raises OSError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    data = data[:data.rfind(b"\n") + 1]  # a line being appended is not damaged
+    name = os.path.basename(path)[:-len(".jsonl")]
+    source, runs = {}, {}
+    for kind, fields in journal_lines(data, path, name):
+        if kind == "source":
+            source = fields
+        else:
+            runs[fields["run"]] = fields
+    return source, runs
+
+
+def load_snapshot(state_dir):
+    """Every source's saved state for `tb-rsync status`, or None if no sync has run yet."""
+    try:
+        names = sorted(n[:-len(".jsonl")] for n in os.listdir(state_dir)
+                       if n.endswith(".jsonl"))
+    except FileNotFoundError:
+        return None
+    sources, runs = [], []
+    for name in names:
+        try:
+            source, source_runs = _read_journal(journal_path(state_dir, name))
+        except OSError:
+            continue
+        if source:
+            sources.append(dict(source, name=name))
+        runs.extend(source_runs.values())
+    if not sources and not runs:
+        return None
+    return {"sources": sources, "runs": sorted(runs, key=lambda r: r.get("run", ""))}
+
+
+def forget_sources(state_dir, names):
+    """Drop the saved state of sources `names`; returns those it held.
+
+    For a source nobody syncs any more (a typo, a retired node): it would otherwise stay
+    listed, and stay in error, for good. Its published files stay.
+    """
+    found = []
+    for name in names:
+        path = journal_path(state_dir, name)
+        if not os.path.exists(path):
+            continue
+        with _exclusive(path + ".lock"):  # the lock file stays: others may hold it
+            try:
+                os.unlink(path)
+                found.append(name)
+            except FileNotFoundError:
+                pass
+    return found
