@@ -16,6 +16,12 @@ Requests never block: a source already queued or running is joined, so twenty cl
 one cycle. Queued sources start in request order, skipping those whose host is full (no
 head-of-line blocking). Timers run on the monotonic clock; the tab is told wall-clock times.
 
+A source a change probe watches (probes.py) is synced when the probe reports a change
+(`poke`), on a click, and at a slow safety interval (`SAFETY_FACTOR` x its interval, at most
+`SAFETY_MAX_S`, never less than the interval); idle back-off does not apply to it: watching
+costs no process per check. A change reported while the source's cycle runs (that cycle may
+have listed already) queues one more cycle after it.
+
 Backoff, both capped and both reset by a click:
 - a failing source retries after `interval * 2**(failures-1)` (at least `MIN_RETRY_S`, at
   most `max(RETRY_CAP_S, interval)`); sources synced only on request are not retried;
@@ -36,6 +42,8 @@ MIN_RETRY_S = 5.0
 RETRY_CAP_S = 300.0
 IDLE_AFTER = 5
 IDLE_MAX_FACTOR = 4
+SAFETY_FACTOR = 10
+SAFETY_MAX_S = 300.0
 _TICK_S = 1.0  # the dispatcher looks again at least this often (slow-lane moves)
 
 
@@ -80,6 +88,8 @@ class _Entry:
     due_mono: Optional[float] = None  # the next timed sync
     failures: int = 0
     idle_streak: int = 0
+    probed: bool = False  # a change probe watches it: synced on change + safety interval
+    rerun: bool = False  # asked for while its cycle ran: one more cycle after it
     retired: bool = False  # removed from the configuration; dropped after its cycle
 
     @property
@@ -175,6 +185,39 @@ class Scheduler:
             self._cond.notify_all()
         return {"started": started, "joined": joined}
 
+    def poke(self, name):
+        """A probe saw `name` change: sync it now, or once more after its running cycle.
+
+        Unlike a click it keeps a failing source's retry time (a probe sees the files, not
+        why the sync failed) and does nothing for a source synced only on request.
+        """
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None or entry.retired or self._stopping or entry.failures \
+                    or entry.interval_s <= 0:
+                return
+            if entry.lane is not None:
+                entry.rerun = True
+            elif entry.queued_seq is None:
+                self._queue(entry)
+            self._cond.notify_all()
+
+    def set_probed(self, name, probed):
+        """A probe started (or stopped) watching `name`: its timed syncs become the slow
+        safety interval (or the listing interval again, from now)."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None or entry.probed == probed:
+                return
+            entry.probed = probed
+            if self._timers and not entry.busy and entry.due_mono is not None \
+                    and not entry.failures:
+                delay = self._next_delay(entry)
+                entry.due_mono = self._clock() + delay
+                self._state.set_schedule(entry.name, delay, retry=False,
+                                         idle_factor=self._idle_factor(entry))
+            self._cond.notify_all()
+
     def wait(self, names=None, timeout_s=None):
         """Block until no cycle of `names` is queued or running; False on timeout."""
         deadline = None if timeout_s is None else self._clock() + timeout_s
@@ -197,7 +240,8 @@ class Scheduler:
                 now = self._clock()
                 for entry in self._entries.values():
                     if entry.interval_s > 0 and entry.due_mono is None and not entry.busy:
-                        entry.due_mono = now
+                        # A probed source syncs when its probe's first walk reports it.
+                        entry.due_mono = now + (self._next_delay(entry) if entry.probed else 0)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._dispatch_loop, daemon=True,
                                                 name="tb-rsync-scheduler")
@@ -295,6 +339,9 @@ class Scheduler:
         entry.lane = None
         if entry.retired and self._entries.get(entry.name) is entry:
             del self._entries[entry.name]
+        elif entry.rerun and not self._stopping:
+            self._queue(entry)
+        entry.rerun = False
         self._cond.notify_all()
 
     def _book(self, entry, error, result):
@@ -318,6 +365,8 @@ class Scheduler:
                         self._stopping)
 
     def _idle_factor(self, entry):
+        if entry.probed:
+            return 1
         factor = 1
         for threshold in (IDLE_AFTER, 2 * IDLE_AFTER):
             if entry.idle_streak >= threshold and factor < IDLE_MAX_FACTOR:
@@ -330,4 +379,6 @@ class Scheduler:
         if entry.failures:
             delay = max(entry.interval_s, MIN_RETRY_S) * 2 ** (entry.failures - 1)
             return min(delay, max(RETRY_CAP_S, entry.interval_s))
+        if entry.probed:
+            return max(entry.interval_s, min(SAFETY_FACTOR * entry.interval_s, SAFETY_MAX_S))
         return entry.interval_s * self._idle_factor(entry)
