@@ -15,7 +15,7 @@ On a node it talks JSON lines over the session (stdin from tb-rsync, stdout back
        {"first": REQ, "digests": {PATH: HEX}}  {"pong": N}
 
 It walks every watched tree each interval and prints a line only for a tree whose
-signature (names, types, sizes, mtimes, inodes) changed since its last walk, the first
+signature (names, types, and the sizes, mtimes and inodes of files) changed since its last walk, the first
 walk included (tb-rsync cannot know what changed before the probe started). It writes
 nothing on the node, never runs a shell, takes paths as data, runs at low priority, and
 exits when stdin closes (the connection went away), so nothing is left running.
@@ -98,11 +98,16 @@ def tree_signature(root, excludes=()):
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished between the listing and the stat
+            if stat.S_ISDIR(info.st_mode):
+                # A folder's own size and mtime only change with its entries, which are
+                # walked: left out, so an excluded file appearing changes nothing.
+                digest.update(("%s\0%o\n" % (path, info.st_mode)).encode(
+                    "utf-8", "surrogateescape"))
+                pending.append(path)
+                continue
             digest.update(("%s\0%o\0%d\0%d\0%d\n" % (
                 path, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
             ).encode("utf-8", "surrogateescape"))
-            if stat.S_ISDIR(info.st_mode):
-                pending.append(path)
     return digest.hexdigest()
 
 
