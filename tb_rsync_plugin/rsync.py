@@ -94,6 +94,9 @@ class TransferResult:
       duration_s: wall time of the whole sync.
       same_size: event files whose source changed (other mtime) but kept its size; this
         transfer did not fetch them (see `run_rsync`), the caller decides.
+      grown: event files `--append` extended from an earlier staged copy (not new ones):
+        the caller checks that their first records still match the source's (a restarted
+        run reusing the name with the same record sizes would otherwise be spliced on).
     """
 
     changed: Tuple[str, ...] = ()
@@ -103,6 +106,7 @@ class TransferResult:
     warnings: Tuple[str, ...] = ()
     duration_s: float = 0.0
     same_size: Tuple[str, ...] = ()
+    grown: Tuple[str, ...] = ()
 
 
 def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cancel=None,
@@ -463,7 +467,7 @@ class _Run:
     def result(self, jobs, restaged_phase):
         """What `jobs` did. The listing and a transfer may both report a file that vanished
         or could not be read: the warnings count each message once."""
-        changed, restaged, warnings, nbytes = {}, set(), [], 0
+        changed, restaged, grown, warnings, nbytes = {}, set(), set(), [], 0
         vanished, some_vanished, skipped = {}, False, {}
         for job in jobs:
             for kind, _, size, path in job.items:
@@ -472,6 +476,8 @@ class _Run:
                     nbytes += size
                     if job.phase == restaged_phase:
                         restaged.add(path)
+                    elif job.phase == "events" and "+" not in kind[2:]:
+                        grown.add(path)  # ">f+++++++++" is a new file
             if job.proc.returncode == 24:
                 some_vanished = True
                 vanished.update((_vanished_name(l), True) for l in job.stderr if "vanished" in l)
@@ -487,7 +493,7 @@ class _Run:
                 f"the source and were skipped (first: {first}).")
         return TransferResult(
             changed=tuple(sorted(changed)), restaged=tuple(sorted(restaged)),
-            bytes_received=nbytes, files_transferred=len(changed),
+            grown=tuple(sorted(grown - restaged)), bytes_received=nbytes, files_transferred=len(changed),
             warnings=tuple(warnings), duration_s=time.monotonic() - self.started)
 
 

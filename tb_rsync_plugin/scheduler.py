@@ -15,8 +15,15 @@ it, `service.SyncService.cycle`) on threads of its own, within named bounds:
 Requests never block, and each one is served by a cycle that lists the source after it: a
 source already queued is joined; a source whose cycle is running (it may have listed before
 the request) is queued again the moment that cycle ends, once however many requests came
-meanwhile. So twenty clicks make at most two cycles, and none is lost. Queued sources start in
-request order, skipping those whose host is full (no head-of-line blocking). Timers run on the monotonic clock; the tab is told wall-clock times.
+meanwhile. So twenty clicks make at most two cycles, and none is lost. Queued sources start
+in request order, skipping those whose host is full (no head-of-line blocking). Timers run on
+the monotonic clock; the tab is told wall-clock times.
+
+A source a change probe watches (probes.py) is synced when the probe reports a change
+(`poke`), on a click, and at a slow safety interval (`SAFETY_FACTOR` x its interval, at most
+`SAFETY_MAX_S`, never less than the interval); idle back-off does not apply to it: watching
+costs no process per check. A change reported while the source's cycle runs (that cycle may
+have listed already) queues one more cycle after it.
 
 Backoff, both capped and both reset by a click:
 - a failing source retries after `interval * 2**(failures-1)` (at least `MIN_RETRY_S`, at
@@ -38,6 +45,8 @@ MIN_RETRY_S = 5.0
 RETRY_CAP_S = 300.0
 IDLE_AFTER = 5
 IDLE_MAX_FACTOR = 4
+SAFETY_FACTOR = 10
+SAFETY_MAX_S = 300.0
 _TICK_S = 1.0  # the dispatcher looks again at least this often (slow-lane moves)
 
 
@@ -82,6 +91,7 @@ class _Entry:
     due_mono: Optional[float] = None  # the next timed sync
     failures: int = 0
     idle_streak: int = 0
+    probed: bool = False  # a change probe watches it: synced on change + safety interval
     retired: bool = False  # removed from the configuration; dropped after its cycle
     again: bool = False  # asked for while running: queued again when that cycle ends
 
@@ -188,6 +198,41 @@ class Scheduler:
             self._cond.notify_all()
         return answer
 
+    def poke(self, name):
+        """A probe saw `name` change: sync it now, or once more after its running cycle.
+
+        Unlike a click it keeps a failing source's retry time (a probe sees the files, not
+        why the sync failed) and does nothing for a source synced only on request.
+        """
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None or entry.retired or self._stopping or entry.failures \
+                    or entry.interval_s <= 0:
+                return
+            if entry.lane is not None:
+                if not entry.again:
+                    entry.again = True
+                    self._state.queue_after(name)
+            elif entry.queued_seq is None:
+                self._queue(entry)
+            self._cond.notify_all()
+
+    def set_probed(self, name, probed):
+        """A probe started (or stopped) watching `name`: its timed syncs become the slow
+        safety interval (or the listing interval again, from now)."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None or entry.probed == probed:
+                return
+            entry.probed = probed
+            if self._timers and not entry.busy and entry.due_mono is not None \
+                    and not entry.failures:
+                delay = self._next_delay(entry)
+                entry.due_mono = self._clock() + delay
+                self._state.set_schedule(entry.name, delay, retry=False,
+                                         idle_factor=self._idle_factor(entry))
+            self._cond.notify_all()
+
     def wait(self, names=None, timeout_s=None):
         """Block until no cycle of `names` is queued or running; False on timeout."""
         deadline = None if timeout_s is None else self._clock() + timeout_s
@@ -210,7 +255,8 @@ class Scheduler:
                 now = self._clock()
                 for entry in self._entries.values():
                     if entry.interval_s > 0 and entry.due_mono is None and not entry.busy:
-                        entry.due_mono = now
+                        # A probed source syncs when its probe's first walk reports it.
+                        entry.due_mono = now + (self._next_delay(entry) if entry.probed else 0)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._dispatch_loop, daemon=True,
                                                 name="tb-rsync-scheduler")
@@ -338,6 +384,8 @@ class Scheduler:
                         self._stopping)
 
     def _idle_factor(self, entry):
+        if entry.probed:
+            return 1
         factor = 1
         for threshold in (IDLE_AFTER, 2 * IDLE_AFTER):
             if entry.idle_streak >= threshold and factor < IDLE_MAX_FACTOR:
@@ -350,4 +398,6 @@ class Scheduler:
         if entry.failures:
             delay = max(entry.interval_s, MIN_RETRY_S) * 2 ** (entry.failures - 1)
             return min(delay, max(RETRY_CAP_S, entry.interval_s))
+        if entry.probed:
+            return max(entry.interval_s, min(SAFETY_FACTOR * entry.interval_s, SAFETY_MAX_S))
         return entry.interval_s * self._idle_factor(entry)

@@ -19,6 +19,8 @@ import threading
 import time
 import traceback
 
+from tb_rsync_plugin import probe_agent
+from tb_rsync_plugin import probes as probes_lib
 from tb_rsync_plugin import publish as publish_lib
 from tb_rsync_plugin import reload as reload_lib
 from tb_rsync_plugin import rewrites as rewrites_lib
@@ -71,6 +73,8 @@ class SyncService:
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[self._after_cycle])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
+        self.probes = probes_lib.Probes(self._ssh, self.scheduler.poke, self._probe_mode,
+                                        config.interval_for)
         self.journal = rewrites_lib.RewriteJournal(config.rewrites_path, clock)
         state.loader, state.loader_note, state.not_live = \
             reloader.kind, reloader.note, reloader.not_live
@@ -78,7 +82,14 @@ class SyncService:
         state.restore(config.state_dir)
         for source in config.sources:
             self._restore_parked(source.name)
+        self.probes.set_sources(config.sources)
         self._check_tools()
+
+    def _probe_mode(self, name, mode, detail):
+        """A probe started, stopped or fell back: the tab says so, and the scheduler syncs a
+        watched source at its safety interval instead of listing it every interval."""
+        self.state.set_probe(name, mode, detail)
+        self.scheduler.set_probed(name, self.probes.probed(name))
 
     def _check_tools(self):
         """rsync (and rclone, for rclone sources) installed? The tab's banner says if not."""
@@ -117,6 +128,7 @@ class SyncService:
         self.state.restore(config.state_dir, [s.name for s in added])
         for source in added:
             self._restore_parked(source.name)
+        self.probes.set_sources(config.sources)
         self._check_tools()
 
     def run_cycle(self, name, on_progress=None):
@@ -224,15 +236,34 @@ class SyncService:
         transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
                                    cancel=self._stop, before_write=mark_unpublished, rsh=rsh,
                                    expect_growth=self._appending(name))
-        if transfer.same_size:
-            # Changed at the source without changing size (a corrupt record fixed in place,
-            # a same-length rewrite): --append skips those, so they are fetched whole and the
-            # publisher compares them with what it published (append, or rewrite).
+        # Changed at the source without changing size (a corrupt record fixed in place, a
+        # same-length rewrite): --append skips those. And grown files whose first record is
+        # not the source's any more: a restarted run reused the name, and --append spliced
+        # its new records onto the old ones. Both are fetched whole; the publisher compares
+        # them with what it published (append, or rewrite: quarantine and republish).
+        whole = sorted(set(transfer.same_size) | set(self._restarted(source, transfer)))
+        if whole:
             mark_unpublished()
-            again = transport.refetch(source, staging_dir, cfg.temp_dir, transfer.same_size,
+            again = transport.refetch(source, staging_dir, cfg.temp_dir, whole,
                                       on_progress=progress, cancel=self._stop, rsh=rsh)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
+
+    def _restarted(self, source, transfer):
+        """Grown event files whose first record (the writer's start) differs at the source.
+
+        The probe reads the source's first records (in-process for local folders, through
+        the node's probe session over ssh); where none can (a daemon, rclone, a host without
+        python3), this check is skipped: docs/FAULTS.md says what then still holds.
+        """
+        if not transfer.grown:
+            return ()
+        theirs = self.probes.first_records(source, transfer.grown)
+        if not theirs:
+            return ()
+        ours = probe_agent.first_record_digests(self.config.staging_dir(source.name),
+                                                transfer.grown)
+        return [path for path, digest in theirs.items() if ours.get(path) != digest]
 
     def _publish(self, source, transfer, retry, progress):
         """Publish what the transfer staged (or everything, after an interrupted cycle)."""
@@ -359,6 +390,8 @@ class SyncService:
         """Start scheduling (with `timers`, every timed source syncs now and then on its
         interval) and the loaded-data monitor (daemon threads)."""
         self.scheduler.start(timers)
+        if timers:
+            self.probes.start()
         if self.reloader.kind != "none":
             threading.Thread(target=self._loaded_loop, name="tb-rsync-loaded",
                              daemon=True).start()
@@ -368,6 +401,7 @@ class SyncService:
         """Cancel running rsyncs (their process groups are killed), stop threads, and
         stop the shared ssh logins."""
         self._stop.set()
+        self.probes.stop()
         self.scheduler.stop(STOP_WAIT_S)
         self._ssh.close()
 

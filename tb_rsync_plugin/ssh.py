@@ -155,6 +155,17 @@ class SshConnections:
             return ssh_command(source.ssh)
         return shlex.join(share.options())
 
+    def session_args(self, source):
+        """A whole ssh command line to `source`'s host, riding the shared login when there is
+        one; the remote command goes after it (the probe sessions of probes.py)."""
+        share = self._share(source)
+        if share is not None and share.socket is not None:
+            return share.args()
+        match = _HOSTSPEC_RE.match(source.source)
+        host = match.group("v6") or match.group("host")
+        return shlex.split(ssh_command(source.ssh)) + \
+            (["-l", match.group("user")] if match.group("user") else []) + [host]
+
     def prepare(self, source, cancel=None):
         """Make sure the one shared login of `source`'s key exists, opening it if needed.
 

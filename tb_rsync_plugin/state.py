@@ -58,6 +58,9 @@ class SourceStatus:
     failures: int = 0  # consecutive failed syncs
     idle_factor: int = 1  # automatic syncs back off to this many intervals while idle
     appending: bool = False  # the last successful sync appended to event files (being written)
+    # How changes are noticed (probes.py): "walk", "probe", "listing" or "inotify", and why.
+    probe_mode: str = "listing"
+    probe_detail: str = ""
     last_start_unix_s: Optional[float] = None
     last_end_unix_s: Optional[float] = None
     last_ok_unix_s: Optional[float] = None
@@ -225,6 +228,13 @@ class SyncState:
     def set_config_error(self, message):
         with self._changing():
             self.config_error = message
+
+    def set_probe(self, name, mode, detail):
+        """How `name`'s changes are noticed now (a probe's mode, or the listing fallback)."""
+        with self._changing():
+            status = self._sources.get(name)
+            if status is not None:
+                status.probe_mode, status.probe_detail = mode, detail
 
     def set_schedule(self, name, delay_s, retry=False, idle_factor=1):
         """The scheduler's next automatic sync of `name`: `delay_s` after the end of the

@@ -116,7 +116,7 @@ class Trainer:
 
 # --- running tb-rsync -------------------------------------------------------------------
 
-def write_config(sandbox, bwlimit=None, names=("n1",), source_dir=None):
+def write_config(sandbox, bwlimit=None, names=("n1",), source_dir=None, ssh=None):
     path = os.path.join(sandbox.conf, "sources.toml")
     with open(path, "w") as f:
         for name in names:
@@ -124,6 +124,8 @@ def write_config(sandbox, bwlimit=None, names=("n1",), source_dir=None):
             f.write(f'[[source]]\nname = "{name}"\nsource = "{src}/"\n')
             if bwlimit:
                 f.write(f"bwlimit = {bwlimit}\n")
+            if ssh:
+                f.write(f"ssh = {json.dumps(ssh)}\n")
     return path
 
 
@@ -695,13 +697,17 @@ def test_source_rewrites_files_while_syncing(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="OPEN (docs/FAULTS.md): a file rewritten with the same "
-                   "record sizes and grown past the staged length before the next sync is "
-                   "appended by rsync --append onto the old prefix; nothing can tell")
-def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path):
+@pytest.mark.parametrize("over", ["local", "ssh"])
+def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path, request, over):
+    """Closed by the first-record check (FAULTS.md #6): the probe reads the source's first
+    record (in-process for a folder, through the node's python3 over ssh)."""
     sandbox = Sandbox(tmp_path)
     source = SourceFiles(sandbox.src, sandbox.work)
     config = write_config(sandbox)
+    if over == "ssh":
+        server = request.getfixturevalue("sshd_server")
+        config = write_config(sandbox, source_dir=f"127.0.0.1:{sandbox.src}",
+                              ssh=server.ssh_command)
     checker = LogdirChecker(sandbox, source, "n1")
     rel = "events.out.tfevents.1700000000.node.8.0"
     source.append(rel, scalar_bytes(range(10), header=True, wall_time0=1e9))
@@ -710,3 +716,8 @@ def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path):
     source.rewrite(rel, scalar_bytes(range(20), header=True, wall_time0=2e9))
     assert_ok(*run_sync(sandbox, config))
     assert checker.check("after the rewrite") == []
+    with open(os.path.join(sandbox.logs, "n1", rel), "rb") as f:
+        assert f.read() == scalar_bytes(range(20), header=True, wall_time0=2e9)
+    kept = [name for _, _, names in os.walk(os.path.join(sandbox.staging, "quarantine"))
+            for name in names]
+    assert len(kept) == 1, kept  # the first run's file, moved out of the logdir

@@ -8,12 +8,14 @@ import time
 
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import scheduler as scheduler_lib
 from tb_rsync_plugin import service as service_lib
 from tb_rsync_plugin import state as state_lib
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 
-INTERVAL_S = 1.5
+PROBED_INTERVAL_S = 0.3
+SAFETY_S = scheduler_lib.SAFETY_FACTOR * PROBED_INTERVAL_S
 
 
 def source_of(snapshot):
@@ -32,7 +34,8 @@ def make_service(tmp_path, interval_s=0.0):
 
 
 def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path):
-    new_service, _ = make_service(tmp_path, INTERVAL_S)
+    # A local folder is watched by its probe: its timed syncs come at the safety interval.
+    new_service, _ = make_service(tmp_path, PROBED_INTERVAL_S)
     append_scalars(str(tmp_path / "remote" / "run" / event_file_name()), range(3))
     service = new_service()
     state = service.state
@@ -43,7 +46,7 @@ def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path
         for _ in range(2):
             before = source_of(state.snapshot())
             shown = before["next_sync_unix_s"]
-            assert shown == before["last_end_unix_s"] + INTERVAL_S
+            assert shown == before["last_end_unix_s"] + SAFETY_S
             wait_until(lambda: (source_of(state.snapshot())["last_start_unix_s"] or 0) >
                        before["last_end_unix_s"], 10, message="the next timed sync")
             started = source_of(state.snapshot())["last_start_unix_s"]
@@ -54,8 +57,8 @@ def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path
         service.request(["n"])
         service.wait(["n"], timeout_s=10)
         after = source_of(state.snapshot())
-        assert after["next_sync_unix_s"] == after["last_end_unix_s"] + INTERVAL_S
-        time.sleep(INTERVAL_S / 2)
+        assert after["next_sync_unix_s"] == after["last_end_unix_s"] + SAFETY_S
+        time.sleep(SAFETY_S / 2)
         assert source_of(state.snapshot())["last_start_unix_s"] == after["last_start_unix_s"], \
             "no timed sync right after the click"
     finally:

@@ -1,0 +1,582 @@
+"""Change probes: which sources changed, asked without starting processes per check.
+
+The scheduler syncs a probed source when its probe reports a change, on a click, and at a
+slow safety interval; a source without a working probe is listed by rsync at its interval,
+as before. One small interface, `Probes`, whatever the transport:
+
+- local folders: an in-process walk of the tree (probe_agent.tree_signature: names, types,
+  sizes, mtimes, inodes) every interval, on one thread for all of them. No inotify: shared
+  filesystems (NFS, Lustre, GPFS) raise no event for writes made on other machines, and the
+  walk costs microseconds per file;
+- `host:dir` over ssh: one long-lived session per host over the shared login, running
+  probe_agent.py with the node's `python3` (its source is sent over the session; nothing is
+  installed), or, where the session finds no python3, a POSIX `sh` loop that checksums
+  `ls -lnRai` of each tree. The node's login shell starts once per session, not once per
+  check. A session that dies or cannot start is restarted with backoff; meanwhile its
+  sources are listed by rsync (mode "listing", with the reason);
+- rsync daemons, rclone remotes, pods and containers (`rsh`) and watched inboxes keep their
+  own mechanism: an rsync or rclone listing per interval, inotify for inboxes.
+
+Each source's mode is reported through `on_mode(name, mode, detail)`; a change through
+`on_change(name)`. Both are called on the probes' threads.
+"""
+
+import json
+import logging
+import os
+import select
+import shlex
+import subprocess
+import threading
+import time
+
+from tb_rsync_plugin import probe_agent
+from tb_rsync_plugin import process as process_lib
+
+logger = logging.getLogger(__name__)
+
+WALK = "walk"  # local folder walked in-process
+PROBE = "probe"  # a probe session on the node (python3, or the sh fallback)
+LISTING = "listing"  # rsync or rclone lists the source at its interval
+INOTIFY = "inotify"  # a watched inbox (inbox.py)
+
+RESTART_MIN_S = 5.0
+RESTART_MAX_S = 300.0
+PING_S = 30.0  # a silent session is asked for a pong this often...
+PONG_WAIT_S = 30.0  # ...and restarted when none comes back in time
+START_WAIT_S = 60.0  # login, shell start-up and the first walk of every tree
+FIRST_WAIT_S = 30.0
+_MIN_INTERVAL_S = 0.5
+
+# The sh fallback: reads the interval, then one root a line until an empty line; prints
+# "changed I" (I counts roots from 1) when the checksum of a tree's listing changed, and
+# "tick" after each round, so it dies of SIGPIPE within one interval of the session ending.
+# Roots are only ever expanded inside double quotes (data, not code). No single quotes: it
+# travels inside them.
+_SH_AGENT = r"""
+listing() { ls -lnRai --full-time -- "$1" 2>/dev/null || ls -lnRai -- "$1" 2>&1; }
+IFS= read -r interval || exit 0
+n=0
+while IFS= read -r line && [ -n "$line" ]; do n=$((n+1)); eval "root_$n=\$line"; done
+while :; do
+  i=1
+  while [ "$i" -le "$n" ]; do
+    eval "r=\$root_$i"; eval "old=\${sig_$i-}"
+    new=$(listing "$r" | cksum)
+    if [ "$new" != "$old" ]; then eval "sig_$i=\$new"; echo "changed $i" || exit 0; fi
+    i=$((i+1))
+  done
+  echo tick || exit 0
+  sleep "$interval" || exit 0
+done
+"""
+
+# Reads exactly N bytes of program from stdin (os.read: no buffer holds back later lines).
+_PY_BOOT = """import os
+n, b = {size}, b""
+while len(b) < n:
+    c = os.read(0, n - len(b))
+    if not c:
+        raise SystemExit(0)
+    b += c
+exec(compile(b, "tb-rsync-probe", "exec"))
+"""
+
+
+def remote_command(program_size):
+    """What the node's login shell runs: say which agent it can start, then become it."""
+    boot = _PY_BOOT.format(size=program_size)
+    return ("N=; command -v nice >/dev/null 2>&1 && N='nice -n 10'; "
+            "if command -v python3 >/dev/null 2>&1; then echo tb-rsync-probe python3; "
+            f"exec $N python3 -u -c {shlex.quote(boot)}; fi; "
+            "echo tb-rsync-probe sh; "
+            f"exec $N sh -c {shlex.quote(_SH_AGENT)}")
+
+
+def _program():
+    with open(probe_agent.__file__, "rb") as f:
+        return f.read()
+
+
+def remote_root(source):
+    """The folder the node's probe walks: what follows `host:` (relative: from the home)."""
+    path = source.source.split(":", 1)[1] if not source.source.startswith("[") \
+        else source.source.split("]:", 1)[1]
+    if path.startswith("~/"):
+        path = path[2:]
+    return path.rstrip("/") or ("/" if path.startswith("/") else ".")
+
+
+def probe_kind(source):
+    """The mode a source starts in, before any probe has answered."""
+    if source.watch:
+        return INOTIFY
+    if source.is_local:
+        return WALK
+    if source.is_remote_shell and not source.rsh:
+        return PROBE
+    return LISTING
+
+
+class Probes:
+    """Every probe of one service: a walker for local folders, a session per ssh host.
+
+    Args:
+      ssh: the service's `ssh.SshConnections` (probe sessions ride the shared login).
+      on_change: called with a source name when its probe saw it change.
+      on_mode: called with (name, mode, detail) when a source's mode changes.
+      interval_for: source -> its interval in seconds (how often its probe walks).
+    """
+
+    def __init__(self, ssh, on_change, on_mode, interval_for):
+        self._ssh = ssh
+        self._on_change = on_change
+        self._on_mode = on_mode
+        self._interval_for = interval_for
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._local = _LocalWalker(on_change, self._stop)
+        self._hosts = {}  # group key -> _HostProbe
+        self._started = False
+        self._modes = {}  # name -> (mode, detail)
+
+    def set_sources(self, sources):
+        """Watch `sources` (timed ones only: a source synced on request has no probe)."""
+        with self._lock:
+            local, groups = [], {}
+            for source in sources:
+                interval = self._interval_for(source)
+                kind = probe_kind(source) if interval > 0 else LISTING
+                if kind == WALK:
+                    local.append((source, interval))
+                elif kind == PROBE:
+                    groups.setdefault(_group_key(source), []).append((source, interval))
+                self._set_mode(source.name, *_initial_mode(kind, interval))
+            self._local.set_sources(local)
+            for key in list(self._hosts):
+                if key not in groups:
+                    self._hosts.pop(key).stop()
+            for key, members in groups.items():
+                host = self._hosts.get(key)
+                if host is None:
+                    host = self._hosts[key] = _HostProbe(self._ssh, self._on_change,
+                                                         self._set_mode, self._stop)
+                    if self._started:
+                        host.start()
+                host.set_sources(members)
+            for name in set(self._modes) - {s.name for s in sources}:
+                del self._modes[name]
+            if self._started and local:
+                self._local.start()
+
+    def start(self):
+        with self._lock:
+            self._started = True
+            self._local.start()
+            for host in self._hosts.values():
+                host.start()
+
+    def stop(self):
+        self._stop.set()
+        with self._lock:
+            hosts = list(self._hosts.values())
+        for host in hosts:
+            host.stop()
+
+    def probed(self, name):
+        """True while a working probe watches `name` (the scheduler's slow safety interval
+        then replaces its listing interval)."""
+        mode = self._modes.get(name, (LISTING, ""))[0]
+        return mode == WALK or (mode == PROBE and self._modes[name][1].startswith("Watched"))
+
+    def mode(self, name):
+        return self._modes.get(name, (LISTING, ""))
+
+    def first_records(self, source, paths):
+        """{path: digest of its first record} for event files of `source`, from the node's
+        probe session when one runs; None when no probe can say (see FAULTS.md)."""
+        if source.is_local:
+            root = os.path.abspath(os.path.expanduser(source.source_dir))
+            return probe_agent.first_record_digests(root, paths)
+        with self._lock:
+            host = self._hosts.get(_group_key(source))
+        digests = None if host is None else host.first_records(source, paths)
+        if digests is None and source.is_remote_shell and not source.rsh:
+            digests = _first_records_once(self._ssh, source, paths)  # `tb-rsync sync`
+        return digests
+
+    def _set_mode(self, name, mode, detail):
+        if self._modes.get(name) != (mode, detail):
+            self._modes[name] = (mode, detail)
+            self._on_mode(name, mode, detail)
+
+
+def _initial_mode(kind, interval):
+    if interval <= 0:
+        return LISTING, "Synced on request only: nothing watches it."
+    return {
+        WALK: (WALK, "Walked in-process every interval; a change syncs it at once."),
+        PROBE: (LISTING, "Starting a probe session on the host; listed by rsync meanwhile."),
+        INOTIFY: (INOTIFY, "A watched inbox: inotify asks for a sync at every change."),
+        LISTING: (LISTING, "Listed by rsync (or rclone) every interval: this kind of source "
+                           "has no probe."),
+    }[kind]
+
+
+def _group_key(source):
+    """Sources one probe session serves: the same ssh command to the same login."""
+    return (source.ssh or "", source.source.rsplit(":", 1)[0] if "]:" not in source.source
+            else source.source.split("]:", 1)[0])
+
+
+def _first_records_once(ssh, source, paths):
+    """`Probes.first_records` through a session of its own, for a process without a probe
+    session on the host (`tb-rsync sync`, or while the probe restarts); None if the host
+    cannot run the python3 probe."""
+    program = _program()
+    try:
+        proc = subprocess.Popen(
+            [*process_lib.die_with_parent(), *ssh.session_args(source),
+             remote_command(len(program))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return None
+    try:
+        lines, never = _LineReader(proc.stdout.fileno()), threading.Event()
+        deadline = time.monotonic() + FIRST_WAIT_S
+        request = json.dumps({"first": [1, remote_root(source), list(paths)]}).encode()
+        while True:
+            line = lines.next(max(0.0, deadline - time.monotonic()), never)
+            if line is None or line == b"tb-rsync-probe sh":
+                return None
+            if line == b"tb-rsync-probe python3":
+                proc.stdin.write(program + request + b"\n")
+                proc.stdin.close()  # the agent answers, then ends at this EOF
+            elif line.startswith(b'{"first"'):
+                digests = json.loads(line).get("digests")
+                return digests if isinstance(digests, dict) else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        process_lib.kill_group(proc)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class _LocalWalker:
+    """One thread walking every local source at its own interval."""
+
+    def __init__(self, on_change, stop):
+        self._on_change = on_change
+        self._stop = stop
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._sources = {}  # name -> (root, excludes, interval)
+        self._signatures = {}
+        self._due = {}
+        self._thread = None
+
+    def set_sources(self, members):
+        with self._lock:
+            new = {}
+            for source, interval in members:
+                root = os.path.abspath(os.path.expanduser(source.source_dir))
+                new[source.name] = (root, tuple(source.exclude), max(interval, _MIN_INTERVAL_S))
+            for name in set(self._sources) | set(new):
+                if self._sources.get(name) != new.get(name):
+                    self._signatures.pop(name, None)
+                    self._due[name] = 0.0
+            self._sources = new
+        self._wake.set()
+
+    def start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name="tb-rsync-probe-local")
+            self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                due = [(n, s) for n, s in self._sources.items() if self._due.get(n, 0) <= now]
+            for name, (root, excludes, interval) in due:
+                try:
+                    signature = probe_agent.tree_signature(root, excludes)
+                except OSError as e:
+                    signature = f"missing: {e}"  # the sync says what is wrong
+                with self._lock:
+                    if self._sources.get(name) != (root, excludes, interval):
+                        continue  # edited meanwhile: walked again from scratch
+                    changed = self._signatures.get(name) != signature
+                    self._signatures[name] = signature
+                    self._due[name] = time.monotonic() + interval
+                if changed:
+                    self._notify(name)
+            with self._lock:
+                wait = min(self._due.values(), default=now + 1.0) - time.monotonic()
+            self._wake.wait(max(0.05, min(wait, 1.0)))
+            self._wake.clear()
+
+    def _notify(self, name):
+        try:
+            self._on_change(name)
+        except Exception:
+            logger.exception("tb-rsync: handling a change of %r failed", name)
+
+
+class _HostProbe:
+    """One probe session on one host (one ssh login), watching all its sources."""
+
+    def __init__(self, ssh, on_change, set_mode, stopping):
+        self._ssh = ssh
+        self._on_change = on_change
+        self._set_mode = set_mode
+        self._stopping = stopping
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._members = []  # [(source, interval)]
+        self._ids = {}  # id sent to the node -> source name
+        self._proc = None
+        self._agent = None  # "python3" | "sh" while a session is up
+        self._thread = None
+        self._pending = {}  # request number -> [Event, digests]
+        self._request = 0
+        self._restarts = 0
+
+    def set_sources(self, members):
+        with self._lock:
+            old = [(s, i) for s, i in self._members]
+            self._members = list(members)
+            agent = self._agent
+        if old != members and agent == "python3":
+            self._send_watch()
+        elif old != members and agent == "sh":
+            self._kill()  # the sh agent reads its roots once: start it again
+
+    def start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name="tb-rsync-probe-host")
+            self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._kill()
+
+    def first_records(self, source, paths):
+        with self._lock:
+            if self._agent != "python3":
+                return None
+            self._request += 1
+            number, done = self._request, threading.Event()
+            self._pending[number] = [done, None]
+        if not self._write({"first": [number, remote_root(source), list(paths)]}) or \
+                not done.wait(FIRST_WAIT_S):
+            self._pending.pop(number, None)
+            return None
+        return self._pending.pop(number)[1]
+
+    # --- the session -------------------------------------------------------------------
+    def _loop(self):
+        while not (self._stop.is_set() or self._stopping.is_set()):
+            with self._lock:
+                members = list(self._members)
+            if not members:
+                self._stop.wait(1.0)
+                continue
+            why = self._session(members)
+            if self._stop.is_set() or self._stopping.is_set():
+                return
+            self._restarts += 1
+            delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** min(self._restarts - 1, 8))
+            for source, _ in members:
+                self._set_mode(source.name, LISTING,
+                               f"The probe session stopped ({why}); listed by rsync at its "
+                               f"interval, probe restarts in {delay:.0f} s.")
+            self._stop.wait(delay)
+
+    def _session(self, members):
+        """Run one session until it ends; returns why it ended (a short phrase)."""
+        source = members[0][0]
+        try:
+            self._ssh.prepare(source, cancel=self._stop)
+            program = _program()
+            args = self._ssh.session_args(source) + [remote_command(len(program))]
+            proc = subprocess.Popen(
+                [*process_lib.die_with_parent(), *args], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        except Exception as e:  # TransferError sentences, a missing ssh
+            return str(e).rstrip(".") or type(e).__name__
+        with self._lock:
+            self._proc = proc
+        try:
+            return self._converse(proc, members, program)
+        finally:
+            with self._lock:
+                self._agent, self._proc = None, None
+                for pending in self._pending.values():
+                    pending[0].set()
+            process_lib.kill_group(proc)
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def _converse(self, proc, members, program):
+        lines = _LineReader(proc.stdout.fileno())
+        agent, deadline = None, time.monotonic() + START_WAIT_S
+        while agent is None:  # a login script may print lines of its own first
+            first = lines.next(max(0.0, deadline - time.monotonic()), self._stop)
+            if first is None:
+                return "the host ran something else (a forced command?)" if lines.closed \
+                    else "no answer from the host"
+            if first.startswith(b"tb-rsync-probe "):
+                agent = first[len(b"tb-rsync-probe "):].decode("ascii", "replace")
+        if agent not in ("python3", "sh"):
+            return "the host ran something else (a forced command?)"
+        try:
+            if agent == "python3":
+                proc.stdin.write(program)
+                proc.stdin.flush()
+            else:
+                roots = [remote_root(s) for s, _ in members]
+                if any("\n" in r for r in roots):
+                    return "a folder name holds a newline, which the sh probe cannot take"
+                interval = max(1, round(min(i for _, i in members)))
+                proc.stdin.write((f"{interval}\n" + "".join(r + "\n" for r in roots) + "\n")
+                                 .encode("utf-8", "surrogateescape"))
+                proc.stdin.flush()
+        except OSError:
+            return "the session closed"
+        with self._lock:
+            self._agent = agent
+            self._ids = {str(i + 1): s.name for i, (s, _) in enumerate(members)}
+        if agent == "python3":
+            ready = lines.next(START_WAIT_S, self._stop)
+            if ready is None or not ready.startswith(b'{"ready"'):
+                return "the host's python3 did not start the probe"
+            self._send_watch()
+        self._restarts = 0
+        how = "python3" if agent == "python3" else "sh: no python3 found there"
+        for source, _ in members:
+            self._set_mode(source.name, PROBE,
+                           f"Watched by a probe session on the host ({how}); a change syncs "
+                           "it at once.")
+        return self._listen(lines, agent)
+
+    def _listen(self, lines, agent):
+        ping, asked = 0, None
+        last_heard = time.monotonic()
+        while not self._stop.is_set():
+            line = lines.next(1.0, self._stop)
+            now = time.monotonic()
+            if line is None:
+                if lines.closed:
+                    return "the connection closed"
+                if agent == "python3":
+                    if asked is not None and now - asked > PONG_WAIT_S:
+                        return f"no answer for {PONG_WAIT_S:.0f} s"
+                    if asked is None and now - last_heard > PING_S:
+                        ping += 1
+                        asked = now
+                        self._write({"ping": ping})
+                elif now - last_heard > PING_S + PONG_WAIT_S + self._sh_interval():
+                    return "no tick from the sh probe"
+                continue
+            last_heard, asked = now, None
+            self._handle(line, agent)
+        return "stopped"
+
+    def _sh_interval(self):
+        with self._lock:
+            return min((i for _, i in self._members), default=1.0)
+
+    def _handle(self, line, agent):
+        if agent == "sh":
+            if line.startswith(b"changed "):
+                self._changed(line[len(b"changed "):].decode("ascii", "replace"))
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "changed" in message:
+            self._changed(str(message["changed"]))
+        elif "missing" in message and isinstance(message["missing"], list):
+            self._changed(str(message["missing"][0]))  # the sync says what is wrong
+        elif "first" in message:
+            with self._lock:
+                pending = self._pending.get(message["first"])
+                if pending is not None and isinstance(message.get("digests"), dict):
+                    pending[1] = message["digests"]
+                    pending[0].set()
+
+    def _changed(self, key):
+        with self._lock:
+            name = self._ids.get(key)
+        if name is not None:
+            try:
+                self._on_change(name)
+            except Exception:
+                logger.exception("tb-rsync: handling a change of %r failed", name)
+
+    def _send_watch(self):
+        with self._lock:
+            members = list(self._members)
+            self._ids = {str(i + 1): s.name for i, (s, _) in enumerate(members)}
+        self._write({"watch": {str(i + 1): [remote_root(s), list(s.exclude)]
+                               for i, (s, _) in enumerate(members)},
+                     "interval": max(_MIN_INTERVAL_S, min((i for _, i in members),
+                                                          default=1.0))})
+
+    def _write(self, message):
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return False
+            try:
+                proc.stdin.write(json.dumps(message).encode("utf-8") + b"\n")
+                proc.stdin.flush()
+                return True
+            except (OSError, ValueError):
+                return False
+
+    def _kill(self):
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            process_lib.kill_group(proc)
+
+
+class _LineReader:
+    """Lines from a pipe, with a timeout, without a thread."""
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._buffer = b""
+        self.closed = False
+
+    def next(self, timeout_s, stop):
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            if self.closed or stop.is_set():
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self._fd], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(self._fd, 1 << 16)
+                if not chunk:
+                    self.closed = True
+                    return None
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
