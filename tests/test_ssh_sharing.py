@@ -27,7 +27,7 @@ from tb_rsync_plugin.rsync import run_rsync
 from tb_rsync_plugin.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_servers import start_sshd_or_skip, stop
-from tests.processes import processes_mentioning
+from tests.processes import processes_mentioning, start_tb_rsync, stop_tb_rsync
 
 RSYNC = shutil.which("rsync")
 pytestmark = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
@@ -377,6 +377,25 @@ def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_serve
     assert result.returncode == 0, result.stderr
     assert logins(sshd_server) - before == 1
     assert not list(runtime.glob("tb-rsync/*"))
+
+
+def test_sigterm_on_tb_rsync_watch_stops_its_master(sshd_server, cli_run):
+    """systemd, `docker stop` and `kill` send SIGTERM: the shared login goes with the watch
+    instead of staying logged in for ControlPersist."""
+    command, env, runtime = cli_run
+    watch = start_tb_rsync(*command("watch", "--interval", "3600")[3:], env=env)
+    try:
+        synced = 0
+        while synced < 3:  # one result line per source, after its first sync
+            line = watch.stdout.readline()
+            assert line, "tb-rsync watch ended"
+            synced += line.startswith("node")
+        assert len(list(runtime.glob("tb-rsync/*"))) == 1 and masters(runtime)
+    finally:
+        out, err = stop_tb_rsync(watch, signal.SIGTERM)
+    assert watch.returncode == 143, err
+    assert not list(runtime.glob("tb-rsync/*"))
+    wait_until(lambda: not masters(runtime), "ended (the master)")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
