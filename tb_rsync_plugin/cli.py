@@ -276,7 +276,7 @@ class CycleReporter:
     def on_end(self, end):
         status = self._service.state.source(end.name)
         with self._lock:
-            self._progress.clear()
+            self._progress.finished(end.name)
             if end.stopping:
                 return  # a stop signal: "interrupted" (or "stopped") says it all
             self._totals["syncs"] += 1
@@ -420,15 +420,18 @@ def _bytes(n):
 class ProgressPrinter:
     """A live progress line on a terminal; a plain line every few seconds otherwise.
 
-    Off a terminal the first line comes only after `plain_every_s`: a sync that ends sooner
-    is reported by its result line alone, not by a snapshot of a progress bar.
+    Off a terminal the timer is per sync: a line once that sync has reported progress for
+    `plain_every_s`, then one every `plain_every_s`, so a sync that ends sooner is reported
+    by its result line alone, not by a snapshot of a progress bar. `finished(name)` ends a
+    sync (the CLI calls it when the scheduler says the cycle ended).
     """
 
-    def __init__(self, stream, plain_every_s=5.0):
+    def __init__(self, stream, plain_every_s=5.0, clock=time.monotonic):
         self._stream = stream
         self._tty = stream.isatty()
         self._lock = threading.Lock()
-        self._last_plain = {}
+        self._clock = clock
+        self._syncs = {}  # name -> when its running sync's timer started or last printed
         self._plain_every_s = plain_every_s
         self._shown = False
 
@@ -439,11 +442,19 @@ class ProgressPrinter:
             if self._tty:
                 self._stream.write("\r\x1b[K" + text)
                 self._shown = True
-            elif time.monotonic() - self._last_plain.setdefault(name, time.monotonic()) \
-                    >= self._plain_every_s:
-                self._last_plain[name] = time.monotonic()
+            else:
+                now = self._clock()
+                if now - self._syncs.setdefault(name, now) < self._plain_every_s:
+                    return
+                self._syncs[name] = now
                 self._stream.write(text + "\n")
             self._stream.flush()
+
+    def finished(self, name):
+        """`name`'s sync ended: clear the live line; its next sync starts its own timer."""
+        with self._lock:
+            self._syncs.pop(name, None)
+        self.clear()
 
     def clear(self):
         with self._lock:

@@ -385,17 +385,56 @@ def test_a_corrupt_file_keeps_its_run_in_error_while_another_file_grows(tmp_path
 
 
 def test_plain_progress_lines_only_for_syncs_that_take_a_while():
+    """Off a terminal a sync prints a progress line once it has run 5 s, then every 5 s;
+    the next sync starts its own timer (a 0.1 s sync after a long one printed a line)."""
     from tb_rsync_plugin.cli import ProgressPrinter
     from tb_rsync_plugin.rsync import Progress
     out = io.StringIO()  # not a terminal
-    printer = ProgressPrinter(out, plain_every_s=0.3)
-    printer.update("gpu1", Progress(1024, 10, 2048.0, "events"))
-    printer.update("gpu1", Progress(2048, 20, 2048.0, "events"))
+    now = [0.0]
+    printer = ProgressPrinter(out, clock=lambda: now[0])
+
+    def report(at, percent):
+        now[0] = at
+        printer.update("gpu1", Progress(percent * 100, percent, 2048.0, "events"))
+
+    report(0.0, 10)
+    report(4.9, 20)
     assert out.getvalue() == "", "a short sync prints no progress snapshot"
-    time.sleep(0.35)
-    printer.update("gpu1", Progress(4096, 40, 2048.0, "events"))
-    printer.update("gpu1", Progress(5000, 50, 2048.0, "events"))
-    assert out.getvalue() == "gpu1: events 4.0 KiB 40% 2.0 KiB/s\n"
+    for at, percent in ((5.0, 40), (9.9, 50), (10.0, 60)):
+        report(at, percent)
+    assert out.getvalue() == ("gpu1: events 3.9 KiB 40% 2.0 KiB/s\n"
+                              "gpu1: events 5.9 KiB 60% 2.0 KiB/s\n")
+    printer.finished("gpu1")
+    report(40.0, 10)
+    report(40.1, 100)
+    assert out.getvalue().count("\n") == 2, "the next, short sync prints nothing"
+
+
+def test_watch_ends_each_syncs_progress_timer(tmp_path):
+    """The CLI's cycle reporter ends each sync's timer: a sync that reports progress long
+    after the previous one started prints no line of its own (real rsync, real scheduler)."""
+    from tb_rsync_plugin import cli
+    remote, logdir = make_remote(tmp_path)
+    out, now, seen = io.StringIO(), [0.0], []
+    printer = cli.ProgressPrinter(out, clock=lambda: now[0])
+    args = cli.build_parser().parse_args(["watch", "--logdir", str(logdir), "--source",
+                                          f"n1={remote}/", "--staging",
+                                          str(tmp_path / "staging")])
+    service = cli._service(args, 30.0, on_progress=lambda name, p: (seen.append(p),
+                                                                      printer.update(name, p)))
+    service.scheduler.add_listener(cli.CycleReporter(service, printer, True).on_end)
+    service.start(timers=False)
+    try:
+        for at in (0.0, 100.0):  # two syncs, each appending to the event file
+            now[0] = at
+            append_scalars(str(remote / "run 1" / EVENTS), [int(at) + 10])
+            reported = len(seen)
+            service.request()
+            assert service.wait(timeout_s=60)
+            assert len(seen) > reported, "the sync reported progress"
+    finally:
+        service.stop()
+    assert out.getvalue() == ""
 
 
 def test_two_processes_with_their_own_staging_publish_each_record_once(tmp_path):
