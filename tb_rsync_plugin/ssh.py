@@ -358,9 +358,10 @@ class SshConnections:
                     if self._check(share):
                         return  # another master won the race; this one was a plain connection
                     raise TransferError(
-                        f"Sync of '{source.name}' from '{source.source}' failed: the ssh login "
-                        f"did not finish within {limit_s:g} s; check that 'ssh HOST true' "
-                        "works without a prompt.", _details(args, None, stderr))
+                        f"Sync of '{source.name}' from '{source.source}' failed: "
+                        f"the ssh login did not finish within {limit_s:g} s; "
+                        "check that 'ssh HOST true' works without a prompt.",
+                        _details(args, None, stderr))
         finally:
             proc.stderr.close()
         if proc.returncode != 0:
