@@ -212,9 +212,9 @@ class SshConnections:
             try:
                 return transfer(self.rsh_for(source))
             except TransferError as e:
-                if not self._lost(share, master):
+                if cancel is not None and cancel.is_set() or not self._lost(share, master):
                     raise
-                if attempt == 2 or cancel is not None and cancel.is_set():
+                if attempt == 2:
                     raise TransferError(
                         f"Sync of '{source.name}' from '{source.source}' failed: the shared "
                         "ssh connection closed during the sync, again after a fresh login; "
