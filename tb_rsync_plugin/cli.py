@@ -1,13 +1,16 @@
 """`tb-rsync`: the sync engine without TensorBoard.
 
 The error boundary lives here: a `SyncError` becomes one `error:` line (plus its details
-when there are any) and exit 1; Ctrl-C exits 130; anything else is a bug and exits 3 with a
-traceback. Progress is a live line on a terminal and plain lines otherwise. `sync` and
+when there are any) and exit 1; SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the syncs and the
+shared ssh logins and exit 128 + the signal's number (130, 143, 129); anything else is a bug
+and exits 3 with a traceback. Progress is a live line on a terminal and plain lines otherwise. `sync` and
 `watch` run the same scheduler as TensorBoard (bounded parallelism, per-host limits,
 backoff) and print each source's line the moment it ends.
 """
 
 import argparse
+import contextlib
+import signal
 import sys
 import threading
 import time
@@ -24,6 +27,70 @@ from tb_rsync_plugin import transport
 from tb_rsync_plugin.errors import SyncError
 
 EXIT_OK, EXIT_FAILED, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 3, 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal arrived; unwinds the main thread as Ctrl-C's KeyboardInterrupt does."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP all stop tb-rsync, whatever it inherited.
+
+    Set explicitly: a shell starts a background job (`tb-rsync watch &` in a script) with
+    SIGINT ignored, and Python then never installs its Ctrl-C handler; SIGTERM (systemd,
+    `docker stop`, `kill`) and SIGHUP would end the process without any cleanup, leaving
+    the shared ssh logins up for ControlPersist. A SIGHUP that `nohup` ignores stays
+    ignored: that is nohup's whole point. The first signal raises `Stopped` in the main
+    thread; later ones are ignored while it stops (a bounded wait), and one that comes
+    while the service is being stopped (`held`) waits until that is done.
+    """
+
+    def __init__(self):
+        self.received = None
+        self._held = self._pending = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        self.received, self._held, self._pending = None, False, False
+        previous = {}
+        for signum in STOP_SIGNALS:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            return
+        self.received = signum
+        if self._held:
+            self._pending = True
+        else:
+            raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def held(self):
+        """Stopping the service: raising half-way would leave ssh logins and rsyncs up."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending:
+            self._pending = False
+            raise Stopped(self.received)
+
+
+_stop_signals = _StopSignals()
 
 
 def build_parser():
@@ -76,19 +143,30 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Signal handlers can only be set from the main thread (a test may call main elsewhere).
+    handling = threading.current_thread() is threading.main_thread()
     try:
-        return COMMANDS[args.command](args)
+        with _stop_signals.installed() if handling else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except SyncError as e:
         _print_error(e)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except Stopped as e:
+        _say_stopped(e.signum)
+        return 128 + e.signum
     except Exception:
         traceback.print_exc()
         print("error: this is a bug in tb-rsync; please report it with the traceback above.",
               file=sys.stderr)
         return EXIT_BUG
+
+
+def _say_stopped(signum):
+    try:
+        print("\ninterrupted" if signum == signal.SIGINT else
+              f"tb-rsync: stopped ({signal.Signals(signum).name})", file=sys.stderr)
+    except OSError:
+        pass  # SIGHUP: the terminal may be gone
 
 
 def _print_error(error):
@@ -129,7 +207,8 @@ def cmd_sync(args):
         report.raise_bug()
         return EXIT_OK if not report.failing else EXIT_FAILED
     finally:
-        service.stop()  # on Ctrl-C too: cancels rsync children
+        with _stop_signals.held():
+            service.stop()  # on a stop signal too: cancels rsync children, stops ssh logins
 
 
 def cmd_watch(args):
@@ -163,14 +242,15 @@ def cmd_watch(args):
                 next_summary = time.monotonic() + args.summary_every
                 report.print_summary(args.summary_every)
     finally:
-        if watcher is not None:
-            watcher.stop()
-        service.stop()
+        with _stop_signals.held():
+            if watcher is not None:
+                watcher.stop()
+            service.stop()
 
 
 def _wait_interruptibly(service):
     while not service.wait(timeout_s=0.2):
-        pass  # a short wait so Ctrl-C is delivered
+        pass  # a short wait so a stop signal is acted on at once
 
 
 class CycleReporter:
@@ -196,9 +276,9 @@ class CycleReporter:
     def on_end(self, end):
         status = self._service.state.source(end.name)
         with self._lock:
-            self._progress.clear()
+            self._progress.finished(end.name)
             if end.stopping:
-                return  # Ctrl-C: "interrupted" says it all
+                return  # a stop signal: "interrupted" (or "stopped") says it all
             self._totals["syncs"] += 1
             if end.error is not None:
                 self.failing.add(end.name)
@@ -340,15 +420,18 @@ def _bytes(n):
 class ProgressPrinter:
     """A live progress line on a terminal; a plain line every few seconds otherwise.
 
-    Off a terminal the first line comes only after `plain_every_s`: a sync that ends sooner
-    is reported by its result line alone, not by a snapshot of a progress bar.
+    Off a terminal the timer is per sync: a line once that sync has reported progress for
+    `plain_every_s`, then one every `plain_every_s`, so a sync that ends sooner is reported
+    by its result line alone, not by a snapshot of a progress bar. `finished(name)` ends a
+    sync (the CLI calls it when the scheduler says the cycle ended).
     """
 
-    def __init__(self, stream, plain_every_s=5.0):
+    def __init__(self, stream, plain_every_s=5.0, clock=time.monotonic):
         self._stream = stream
         self._tty = stream.isatty()
         self._lock = threading.Lock()
-        self._last_plain = {}
+        self._clock = clock
+        self._syncs = {}  # name -> when its running sync's timer started or last printed
         self._plain_every_s = plain_every_s
         self._shown = False
 
@@ -359,11 +442,19 @@ class ProgressPrinter:
             if self._tty:
                 self._stream.write("\r\x1b[K" + text)
                 self._shown = True
-            elif time.monotonic() - self._last_plain.setdefault(name, time.monotonic()) \
-                    >= self._plain_every_s:
-                self._last_plain[name] = time.monotonic()
+            else:
+                now = self._clock()
+                if now - self._syncs.setdefault(name, now) < self._plain_every_s:
+                    return
+                self._syncs[name] = now
                 self._stream.write(text + "\n")
             self._stream.flush()
+
+    def finished(self, name):
+        """`name`'s sync ended: clear the live line; its next sync starts its own timer."""
+        with self._lock:
+            self._syncs.pop(name, None)
+        self.clear()
 
     def clear(self):
         with self._lock:

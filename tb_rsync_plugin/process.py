@@ -63,7 +63,7 @@ def start_read(job, args):
     threads; `job.proc` and `job.err_thread` are set before either starts.
 
     A reader that cannot start ("can't start new thread") kills the process first: no
-    child may run unwatched.
+    child may run unwatched. `_read_stdout` ends with `reap(job)`.
     """
     job.proc = start(args)
     try:
@@ -73,7 +73,28 @@ def start_read(job, args):
     except BaseException:
         job.proc.kill()
         job.proc.wait()
+        _close_pipes(job.proc)
         raise
+
+
+def reap(job):
+    """After `job`'s stdout ended (or its reader failed): wait for the process and its
+    stderr reader, and close both pipes now.
+
+    Left to the garbage collector, they stayed open: a job and its run refer to each
+    other, so only a collection frees them (a long `watch` held hundreds of pipes). stdout
+    is closed first, so a child still writing to it (its reader failed) gets EPIPE instead
+    of blocking the wait forever.
+    """
+    job.proc.stdout.close()
+    job.proc.wait()
+    job.err_thread.join()
+    _close_pipes(job.proc)
+
+
+def _close_pipes(proc):
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
 
 
 def kill_group(proc):

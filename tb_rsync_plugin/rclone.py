@@ -189,8 +189,7 @@ class _Job:
                     self.run.report(self, min(100, 100 * self.bytes_done // self.expected_bytes),
                                     self.bytes_done / elapsed)
         finally:
-            self.proc.wait()
-            self.err_thread.join()
+            process_lib.reap(self)
             self.done.set()
             self.run.wakeup.set()
 

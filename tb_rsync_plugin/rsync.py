@@ -268,8 +268,7 @@ class _Job:
             if buffer:
                 self._line(buffer)
         finally:
-            self.proc.wait()
-            self.err_thread.join()
+            process_lib.reap(self)
             self.done.set()
             self.run.wakeup.set()
 

@@ -231,11 +231,12 @@ class SyncService:
                 with open(dirty_marker, "w"):
                     pass
 
-        self._ssh.prepare(source, cancel=self._stop)  # one login for all rsyncs of the host
-        rsh = self._ssh.rsh_for(source)
-        transfer = transport.fetch(source, staging_dir, cfg.temp_dir, on_progress=progress,
-                                   cancel=self._stop, before_write=mark_unpublished, rsh=rsh,
-                                   expect_growth=self._appending(name))
+        # One login for all rsyncs of the host; a sync whose shared login died under it runs
+        # again once over a fresh one.
+        transfer = self._ssh.run(source, lambda rsh: transport.fetch(
+            source, staging_dir, cfg.temp_dir, on_progress=progress, cancel=self._stop,
+            before_write=mark_unpublished, rsh=rsh, expect_growth=self._appending(name)),
+            cancel=self._stop)
         # Changed at the source without changing size (a corrupt record fixed in place, a
         # same-length rewrite): --append skips those. And grown files whose first record is
         # not the source's any more: a restarted run reused the name, and --append spliced
@@ -244,8 +245,9 @@ class SyncService:
         whole = sorted(set(transfer.same_size) | set(self._restarted(source, transfer)))
         if whole:
             mark_unpublished()
-            again = transport.refetch(source, staging_dir, cfg.temp_dir, whole,
-                                      on_progress=progress, cancel=self._stop, rsh=rsh)
+            again = self._ssh.run(source, lambda rsh: transport.refetch(
+                source, staging_dir, cfg.temp_dir, whole, on_progress=progress,
+                cancel=self._stop, rsh=rsh), cancel=self._stop)
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
@@ -278,9 +280,9 @@ class SyncService:
             # New bytes that do not continue the published records: the source rewrote the
             # file. Fetch those files whole and publish again; the publisher then decides
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
-            again = transport.refetch(source, staging_dir, cfg.temp_dir, report.needs_restage,
-                                      on_progress=progress, cancel=self._stop,
-                                      rsh=self._ssh.rsh_for(source))
+            again = self._ssh.run(source, lambda rsh: transport.refetch(
+                source, staging_dir, cfg.temp_dir, report.needs_restage, on_progress=progress,
+                cancel=self._stop, rsh=rsh), cancel=self._stop)
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shlex
 import socket
 import subprocess
@@ -36,6 +37,7 @@ _LOGIN_GRACE_S = 20  # past the connect timeout (which covers the banner): key e
 _PROBE_TIMEOUT_S = 10
 _HOSTSPEC_RE = re.compile(r"^(?:(?P<user>[^@:/]*)@)?(?:\[(?P<v6>[^\]/]*)\]|(?P<host>[^:/]+)):")
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./-]+$")  # ssh splits ControlPath on spaces, expands %
+_SOCKET_TAKEN = b"already exists, disabling multiplexing"  # ssh's words when it cannot bind
 _SOCKET_PATH_MAX = 80  # sun_path is 108 bytes and ssh binds a 17-character longer temp name
 
 
@@ -117,6 +119,7 @@ class _Share:
     socket: str = None  # our ControlPath; None: the user's ssh config shares, or -G failed
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     checked_mono: float = float("-inf")  # when a master last answered (or was opened)
+    master_pid: int = None  # the master that answered then
 
     def options(self):
         """The ssh command without the host: rsync's `--rsh`."""
@@ -200,6 +203,46 @@ class SshConnections:
         finally:
             share.lock.release()
 
+    def run(self, source, transfer, cancel=None):
+        """`transfer(rsh)` over `source`'s shared login (`prepare`d first, `rsh_for`).
+
+        When it fails and the master that carried it is gone (killed, or its connection
+        dropped; rsync then only says "connection unexpectedly closed"), the sync is run
+        again once over a fresh login, within the same cycle. If that fails because the
+        shared connection closed again, the sentence says so.
+
+        Raises:
+          TransferError: from `prepare` or `transfer`.
+        """
+        self.prepare(source, cancel)
+        share = self._share(source)
+        if share is None or share.socket is None:
+            return transfer(self.rsh_for(source))
+        for attempt in (1, 2):
+            master = share.master_pid
+            try:
+                return transfer(self.rsh_for(source))
+            except TransferError as e:
+                if cancel is not None and cancel.is_set() or not self._lost(share, master):
+                    raise
+                if attempt == 2:
+                    raise TransferError(
+                        f"Sync of '{source.name}' from '{source.source}' failed: the shared "
+                        "ssh connection closed during the sync, again after a fresh login; "
+                        "check what ends ssh processes or connections here, or turn sharing "
+                        "off for this source (ssh_sharing = false).", e.details) from None
+            self.prepare(source, cancel)
+
+    def _lost(self, share, master):
+        """The master `master` (pid) that a transfer rode has gone: not answering, or
+        replaced (rsync's own ssh becomes the master when it finds none). Either way the
+        next `prepare` checks again."""
+        with share.lock:
+            if self._check(share) and share.master_pid == master:
+                return False
+            share.checked_mono = float("-inf")
+            return True
+
     def close(self):
         """Stop every master this object used and remove its socket; safe to call twice.
 
@@ -273,15 +316,23 @@ class SshConnections:
         self._dir_ready = True
 
     def _check(self, share):
+        """Does a master answer on `share.socket`? Notes its pid in `share.master_pid`.
+
+        Its own words, not the exit code: when the socket's listener is not an ssh master
+        ("master hello exchange failed"), ssh logs in normally instead, and exits 0.
+        """
         result = _run(share.args("-O", "check"))
-        return result is not None and result.returncode == 0
+        match = result and result.returncode == 0 and \
+            re.search(r"Master running \(pid=(\d+)\)", result.stderr)
+        share.master_pid = int(match.group(1)) if match else None
+        return bool(match)
 
     def _open(self, share, source, cancel):
         """Log in once: a master in the background (ControlPersist) once the login is done.
 
         `-N` runs nothing on the server (keys restricted to rrsync work). The foreground
         ssh exits when the master is listening; if it lost a race to another master it
-        stays a plain connection, which the deadline ends.
+        says so and would stay a plain connection: it is stopped and that master ridden.
         """
         args = share.args("-N", "-T")
         limit_s = min(share.connect_timeout_s + _LOGIN_GRACE_S, source.timeout_s)
@@ -294,27 +345,58 @@ class SshConnections:
                 f"Sync of '{source.name}' could not start ssh '{args[0]}' ({e.strerror}); "
                 "install the OpenSSH client or fix 'ssh' for this source.", shlex.join(args)
             ) from None
-        while True:
-            try:
-                _, stderr = proc.communicate(timeout=0.05)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if cancel is not None and cancel.is_set() or time.monotonic() > deadline:
-                proc.kill()
-                _, stderr = proc.communicate()
-                _raise_if_cancelled(source, cancel)
-                if self._check(share):
-                    return  # another master won the race; this one was a plain connection
-                raise TransferError(
-                    f"Sync of '{source.name}' from '{source.source}' failed: the ssh login did "
-                    f"not finish within {limit_s:g} s; check that 'ssh HOST true' works "
-                    "without a prompt.", _details(args, None, stderr))
+        stderr, eof, fd = b"", False, proc.stderr.fileno()
+        try:
+            while True:
+                if eof:
+                    try:
+                        proc.wait(0.05)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                elif select.select([fd], [], [], 0.05)[0]:
+                    chunk = os.read(fd, 65536)
+                    eof, stderr = not chunk, stderr + chunk
+                    if _SOCKET_TAKEN in stderr:
+                        # Another ssh became the master between our check and our bind
+                        # (rsync's own, when the master died mid-sync): this one would stay
+                        # a plain connection, and the login look hung until the deadline.
+                        _stop(proc)
+                        return self._ridden(share, source, args, stderr)
+                if cancel is not None and cancel.is_set() or time.monotonic() > deadline:
+                    _stop(proc)
+                    _raise_if_cancelled(source, cancel)
+                    if self._check(share):
+                        return  # another master won the race; this one was a plain connection
+                    raise TransferError(
+                        f"Sync of '{source.name}' from '{source.source}' failed: "
+                        f"the ssh login did not finish within {limit_s:g} s; "
+                        "check that 'ssh HOST true' works without a prompt.",
+                        _details(args, None, stderr))
+        finally:
+            proc.stderr.close()
         if proc.returncode != 0:
             text = stderr.decode("utf-8", "replace")
             what = diagnose(text) or f"ssh failed with exit code {proc.returncode}"
             raise TransferError(f"Sync of '{source.name}' from '{source.source}' failed: "
                                 f"{what}.", _details(args, proc.returncode, stderr))
+        self._check(share)  # the new master's pid, to tell later whether it was replaced
+
+    def _ridden(self, share, source, args, stderr):
+        """Our login found the socket taken: ride the master there, or say what holds it."""
+        if self._check(share):
+            return
+        raise TransferError(
+            f"Sync of '{source.name}' from '{source.source}' failed: the socket of its shared "
+            f"ssh connection, '{share.socket}', is held by something that does not answer as "
+            "an ssh master; remove it, or turn sharing off for this source "
+            "(ssh_sharing = false).", _details(args, None, stderr))
+
+
+def _stop(proc):
+    """Only the foreground ssh: a master it may have forked must live on."""
+    proc.kill()
+    proc.wait()
 
 
 def _raise_if_cancelled(source, cancel):

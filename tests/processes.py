@@ -1,6 +1,10 @@
-"""What is running, read from /proc: for tests that must leave no process behind."""
+"""What is running, read from /proc, and `tb-rsync` started with set signal dispositions:
+for tests that must leave no process behind."""
 
 import os
+import signal
+import subprocess
+import sys
 
 
 def process_table():
@@ -42,3 +46,37 @@ def slow_source_config(folder, mib, kib_per_s):
     toml.write_text(f'[[source]]\nname = "slow"\nsource = "{remote}/"\n'
                     f'bwlimit = {kib_per_s}\n')
     return toml
+
+
+# Runs `tb-rsync ARGS...` after setting SIGINT, SIGTERM and SIGHUP to the dispositions its
+# first argument names (the ignored ones, comma-separated): a test never depends on the ones
+# pytest inherited (a shell's background job, say, starts with SIGINT ignored).
+WITH_DISPOSITIONS = """
+import os, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    ignored = name in sys.argv[1].split(",")
+    signal.signal(getattr(signal, name), signal.SIG_IGN if ignored else signal.SIG_DFL)
+os.execv(sys.executable, [sys.executable, "-m", "tb_rsync_plugin.cli", *sys.argv[2:]])
+"""
+
+
+def start_tb_rsync(*args, ignored=(), **kwargs):
+    """`tb-rsync ARGS` in a session of its own (signals reach it alone), with exactly the
+    signals in `ignored` ignored; stop it with `stop_tb_rsync`."""
+    return subprocess.Popen([sys.executable, "-c", WITH_DISPOSITIONS, ",".join(ignored),
+                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, **kwargs)
+
+
+def stop_tb_rsync(proc, signum=signal.SIGINT):
+    """Send `signum`; (stdout, stderr) once it exited. One that does not is killed (the test
+    fails, and leaves nothing running)."""
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"tb-rsync did not stop on {signal.Signals(signum).name}:\n"
+                             f"{out}\n{err}") from None

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tensorboard.backend.event_processing import event_file_loader
 
 from tests.events import append_scalars, event_file_name
-from tests.processes import processes_mentioning, slow_source_config
+from tests.processes import (processes_mentioning, slow_source_config, start_tb_rsync,
+                             stop_tb_rsync)
 
 EVENTS = event_file_name()
 
@@ -132,11 +134,8 @@ def test_missing_rsync_is_a_sentence(tmp_path):
 
 def test_watch_syncs_until_ctrl_c(tmp_path):
     remote, logdir = make_remote(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
-         "--source", f"n1={remote}/", "--staging", str(tmp_path / "staging"),
-         "--interval", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_tb_rsync("watch", "--logdir", logdir, "--source", f"n1={remote}/",
+                          "--staging", tmp_path / "staging", "--interval", "0.5")
     published = logdir / "n1" / "run 1" / EVENTS
     try:
         deadline = time.time() + 30
@@ -148,20 +147,51 @@ def test_watch_syncs_until_ctrl_c(tmp_path):
             assert time.time() < deadline, "watch did not publish the growth"
             time.sleep(0.2)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = stop_tb_rsync(proc)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("signum, ignored, code, said", [
+    (signal.SIGINT, ("SIGINT",), 130, "interrupted"),  # a background job of a script
+    (signal.SIGTERM, (), 143, "tb-rsync: stopped (SIGTERM)"),  # systemd, docker stop, kill
+    (signal.SIGHUP, (), 129, "tb-rsync: stopped (SIGHUP)")],  # the terminal closed
+    ids=["SIGINT-while-ignored", "SIGTERM", "SIGHUP"])
+def test_watch_stops_on_each_stop_signal(tmp_path, signum, ignored, code, said):
+    remote, logdir = make_remote(tmp_path)
+    proc = start_tb_rsync("watch", "--logdir", logdir, "--source", f"n1={remote}/",
+                          "--staging", tmp_path / "staging", "--interval", "0.5",
+                          ignored=ignored)
+    try:
+        assert proc.stdout.readline().startswith("tb-rsync: syncing 1 source(s)")
+        assert proc.stdout.readline().startswith("n1: "), "the first sync's line"
+    finally:
+        out, err = stop_tb_rsync(proc, signum)
+    assert (proc.returncode, err.strip()) == (code, said), err
+
+
+def test_watch_under_nohup_outlives_sighup(tmp_path):
+    """nohup ignores SIGHUP so that a closing terminal does not stop the job: that stays so.
+    (Had SIGHUP stopped it, a SIGTERM sent after it could not change the exit code: 129.)"""
+    remote, logdir = make_remote(tmp_path)
+    proc = start_tb_rsync("watch", "--logdir", logdir, "--source", f"n1={remote}/",
+                          "--staging", tmp_path / "staging", "--interval", "0.5",
+                          ignored=("SIGHUP",))
+    try:
+        assert proc.stdout.readline().startswith("tb-rsync: syncing 1 source(s)")
+        assert proc.stdout.readline().startswith("n1: ")
+        proc.send_signal(signal.SIGHUP)
+    finally:
+        out, err = stop_tb_rsync(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
 
 
 def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
     remote, logdir = make_remote(tmp_path)
     late = tmp_path / "late"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
-         "--source", f"n1={remote}/", "--source", f"late={late}/", "--staging",
-         str(tmp_path / "staging"), "--interval", "0.3", "--summary-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_tb_rsync("watch", "--logdir", logdir, "--source", f"n1={remote}/",
+                          "--source", f"late={late}/", "--staging", tmp_path / "staging",
+                          "--interval", "0.3", "--summary-every", "1")
     try:
         time.sleep(3)  # about ten no-change syncs of n1, and late's first retry
         late.mkdir()
@@ -172,8 +202,7 @@ def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
             time.sleep(0.2)
         time.sleep(0.5)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = stop_tb_rsync(proc)
     assert proc.returncode == 130, err
     assert [line for line in out.splitlines() if line.startswith("n1:")] == [
         next(line for line in out.splitlines() if line.startswith("n1: "))], \
@@ -188,11 +217,9 @@ def test_watch_prints_changes_errors_once_recoveries_and_a_summary(tmp_path):
 def test_watch_source_syncs_a_pushed_inbox_between_intervals(tmp_path):
     """`--watch-source`: the hour-long interval never comes; the push is synced anyway."""
     remote, logdir = make_remote(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tb_rsync_plugin.cli", "watch", "--logdir", str(logdir),
-         "--source", f"inbox={remote}/", "--staging", str(tmp_path / "staging"),
-         "--interval", "3600", "--watch-source", "inbox"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_tb_rsync("watch", "--logdir", logdir, "--source", f"inbox={remote}/",
+                          "--staging", tmp_path / "staging", "--interval", "3600",
+                          "--watch-source", "inbox")
     published = logdir / "inbox" / "run 2" / EVENTS
     try:
         deadline = time.time() + 30
@@ -206,8 +233,7 @@ def test_watch_source_syncs_a_pushed_inbox_between_intervals(tmp_path):
             assert time.time() < deadline, "the pushed run was not published"
             time.sleep(0.1)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = stop_tb_rsync(proc)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "error" not in err, err
 
@@ -359,17 +385,56 @@ def test_a_corrupt_file_keeps_its_run_in_error_while_another_file_grows(tmp_path
 
 
 def test_plain_progress_lines_only_for_syncs_that_take_a_while():
+    """Off a terminal a sync prints a progress line once it has run 5 s, then every 5 s;
+    the next sync starts its own timer (a 0.1 s sync after a long one printed a line)."""
     from tb_rsync_plugin.cli import ProgressPrinter
     from tb_rsync_plugin.rsync import Progress
     out = io.StringIO()  # not a terminal
-    printer = ProgressPrinter(out, plain_every_s=0.3)
-    printer.update("gpu1", Progress(1024, 10, 2048.0, "events"))
-    printer.update("gpu1", Progress(2048, 20, 2048.0, "events"))
+    now = [0.0]
+    printer = ProgressPrinter(out, clock=lambda: now[0])
+
+    def report(at, percent):
+        now[0] = at
+        printer.update("gpu1", Progress(percent * 100, percent, 2048.0, "events"))
+
+    report(0.0, 10)
+    report(4.9, 20)
     assert out.getvalue() == "", "a short sync prints no progress snapshot"
-    time.sleep(0.35)
-    printer.update("gpu1", Progress(4096, 40, 2048.0, "events"))
-    printer.update("gpu1", Progress(5000, 50, 2048.0, "events"))
-    assert out.getvalue() == "gpu1: events 4.0 KiB 40% 2.0 KiB/s\n"
+    for at, percent in ((5.0, 40), (9.9, 50), (10.0, 60)):
+        report(at, percent)
+    assert out.getvalue() == ("gpu1: events 3.9 KiB 40% 2.0 KiB/s\n"
+                              "gpu1: events 5.9 KiB 60% 2.0 KiB/s\n")
+    printer.finished("gpu1")
+    report(40.0, 10)
+    report(40.1, 100)
+    assert out.getvalue().count("\n") == 2, "the next, short sync prints nothing"
+
+
+def test_watch_ends_each_syncs_progress_timer(tmp_path):
+    """The CLI's cycle reporter ends each sync's timer: a sync that reports progress long
+    after the previous one started prints no line of its own (real rsync, real scheduler)."""
+    from tb_rsync_plugin import cli
+    remote, logdir = make_remote(tmp_path)
+    out, now, seen = io.StringIO(), [0.0], []
+    printer = cli.ProgressPrinter(out, clock=lambda: now[0])
+    args = cli.build_parser().parse_args(["watch", "--logdir", str(logdir), "--source",
+                                          f"n1={remote}/", "--staging",
+                                          str(tmp_path / "staging")])
+    service = cli._service(args, 30.0, on_progress=lambda name, p: (seen.append(p),
+                                                                      printer.update(name, p)))
+    service.scheduler.add_listener(cli.CycleReporter(service, printer, True).on_end)
+    service.start(timers=False)
+    try:
+        for at in (0.0, 100.0):  # two syncs, each appending to the event file
+            now[0] = at
+            append_scalars(str(remote / "run 1" / EVENTS), [int(at) + 10])
+            reported = len(seen)
+            service.request()
+            assert service.wait(timeout_s=60)
+            assert len(seen) > reported, "the sync reported progress"
+    finally:
+        service.stop()
+    assert out.getvalue() == ""
 
 
 def test_two_processes_with_their_own_staging_publish_each_record_once(tmp_path):

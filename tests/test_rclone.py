@@ -423,3 +423,22 @@ def test_points_written_to_s3_appear_in_tensorboard(tmp_path, s3_server, tensorb
         wait_until(lambda: steps(tb, "cloud/a") == list(range(6)), 30, message="all 6 points")
     finally:
         writer.close()
+
+
+def test_syncs_leave_no_pipe_open_for_the_garbage_collector(tmp_path, s3_env):
+    """rclone's pipes are closed when it ends, as rsync's are (tests/test_rsync_local.py)."""
+    import gc
+    bucket = s3_env.new_bucket()
+    s3_env.put(bucket, KEY, scalar_bytes(range(3), header=True))
+    source = Source("n", f"rclone:{REMOTE}:{bucket}/runs/")
+    sync(tmp_path, source)
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(3):
+            s3_env.put(bucket, KEY, scalar_bytes(range(4 + i), header=True))
+            sync(tmp_path, source)  # a listing, then a ranged read of the tail
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        gc.enable()

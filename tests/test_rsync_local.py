@@ -685,3 +685,30 @@ def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
         monkeypatch.undo()
         process_lib.die_with_parent.cache_clear()
     assert process_lib.die_with_parent()[1:] == ("--pdeathsig", "TERM", "--")
+
+
+def test_syncs_leave_no_pipe_open_for_the_garbage_collector(dirs):
+    """Each rsync's pipes are closed when it ends, not when a collection finds the cycle a
+    job and its run make: a long watch otherwise held hundreds of pipes between collections.
+    Also after a failed sync (the processes a failure stops)."""
+    import gc
+    src, staging, temp = dirs
+    event = src / "run" / EVENTS
+    event.parent.mkdir()
+    append_scalars(event, range(3))
+    missing = Source("gone", str(src / "missing"))
+    sync(dirs)
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(10):
+            append_scalars(event, [3 + i])
+            run_rsync(RSYNC, Source("train", str(src)), str(staging), str(temp),
+                      expect_growth=True)
+            sync(dirs)  # nothing changed: the listing alone
+            with pytest.raises(TransferError):
+                run_rsync(RSYNC, missing, str(staging), str(temp))
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        gc.enable()

@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 
 from tb_rsync_plugin import cli
+from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin import service as service_lib
+from tb_rsync_plugin import state as state_lib
 from tb_rsync_plugin import plugin as plugin_lib
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
@@ -27,7 +31,7 @@ from tb_rsync_plugin.rsync import run_rsync
 from tb_rsync_plugin.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_servers import start_sshd_or_skip, stop
-from tests.processes import processes_mentioning
+from tests.processes import processes_mentioning, start_tb_rsync, stop_tb_rsync
 
 RSYNC = shutil.which("rsync")
 pytestmark = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
@@ -377,6 +381,117 @@ def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_serve
     assert result.returncode == 0, result.stderr
     assert logins(sshd_server) - before == 1
     assert not list(runtime.glob("tb-rsync/*"))
+
+
+def test_sigterm_on_tb_rsync_watch_stops_its_master(sshd_server, cli_run):
+    """systemd, `docker stop` and `kill` send SIGTERM: the shared login goes with the watch
+    instead of staying logged in for ControlPersist."""
+    command, env, runtime = cli_run
+    watch = start_tb_rsync(*command("watch", "--interval", "3600")[3:], env=env)
+    try:
+        synced = 0
+        while synced < 3:  # one result line per source, after its first sync
+            line = watch.stdout.readline()
+            assert line, "tb-rsync watch ended"
+            synced += line.startswith("node")
+        assert len(list(runtime.glob("tb-rsync/*"))) == 1 and masters(runtime)
+    finally:
+        out, err = stop_tb_rsync(watch, signal.SIGTERM)
+    assert watch.returncode == 143, err
+    assert not list(runtime.glob("tb-rsync/*"))
+    wait_until(lambda: not masters(runtime), "ended (the master)")
+
+
+def master_pid(socket_path):
+    check = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={socket_path}",
+                            "-O", "check", "x"], capture_output=True, text=True, timeout=10)
+    return int(re.search(r"pid=(\d+)", check.stderr).group(1))
+
+
+def test_a_master_killed_mid_sync_is_replaced_within_the_cycle(tmp_path, sshd_server,
+                                                                monkeypatch):
+    """The shared login dies while rsync runs over it (killed, or its connection dropped):
+    the cycle logs in again once and syncs, instead of failing with "the connection closed
+    unexpectedly" (or, at the next cycle, waiting out a login raced by rsync's own ssh)."""
+    runtime = Path(tempfile.mkdtemp(prefix="tbx-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # where the service's sockets go
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "big.bin").write_bytes(os.urandom(2 << 20))
+    toml = tmp_path / "sources.toml"
+    toml.write_text(f'[[source]]\nname = "slow"\nsource = "{sshd_server.host}:{remote}/"\n'
+                    f"ssh = '{sshd_server.ssh_command}'\nbwlimit = 256\n")  # ~8 s of rsync
+    (tmp_path / "logs").mkdir()
+    config = config_lib.build_config(str(tmp_path / "logs"), config_file=str(toml),
+                                     staging=str(tmp_path / "staging"))
+    service = service_lib.SyncService(config, state_lib.SyncState(config.sources,
+                                                                  config.interval_for),
+                                      reload_lib.NoReloader())
+    transferring, ended = threading.Event(), {}
+
+    def progress(name, p):
+        if p.phase == "files" and p.bytes_done:
+            transferring.set()
+
+    def cycle():
+        try:
+            ended["outcome"] = service.run_cycle("slow", on_progress=progress)
+        except Exception as e:  # checked below
+            ended["error"] = e
+
+    before = logins(sshd_server)
+    thread = threading.Thread(target=cycle)
+    thread.start()
+    try:
+        assert transferring.wait(60), "rsync did not start moving data"
+        socket_path, = runtime.glob("tb-rsync/*")
+        os.kill(master_pid(socket_path), signal.SIGKILL)
+        thread.join(120)
+        error = ended.get("error")
+        assert error is None, f"{error}\n{getattr(error, 'details', '')}"
+        assert ended["outcome"].transfer.changed == ("big.bin",)
+        assert (tmp_path / "logs" / "slow" / "big.bin").read_bytes() == \
+            (remote / "big.bin").read_bytes()
+        assert logins(sshd_server) - before == 2, "the first master, then one fresh login"
+    finally:
+        service.stop()
+        thread.join(60)
+        remove_with_masters(runtime)
+
+
+def test_a_socket_held_by_something_else_is_said_at_once(tmp_path, sshd_server, control_dir):
+    """Our login finds the socket taken (ssh: "already exists, disabling multiplexing"): it
+    is not left hanging as a plain connection until "the ssh login did not finish within
+    30 s" about a healthy host; it rides the master there, or says what is wrong."""
+    source, = make_sources(tmp_path, sshd_server, 1)
+    connections = SshConnections(control_dir=str(control_dir))
+    connections.prepare(source)
+    socket_path, = control_dir.iterdir()
+    connections.close()
+    squatter = socket.socket(socket.AF_UNIX)  # listens, but speaks no ssh multiplexing
+    squatter.bind(str(socket_path))
+    squatter.listen(16)
+    stop_squatting = threading.Event()
+
+    def hang_up():
+        squatter.settimeout(0.1)
+        while not stop_squatting.is_set():
+            try:
+                squatter.accept()[0].close()
+            except socket.timeout:
+                pass
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        with pytest.raises(TransferError) as error:
+            SshConnections(control_dir=str(control_dir)).prepare(source)
+    finally:
+        stop_squatting.set()
+        thread.join()
+        squatter.close()
+    assert f"the socket of its shared ssh connection, '{socket_path}', is held by something " \
+           "that does not answer as an ssh master" in str(error.value)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
