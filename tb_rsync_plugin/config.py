@@ -6,6 +6,7 @@ Everything here is validated once, up front, so later stages can trust their inp
 
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import math
 import os
@@ -195,6 +196,22 @@ class SyncConfig:
 def is_event_file(path):
     """TensorBoard's rule: an event file is any file whose basename contains 'tfevents'."""
     return "tfevents" in path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# Names other copy tools give a file while they write it, renamed to the final name once
+# complete: rsync's `.NAME.XXXXXX` (a dot, the name, six mkstemp letters), rclone's
+# `NAME.partial` (its local and sftp backends), Syncthing's `.syncthing.NAME.tmp`. Globs
+# that mean the same to rsync (--exclude), rclone (--filter) and fnmatch, so one list
+# decides for the listing (never fetched), the publisher (never published, for every
+# source kind) and a watched inbox (no sync asked for). Half-written and orphaned by a
+# killed push, such a file is never a source's file.
+FOREIGN_TEMP_PATTERNS = (".?*." + "[A-Za-z0-9]" * 6, "*.partial", ".syncthing.*.tmp")
+
+
+def is_foreign_temp(path):
+    """True if `path`'s basename is another copy tool's unfinished file."""
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(base, pattern) for pattern in FOREIGN_TEMP_PATTERNS)
 
 
 def default_staging_root(logdir):

@@ -6,19 +6,21 @@ It only ever asks; when and how a sync runs stays the service's business, and th
 `interval` still applies as a fallback.
 
 What counts as a change: a file or folder appearing under its final name (created, renamed
-or moved in), a file written or closed after writing. rsync's own temporaries
-(`.NAME.XXXXXX`, renamed into place when complete) and anything under the logdir or the
-staging root (our own writes, should a user put them inside an inbox) are ignored, and so
-are reads: a sync reading the inbox must not trigger the next one.
+or moved in), a file written or closed after writing. Copy tools' temporaries
+(`config.is_foreign_temp`: rsync's `.NAME.XXXXXX`, renamed into place when complete) and
+anything under the logdir or the staging root (our own writes, should a user put them inside
+an inbox) are ignored, and so are reads: a sync reading the inbox must not trigger the next
+one.
 """
 
 import atexit
 import errno
 import logging
 import os
-import re
 import threading
 import time
+
+from tb_rsync_plugin.config import is_foreign_temp
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +29,6 @@ MAX_DELAY_S = 0.4  # ...or this long after the first change, even while a push g
 RETRY_S = 0.1  # a request that only joined a running sync is repeated this often
 RESCHEDULE_S = 2.0  # a source folder that does not exist (yet) is looked for this often
 STOP_WAIT_S = 5.0
-
-_RSYNC_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's `.NAME.XXXXXX`
 
 
 class SourceWatcher:
@@ -104,7 +104,7 @@ class SourceWatcher:
             return
         path = event.dest_path if event.event_type == "moved" \
             else event.src_path
-        if _RSYNC_TEMP_RE.match(os.path.basename(path)) or \
+        if is_foreign_temp(path) or \
                 (path + os.sep).startswith(self._ignore):
             return
         self.changed(name)

@@ -189,13 +189,6 @@ def _walk(staging_dir):
     return found
 
 
-def _is_partial_copy(base):
-    """Names copy tools give unfinished event files: rsync's `.NAME.XXXXXX`, Syncthing's
-    `.syncthing.NAME.tmp`, rclone's `NAME.partial`. A real event file is never a dot-file,
-    and publishing one would make TensorBoard read the same records twice."""
-    return base.startswith(".") or base.endswith(".partial")
-
-
 # Symlinks at the source (a `latest -> ckpt-100` next to checkpoints is common) are skipped
 # without marking the run as failed: nothing is wrong with the run, the link is just never
 # followed. The service lists them as a source warning.
@@ -249,10 +242,15 @@ class _Publisher:
             return self._skip(rel, f"'{rel}' {problem}.", error=problem not in _NOT_AN_ERROR)
         if atomic.is_temp_name(base):
             return self._skip(rel, "a tb-rsync temp file; never published")
-        if config.is_event_file(base) and _is_partial_copy(base):
+        if config.is_foreign_temp(base):
             return self._skip(rel, f"'{rel}' looks like a copy in progress at the source "
-                                   "(a dot-file or .partial); only the finished file is "
-                                   "published.")
+                                   "(another tool's temporary file); only the finished file "
+                                   "is published.")
+        if config.is_event_file(base) and base.startswith("."):
+            # TensorBoard reads hidden event files too: a hidden copy beside the real one
+            # would show every point twice.
+            return self._skip(rel, f"'{rel}' is a hidden event file (a dot-file); hidden "
+                                   "copies are never published.")
         src = os.path.join(self.staging_dir, rel)
         try:
             src_st = os.lstat(src)

@@ -42,7 +42,7 @@ import threading
 import time
 
 from tb_rsync_plugin import process as process_lib
-from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
+from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.rsync import Progress, TransferResult, make_folders
 
@@ -101,7 +101,8 @@ def restage_files(rclone_path, source, staging_dir, temp_dir, paths, on_progress
 
 def filter_rules(source):
     """rclone `--filter` rules with rsync.py's meaning (see the module docstring)."""
-    rules = []
+    # Other tools' temporaries first: never fetched, whatever the user's rules say.
+    rules = ["- " + p for p in FOREIGN_TEMP_PATTERNS]
     for pattern in source.exclude:
         if pattern == "*" and source.include:
             continue  # the classic rsync idiom next to includes: implied below

@@ -56,7 +56,7 @@ from typing import Tuple
 
 from tb_rsync_plugin import remote_shell
 from tb_rsync_plugin import process as process_lib
-from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
+from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.ssh import CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose, ssh_command
 
@@ -307,8 +307,10 @@ class _Run:
         With `events`, the same selection narrowed to event files (basename contains
         'tfevents'): a file passes both or neither rule set, except non-event files.
         """
-        rules = [f"--exclude={p}" for p in self.source.exclude
-                 if not (p == "*" and self.source.include)]
+        # Other tools' temporaries first: never fetched, whatever the user's rules say.
+        rules = [f"--exclude={p}" for p in FOREIGN_TEMP_PATTERNS]
+        rules += [f"--exclude={p}" for p in self.source.exclude
+                  if not (p == "*" and self.source.include)]
         if events:
             rules += ["--include=*/", "--filter=-! *tfevents*"]
         if self.source.include:

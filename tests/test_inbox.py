@@ -6,10 +6,12 @@ the watcher can have started the syncs that make data arrive.
 """
 
 import os
+import signal
 import statistics
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import inbox
@@ -207,3 +209,63 @@ def test_inbox_pushed_over_ssh_is_served_by_tensorboard(tmp_path, sshd_server,
           f"all {[round(s, 2) for s in latencies]}")
     (source,) = tb.get_json("/data/plugin/rsync/status")["sources"]
     assert source["error"] is None
+
+
+def watched_service(tmp_path):
+    """A real service (no timers) syncing the local folder tmp_path/remote/ as source 'n',
+    watched; returns (service, watcher, remote, logdir)."""
+    new_service, config = make_service(tmp_path)
+    service = new_service()
+    service.start(timers=False)
+    watcher = inbox.start_watching(
+        config_lib.build_config(config.logdir, [f"n={tmp_path / 'remote'}/"], None,
+                                config.staging_root, watch_names=["n"]), service.request)
+    return service, watcher, tmp_path / "remote", Path(config.logdir) / "n"
+
+
+def hidden_files(folder):
+    return sorted(os.path.relpath(os.path.join(d, name), folder)
+                  for d, _, names in os.walk(folder) for name in names if name.startswith("."))
+
+
+def test_a_checkpoint_being_pushed_is_never_published_half_written(tmp_path):
+    """A node pushes a 30 MB checkpoint with plain `rsync -a` (slowed by --bwlimit) into a
+    watched inbox; syncs run meanwhile (other files arrive), and the push is then killed,
+    leaving rsync's `.model.ckpt.XXXXXX` behind for good. Neither the half-written temp nor
+    the orphan ever reaches the logdir (nor staging); the finished file does."""
+    node = tmp_path / "node"
+    node.mkdir()
+    checkpoint = node / "model.ckpt"
+    checkpoint.write_bytes(os.urandom(30 * 1024 * 1024))
+    service, watcher, remote, published = watched_service(tmp_path)
+    try:
+        push = subprocess.Popen(["rsync", "-a", "--bwlimit=2000", str(checkpoint),
+                                 f"{remote}/run/"], start_new_session=True)
+        try:
+            temps = wait_until(lambda: [p for p in (remote / "run").iterdir()
+                                        if p.name.startswith(".model.ckpt.")
+                                        and p.stat().st_size > 1024 * 1024],
+                               30, 0.05, "rsync's temp file to hold a part of the push")
+            for name in ("notes-during.txt", "notes-after-kill.txt"):
+                push_like_rsync(remote / "run", name, b"other file")
+                wait_until(lambda: (published / "run" / name).exists(), 30, 0.05,
+                           f"{name} published by a sync the watcher asked for")
+                assert hidden_files(published) == []
+                if push.poll() is None:
+                    os.killpg(push.pid, signal.SIGKILL)
+                    push.wait()
+            assert temps[0].exists(), "the killed push left its temp file behind"
+        finally:
+            if push.poll() is None:
+                os.killpg(push.pid, signal.SIGKILL)
+                push.wait()
+        subprocess.run(["rsync", "-a", str(checkpoint), f"{remote}/run/"], check=True,
+                       timeout=60)
+        wait_until(lambda: (published / "run" / "model.ckpt").exists(), 30, 0.05,
+                   "the finished checkpoint published")
+        assert (published / "run" / "model.ckpt").read_bytes() == checkpoint.read_bytes()
+        assert hidden_files(published) == []
+        assert hidden_files(tmp_path / "staging" / "staging") == []
+    finally:
+        watcher.stop()
+        service.stop()
