@@ -44,7 +44,7 @@ import time
 from tb_rsync_plugin import process as process_lib
 from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import Progress, TransferResult, make_folders
+from tb_rsync_plugin.rsync import VANISHED_TAIL, Progress, TransferResult, make_folders
 
 MAX_PARALLEL_READS = 4
 _CONNECT_TIMEOUT_S = 10
@@ -342,8 +342,8 @@ class _Run:
                     self.restaged.add(rel)
             if missing:
                 self.warnings.append(
-                    f"Sync of '{self.source.name}': {len(missing)} file(s) vanished at the "
-                    "source while being copied; the next sync picks up what is left.")
+                    f"Sync of '{self.source.name}': {len(missing)} file(s) vanished "
+                    f"{VANISHED_TAIL}")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             _unlink(list_path)

@@ -477,11 +477,16 @@ class _Run:
             if job.proc.returncode == 24:
                 some_vanished = True
                 vanished.update((_vanished_name(l), True) for l in job.stderr if "vanished" in l)
-            skipped.update((_vanished_name(l), l) for l in _skipped_files(job))
+            for line in _skipped_files(job):
+                if _GONE in line:  # deleted or renamed away since the listing
+                    some_vanished = True
+                    vanished[_vanished_name(line)] = True
+                else:
+                    skipped[_vanished_name(line)] = line
         if some_vanished:
             warnings.append(
                 f"Sync of '{self.source.name}': {len(vanished) or 'some'} file(s) vanished "
-                "at the source while being copied; the next sync picks up what is left.")
+                f"{VANISHED_TAIL}")
         if skipped:
             first = next(iter(skipped.values()))
             warnings.append(
@@ -513,6 +518,14 @@ def _files_from_base(source, src):
         base = f"{head}::{module}/"
     sub = sub.strip("/")
     return base, (sub + "/./" if sub else "")
+
+
+# Exit 23's line for a listed file gone before its transfer (link_stat, or open in
+# send_files): a vanished file, not an unreadable one.
+_GONE = "No such file or directory (2)"
+# After "N file(s) vanished " in rsync's and rclone's warning.
+VANISHED_TAIL = ("at the source (deleted, or replaced by a rename) while being copied; the "
+                 "next sync picks up what is left.")
 
 
 def _vanished_name(line):
