@@ -37,6 +37,11 @@ DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
 # MaxSessions (10 each), with or without connection sharing.
 DEFAULT_MAX_PER_HOST = 3
+# A source name is a folder under the logdir and the stem of tb-rsync's own files, the
+# longest being locks/NAME.unpublished (state/NAME.jsonl.lock is one byte shorter): both
+# must fit in a file name's 255 bytes (NAME_MAX on Linux, macOS and Windows filesystems).
+_LONGEST_OWN_SUFFIX = ".unpublished"
+MAX_NAME_BYTES = 255 - len(_LONGEST_OWN_SUFFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +283,13 @@ def _make_source(table, where):
         raise ConfigError(
             f"In {where}: name '{name}' is not a plain folder name; use letters, digits, "
             "spaces or '-', without '/', '..' or a leading dot."
+        )
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"In {where}: name is {size} bytes long in UTF-8; a source name may have at most "
+            f"{MAX_NAME_BYTES} bytes (a folder name's 255, less room for tb-rsync's own "
+            "files), so shorten it."
         )
     ssh = table.get("ssh")
     if ssh is not None:
