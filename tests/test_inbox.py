@@ -269,3 +269,25 @@ def test_a_checkpoint_being_pushed_is_never_published_half_written(tmp_path):
     finally:
         watcher.stop()
         service.stop()
+
+
+def test_an_inbox_renamed_away_and_made_again_is_watched_again(tmp_path):
+    """`mv inbox inbox.old; mkdir inbox`: inotify keeps following the old folder, so the
+    watcher checks that the path still leads to the folder it watches. A push into the new
+    inbox is published without a timer (the service has none)."""
+    service, watcher, remote, published = watched_service(tmp_path)
+    try:
+        push_like_rsync(remote / "run", "first.txt", b"1")
+        wait_until(lambda: (published / "run" / "first.txt").exists(), 30, 0.05,
+                   "the first push published")
+        os.rename(remote, tmp_path / "remote.old")
+        (remote / "run").mkdir(parents=True)
+        push_like_rsync(remote / "run", "second.txt", b"2")
+        wait_until(lambda: (published / "run" / "second.txt").exists(), 30, 0.05,
+                   "a push into the new inbox published")
+        push_like_rsync(remote / "run", "third.txt", b"3")
+        wait_until(lambda: (published / "run" / "third.txt").exists(), 30, 0.05,
+                   "the next push into the new inbox published")
+    finally:
+        watcher.stop()
+        service.stop()
