@@ -110,7 +110,8 @@ def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=No
     paths = _walk(staging_dir) if changed is None else _listed(staging_dir, changed)
     # Nothing to look at (a no-op sync): skip reading a manifest of every event file.
     publisher = _Publisher(staging_dir, dest_root, name, quarantine_dir,
-                           _load_manifest(manifest_path) if paths else {}, frozenset(restaged))
+                           _load_manifest(manifest_path) if paths else {}, frozenset(restaged),
+                           walked=changed is None)
     try:
         for rel, problem in sorted(paths):
             publisher.publish_one(rel, problem)
@@ -224,8 +225,10 @@ def _listed(staging_dir, changed):
 class _Publisher:
     """One publish call: per-file decisions, the manifest, and what to report."""
 
-    def __init__(self, staging_dir, dest_root, name, quarantine_dir, manifest, restaged):
+    def __init__(self, staging_dir, dest_root, name, quarantine_dir, manifest, restaged,
+                 walked):
         self.staging_dir, self.dest_root, self.name = staging_dir, dest_root, name
+        self.walked = walked  # every staged file, not only those the transport changed
         self.real_root = os.path.realpath(dest_root)
         self.quarantine_dir, self.manifest, self.restaged = quarantine_dir, manifest, restaged
         self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -324,10 +327,14 @@ class _Publisher:
                 return self._fail(rel, f"'{dest}' is a folder in the logdir where the source "
                                         "has a file; move it away to publish the file.")
             # Hard-linked from staging means unchanged: rsync renames new versions into
-            # staging, so a changed staged file always has a new inode.
+            # staging, so a changed staged file always has a new inode. A copy (across
+            # filesystems) with the same size, mtime and mode counts as unchanged only in a
+            # walk: a file the transport fetched again may be other content with the same
+            # stamp (rclone lists whole seconds for S3).
             same_inode = (pub_st.st_ino, pub_st.st_dev) == (src_st.st_ino, src_st.st_dev)
-            same_meta = (pub_st.st_size, pub_st.st_mtime_ns, stat.S_IMODE(pub_st.st_mode)) == \
-                        (src_st.st_size, src_st.st_mtime_ns, stat.S_IMODE(src_st.st_mode))
+            same_meta = self.walked and \
+                (pub_st.st_size, pub_st.st_mtime_ns, stat.S_IMODE(pub_st.st_mode)) == \
+                (src_st.st_size, src_st.st_mtime_ns, stat.S_IMODE(src_st.st_mode))
             if same_inode or same_meta:
                 return self._act(rel, "unchanged")
         self._make_parent(dest)
