@@ -6,6 +6,7 @@ Everything here is validated once, up front, so later stages can trust their inp
 
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import math
 import os
@@ -36,6 +37,11 @@ DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
 # MaxSessions (10 each), with or without connection sharing.
 DEFAULT_MAX_PER_HOST = 3
+# A source name is a folder under the logdir and the stem of tb-rsync's own files, the
+# longest being locks/NAME.unpublished (state/NAME.jsonl.lock is one byte shorter): both
+# must fit in a file name's 255 bytes (NAME_MAX on Linux, macOS and Windows filesystems).
+_LONGEST_OWN_SUFFIX = ".unpublished"
+MAX_NAME_BYTES = 255 - len(_LONGEST_OWN_SUFFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +208,22 @@ def is_event_file(path):
     return "tfevents" in path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
+# Names other copy tools give a file while they write it, renamed to the final name once
+# complete: rsync's `.NAME.XXXXXX` (a dot, the name, six mkstemp letters), rclone's
+# `NAME.partial` (its local and sftp backends), Syncthing's `.syncthing.NAME.tmp`. Globs
+# that mean the same to rsync (--exclude), rclone (--filter) and fnmatch, so one list
+# decides for the listing (never fetched), the publisher (never published, for every
+# source kind) and a watched inbox (no sync asked for). Half-written and orphaned by a
+# killed push, such a file is never a source's file.
+FOREIGN_TEMP_PATTERNS = (".?*." + "[A-Za-z0-9]" * 6, "*.partial", ".syncthing.*.tmp")
+
+
+def is_foreign_temp(path):
+    """True if `path`'s basename is another copy tool's unfinished file."""
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(base, pattern) for pattern in FOREIGN_TEMP_PATTERNS)
+
+
 def default_staging_root(logdir):
     """A per-logdir folder under the user cache directory (XDG), outside the logdir."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -266,6 +288,13 @@ def _make_source(table, where):
         raise ConfigError(
             f"In {where}: name '{name}' is not a plain folder name; use letters, digits, "
             "spaces or '-', without '/', '..' or a leading dot."
+        )
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"In {where}: name is {size} bytes long in UTF-8; a source name may have at most "
+            f"{MAX_NAME_BYTES} bytes (a folder name's 255, less room for tb-rsync's own "
+            "files), so shorten it."
         )
     ssh = table.get("ssh")
     if ssh is not None:

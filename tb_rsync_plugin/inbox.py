@@ -6,28 +6,30 @@ It only ever asks; when and how a sync runs stays the service's business, and th
 `interval` still applies as a fallback.
 
 What counts as a change: a file or folder appearing under its final name (created, renamed
-or moved in), a file written or closed after writing. rsync's own temporaries
-(`.NAME.XXXXXX`, renamed into place when complete) and anything under the logdir or the
-staging root (our own writes, should a user put them inside an inbox) are ignored, and so
-are reads: a sync reading the inbox must not trigger the next one.
+or moved in), a file written or closed after writing. Copy tools' temporaries
+(`config.is_foreign_temp`: rsync's `.NAME.XXXXXX`, renamed into place when complete) and
+anything under the logdir or the staging root (our own writes, should a user put them inside
+an inbox) are ignored, and so are reads: a sync reading the inbox must not trigger the next
+one.
 """
 
 import atexit
 import errno
 import logging
 import os
-import re
 import threading
 import time
+
+from tb_rsync_plugin.config import is_foreign_temp
 
 logger = logging.getLogger(__name__)
 
 QUIET_S = 0.1  # a sync is asked for once no change came for this long...
 MAX_DELAY_S = 0.4  # ...or this long after the first change, even while a push goes on
-RESCHEDULE_S = 2.0  # a source folder that does not exist (yet) is looked for this often
+# This often, each watched source's path is checked to still lead to the watched folder,
+# and a folder that does not exist (yet) is looked for.
+RESCHEDULE_S = 2.0
 STOP_WAIT_S = 5.0
-
-_RSYNC_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's `.NAME.XXXXXX`
 
 
 class SourceWatcher:
@@ -56,6 +58,7 @@ class SourceWatcher:
         self._cond = threading.Condition()
         self._first, self._last = {}, {}  # per source with a change
         self._unwatched = set(self._roots)  # to schedule (again)
+        self._identities = {}  # the (st_dev, st_ino) of each watched folder
         self._reported = set()  # sources whose missing folder was logged
         self._watches = {}
         self._stopping = False
@@ -103,26 +106,30 @@ class SourceWatcher:
             return
         path = event.dest_path if event.event_type == "moved" \
             else event.src_path
-        if _RSYNC_TEMP_RE.match(os.path.basename(path)) or \
+        if is_foreign_temp(path) or \
                 (path + os.sep).startswith(self._ignore):
             return
         self.changed(name)
 
     # --- the thread that asks ----------------------------------------------------------
     def _run(self):
-        next_schedule = 0.0
+        next_check = 0.0
         while True:
+            check = self._clock() >= next_check
+            if check:
+                self._check_paths()
             with self._cond:
                 if self._stopping:
                     return
                 lost = [n for n in self._unwatched if n in self._watches]
                 watches = [self._watches.pop(n) for n in lost]
-                reschedule = bool(self._unwatched) and self._clock() >= next_schedule
+                reschedule = check and bool(self._unwatched)
             for watch in watches:
                 self._observer.unschedule(watch)
             if reschedule:
                 self._schedule()
-                next_schedule = self._clock() + RESCHEDULE_S
+            if check:
+                next_check = self._clock() + RESCHEDULE_S
             with self._cond:
                 now = self._clock()
                 due = [n for n in self._first if now >= self._due_at(n)]
@@ -133,11 +140,20 @@ class SourceWatcher:
                 if self._stopping or any(now >= self._due_at(n) for n in self._first) \
                         or any(n in self._watches for n in self._unwatched):
                     continue
-                wake = [self._due_at(n) for n in self._first]
-                if self._unwatched:
-                    wake.append(next_schedule)
+                wake = [self._due_at(n) for n in self._first] + [next_check]
                 # changed() notifies under this lock, so no change slips in before the wait.
-                self._cond.wait(max(0.0, min(wake) - now) if wake else None)
+                self._cond.wait(max(0.0, min(wake) - now))
+
+    def _check_paths(self):
+        """Unwatch sources whose path no longer leads to the folder watched: inotify follows
+        a folder, so an inbox renamed away (`mv inbox inbox.old; mkdir inbox`) would keep
+        being watched under its new name while pushes land in the new one, unseen."""
+        with self._cond:
+            watched = {n: self._identities[n] for n in self._watches}
+        moved = [n for n, identity in watched.items() if _identity(self._roots[n]) != identity]
+        if moved:
+            with self._cond:
+                self._unwatched.update(moved)
 
     def _due_at(self, name):
         return min(self._last[name] + QUIET_S, self._first[name] + MAX_DELAY_S)
@@ -161,6 +177,8 @@ class SourceWatcher:
         for name in names:
             root = self._roots[name]
             try:
+                # Before scheduling: a folder swapped in between is then noticed as moved.
+                identity = _identity(root, strict=True)
                 watch = self._observer.schedule(_Handler(self, name), root, recursive=True,
                                                 event_filter=self._event_filter)
             except OSError as e:
@@ -178,9 +196,21 @@ class SourceWatcher:
                 continue
             with self._cond:
                 self._watches[name] = watch
+                self._identities[name] = identity
                 self._unwatched.discard(name)
                 self._reported.discard(name)
             self.changed(name)  # what arrived while nobody watched
+
+
+def _identity(path, strict=False):
+    """(st_dev, st_ino) of the folder at `path`; None when it is gone (OSError if `strict`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        if strict:
+            raise
+        return None
+    return st.st_dev, st.st_ino
 
 
 class _Handler:

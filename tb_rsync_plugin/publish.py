@@ -110,7 +110,8 @@ def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=No
     paths = _walk(staging_dir) if changed is None else _listed(staging_dir, changed)
     # Nothing to look at (a no-op sync): skip reading a manifest of every event file.
     publisher = _Publisher(staging_dir, dest_root, name, quarantine_dir,
-                           _load_manifest(manifest_path) if paths else {}, frozenset(restaged))
+                           _load_manifest(manifest_path) if paths else {}, frozenset(restaged),
+                           walked=changed is None)
     try:
         for rel, problem in sorted(paths):
             publisher.publish_one(rel, problem)
@@ -189,13 +190,6 @@ def _walk(staging_dir):
     return found
 
 
-def _is_partial_copy(base):
-    """Names copy tools give unfinished event files: rsync's `.NAME.XXXXXX`, Syncthing's
-    `.syncthing.NAME.tmp`, rclone's `NAME.partial`. A real event file is never a dot-file,
-    and publishing one would make TensorBoard read the same records twice."""
-    return base.startswith(".") or base.endswith(".partial")
-
-
 # Symlinks at the source (a `latest -> ckpt-100` next to checkpoints is common) are skipped
 # without marking the run as failed: nothing is wrong with the run, the link is just never
 # followed. The service lists them as a source warning.
@@ -231,8 +225,10 @@ def _listed(staging_dir, changed):
 class _Publisher:
     """One publish call: per-file decisions, the manifest, and what to report."""
 
-    def __init__(self, staging_dir, dest_root, name, quarantine_dir, manifest, restaged):
+    def __init__(self, staging_dir, dest_root, name, quarantine_dir, manifest, restaged,
+                 walked):
         self.staging_dir, self.dest_root, self.name = staging_dir, dest_root, name
+        self.walked = walked  # every staged file, not only those the transport changed
         self.real_root = os.path.realpath(dest_root)
         self.quarantine_dir, self.manifest, self.restaged = quarantine_dir, manifest, restaged
         self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -249,10 +245,15 @@ class _Publisher:
             return self._skip(rel, f"'{rel}' {problem}.", error=problem not in _NOT_AN_ERROR)
         if atomic.is_temp_name(base):
             return self._skip(rel, "a tb-rsync temp file; never published")
-        if config.is_event_file(base) and _is_partial_copy(base):
+        if config.is_foreign_temp(base):
             return self._skip(rel, f"'{rel}' looks like a copy in progress at the source "
-                                   "(a dot-file or .partial); only the finished file is "
-                                   "published.")
+                                   "(another tool's temporary file); only the finished file "
+                                   "is published.")
+        if config.is_event_file(base) and base.startswith("."):
+            # TensorBoard reads hidden event files too: a hidden copy beside the real one
+            # would show every point twice.
+            return self._skip(rel, f"'{rel}' is a hidden event file (a dot-file); hidden "
+                                   "copies are never published.")
         src = os.path.join(self.staging_dir, rel)
         try:
             src_st = os.lstat(src)
@@ -326,10 +327,14 @@ class _Publisher:
                 return self._fail(rel, f"'{dest}' is a folder in the logdir where the source "
                                         "has a file; move it away to publish the file.")
             # Hard-linked from staging means unchanged: rsync renames new versions into
-            # staging, so a changed staged file always has a new inode.
+            # staging, so a changed staged file always has a new inode. A copy (across
+            # filesystems) with the same size, mtime and mode counts as unchanged only in a
+            # walk: a file the transport fetched again may be other content with the same
+            # stamp (rclone lists whole seconds for S3).
             same_inode = (pub_st.st_ino, pub_st.st_dev) == (src_st.st_ino, src_st.st_dev)
-            same_meta = (pub_st.st_size, pub_st.st_mtime_ns, stat.S_IMODE(pub_st.st_mode)) == \
-                        (src_st.st_size, src_st.st_mtime_ns, stat.S_IMODE(src_st.st_mode))
+            same_meta = self.walked and \
+                (pub_st.st_size, pub_st.st_mtime_ns, stat.S_IMODE(pub_st.st_mode)) == \
+                (src_st.st_size, src_st.st_mtime_ns, stat.S_IMODE(src_st.st_mode))
             if same_inode or same_meta:
                 return self._act(rel, "unchanged")
         self._make_parent(dest)

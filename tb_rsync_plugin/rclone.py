@@ -7,13 +7,18 @@ object cannot be appended to: a writer re-uploads a grown event file whole. One 
    modification time. ``--use-server-modtime``: the time of the upload, which is in the
    listing itself (S3 otherwise asks once per object for the writer's own mtime). A sync
    with nothing new is this one call.
+   Where the remote lists hashes without reading the data (object storage: S3's ETag
+   is an md5), the listing carries them (``--hash``), and the ones a staged copy was
+   fetched with are kept on it (rclone_listing.py): S3 lists whole seconds, so an object
+   replaced at the same size within the second of the sync that fetched it lists exactly
+   as before, except for its hash.
 2. Compared with the staged copies (whose mtimes are the listed ones):
    - an event file longer at the source: only its new tail, ``rclone cat --offset N
      --count M`` (a ranged read), appended to the staged copy, as ``rsync --append`` would
      (a 100 MiB object grown by 1 MiB moves 1 MiB: docs/BENCHMARKS.md, B8);
-   - an event file shorter at the source, or of the same size with another mtime (rewritten
-     in place): fetched whole and reported in `TransferResult.restaged`;
-   - any other new or changed file (size or mtime): fetched whole.
+   - an event file shorter at the source, or of the same size with another mtime or hash
+     (rewritten in place): fetched whole and reported in `TransferResult.restaged`;
+   - any other new or changed file (size, mtime or hash): fetched whole.
    Whole fetches are one ``rclone copy --files-from-raw`` into a fresh folder under the
    staging root's tmp/, renamed into place after: nothing half-written sits in staging.
 3. An object rewritten to a LONGER length gets its new tail appended to the old prefix; the
@@ -28,7 +33,6 @@ to everything below a folder it names (rsync skips the folder), and rsync's ``fo
 is written ``folder/**``.
 """
 
-import calendar
 import collections
 import errno
 import json
@@ -42,13 +46,14 @@ import threading
 import time
 
 from tb_rsync_plugin import process as process_lib
-from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
+from tb_rsync_plugin import rclone_listing as listing
+from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import Progress, TransferResult, make_folders
+from tb_rsync_plugin.rsync import VANISHED_TAIL, Progress, TransferResult, make_folders
 
 MAX_PARALLEL_READS = 4
+_LISTS_HASHES = {}  # (rclone, config, remote, flags) -> whether listing hashes is cheap
 _CONNECT_TIMEOUT_S = 10
-_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 _STATS_RE = re.compile(r"([\d.]+) ([KMGTP]?i?B) / [\d.]+ [KMGTP]?i?B, (\d+)%, "
                        r"([\d.]+) ([KMGTP]?i?B)/s")
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB": 1024 ** 4,
@@ -63,24 +68,27 @@ def run_rclone(rclone_path, source, staging_dir, temp_dir, on_progress=None, can
     """
     run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
     tails, whole, restaged = [], [], set()
-    for rel, size, mtime_ns in run.list():
+    for obj in run.list():
+        path = os.path.join(staging_dir, obj.rel)
         try:
-            staged = os.lstat(os.path.join(staging_dir, rel))
+            staged = os.lstat(path)
         except FileNotFoundError:
-            whole.append(rel)
+            whole.append(obj)
             continue
         if not stat.S_ISREG(staged.st_mode):
-            whole.append(rel)
-            restaged.add(rel)
-        elif not is_event_file(rel):
-            if (staged.st_size, staged.st_mtime_ns) != (size, mtime_ns):
-                whole.append(rel)
-        elif staged.st_size < size:
-            tails.append((rel, staged.st_size, size, mtime_ns))
-        elif staged.st_size > size or staged.st_mtime_ns != mtime_ns:
+            whole.append(obj)
+            restaged.add(obj.rel)
+        elif not is_event_file(obj.rel):
+            if (staged.st_size, staged.st_mtime_ns) != (obj.size, obj.mtime_ns) or \
+                    listing.replaced(path, obj):
+                whole.append(obj)
+        elif staged.st_size < obj.size:
+            tails.append((obj, staged.st_size))
+        elif staged.st_size > obj.size or staged.st_mtime_ns != obj.mtime_ns or \
+                listing.replaced(path, obj):
             # Shrunk, or rewritten at the same size: no prefix of it can be trusted.
-            whole.append(rel)
-            restaged.add(rel)
+            whole.append(obj)
+            restaged.add(obj.rel)
     if (tails or whole) and before_write is not None:
         before_write()
     run.read_tails(tails)
@@ -90,18 +98,21 @@ def run_rclone(rclone_path, source, staging_dir, temp_dir, on_progress=None, can
 
 def restage_files(rclone_path, source, staging_dir, temp_dir, paths, on_progress=None,
                   cancel=None):
-    """Fetch `paths` (relative to the source) whole, replacing their staged copies."""
-    paths = list(paths)
+    """Fetch `paths` (staged names, relative to the source) whole, replacing their staged
+    copies. Listed first, for their rclone names and hashes."""
+    paths = set(paths)
     if not paths:
         return TransferResult()
     run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
-    run.fetch_whole(paths, set(paths))
+    listed = [obj for obj in run.list() if obj.rel in paths]
+    run.fetch_whole(listed, paths, missing=len(paths) - len(listed))
     return run.result()
 
 
 def filter_rules(source):
     """rclone `--filter` rules with rsync.py's meaning (see the module docstring)."""
-    rules = []
+    # Other tools' temporaries first: never fetched, whatever the user's rules say.
+    rules = ["- " + p for p in FOREIGN_TEMP_PATTERNS]
     for pattern in source.exclude:
         if pattern == "*" and source.include:
             continue  # the classic rsync idiom next to includes: implied below
@@ -114,19 +125,6 @@ def filter_rules(source):
     return [f"--filter={rule}" for rule in rules]
 
 
-def parse_mod_time(text):
-    """rclone's RFC 3339 time (nanoseconds, any offset) as integer ns since the epoch."""
-    match = _TIME_RE.match(text)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    seconds = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S"))
-    if match.group(3) != "Z":
-        sign = 1 if match.group(3)[0] == "+" else -1
-        hours, minutes = match.group(3)[1:].split(":")
-        seconds -= sign * (int(hours) * 3600 + int(minutes) * 60)
-    return seconds * 1_000_000_000 + int((match.group(2) or "0").ljust(9, "0"))
-
-
 def remote_path(source, rel=""):
     """`REMOTE:PATH/rel`, without doubling a '/' or adding one after a bare `REMOTE:`."""
     base = source.rclone_remote
@@ -137,13 +135,6 @@ def remote_path(source, rel=""):
 
 def _rclone_pattern(pattern):
     return pattern[:-3] + "**" if pattern.endswith("***") else pattern
-
-
-def _is_safe(rel):
-    """An object key can hold '..' or '//'; such a name would point outside staging."""
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\n" not in rel \
-        and all(p not in ("", ".", "..") for p in parts)
 
 
 class _Job:
@@ -199,10 +190,12 @@ class _Job:
 
 
 class _Tail:
-    """Appends a ranged read to the staged copy; the listed mtime only once it is complete."""
+    """Appends a ranged read to the staged copy; the listed mtime (and hashes) only once it
+    is complete."""
 
-    def __init__(self, path, offset, size, mtime_ns):
-        self.path, self.offset, self.count, self.mtime_ns = path, offset, size - offset, mtime_ns
+    def __init__(self, path, offset, obj):
+        self.path, self.offset, self.obj = path, offset, obj
+        self.count, self.mtime_ns = obj.size - offset, obj.mtime_ns
         self.file = None
         self.received = 0
 
@@ -223,7 +216,10 @@ class _Tail:
         self.file.close()
         self.file = None
         if complete and self.received == self.count:
+            listing.record_hashes(self.path, self.obj.hashes)
             os.utime(self.path, ns=(self.mtime_ns, self.mtime_ns))
+        else:
+            listing.record_hashes(self.path, {})  # part of another version: hashes unknown
 
 
 class _Run:
@@ -255,40 +251,58 @@ class _Run:
         return args + list(options) + list(source.rclone_flags)
 
     def list(self):
-        """[(relative path, size, mtime ns)] of the objects that pass the filters."""
+        """The `ListedObject`s that pass the filters, with hashes where the remote lists them
+        cheaply (object storage; not a local disk or sftp, which would read every file)."""
         out = bytearray()
-        self.run([(self.args("lsjson", "-R", "--files-only", "--no-mimetype",
+        hashes = ["--hash"] if self.lists_hashes() else []
+        self.run([(self.args("lsjson", "-R", "--files-only", "--no-mimetype", *hashes,
                              *filter_rules(self.source), remote_path(self.source)),
                    out.extend, "list", 0)])
         try:
-            entries = json.loads(bytes(out) or b"[]")
-            listed = [(e["Path"], int(e["Size"]), parse_mod_time(e["ModTime"]))
-                      for e in entries]
-        except (ValueError, KeyError, TypeError) as e:
+            listed = listing.parse_listing(bytes(out))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TransferError(f"Sync of '{self.source.name}' could not read rclone's "
                                 f"listing ({e}); check that 'rclone lsjson' works for "
                                 f"'{self.source.rclone_remote}'.") from None
-        unsafe = [rel for rel, _, _ in listed if not _is_safe(rel)]
+        unsafe = [obj.remote for obj in listed if not listing.is_safe(obj.rel)]
         if unsafe:
             self.warnings.append(
                 f"Sync of '{self.source.name}': {len(unsafe)} object name(s) at the source "
                 f"cannot be a file path (first: '{unsafe[0]}') and were skipped.")
-        return [(rel, size, mtime) for rel, size, mtime in listed
-                if _is_safe(rel) and size >= 0]
+        return [obj for obj in listed if listing.is_safe(obj.rel) and obj.size >= 0]
+
+    def lists_hashes(self):
+        """Whether this remote lists hashes without reading the data (`rclone backend
+        features`: hashes, and not SlowHash); asked once per process and remote."""
+        source = self.source
+        key = (self.rclone_path, source.rclone_config, source.rclone_remote,
+               source.rclone_flags)
+        if key not in _LISTS_HASHES:
+            out = bytearray()
+            self.run([(self.args("backend", "features", remote_path(source)), out.extend,
+                       "list", 0)])
+            try:
+                features = json.loads(bytes(out))
+                _LISTS_HASHES[key] = bool(features.get("Hashes")) and \
+                    features.get("Features", {}).get("SlowHash") is False
+            except (ValueError, AttributeError):
+                return False  # not what rclone prints: no hashes, asked again next sync
+        return _LISTS_HASHES[key]
 
     def read_tails(self, tails):
-        """Append the new bytes of grown event files, `MAX_PARALLEL_READS` at a time."""
+        """Append the new bytes of grown event files [(`ListedObject`, staged size)],
+        `MAX_PARALLEL_READS` at a time."""
         for start in range(0, len(tails), MAX_PARALLEL_READS):
-            batch = [_Tail(os.path.join(self.staging_dir, rel), offset, size, mtime)
-                     for rel, offset, size, mtime in tails[start:start + MAX_PARALLEL_READS]]
+            batch = [_Tail(os.path.join(self.staging_dir, obj.rel), offset, obj)
+                     for obj, offset in tails[start:start + MAX_PARALLEL_READS]]
             try:
                 specs = []
-                for tail, (rel, offset, _, _) in zip(batch, tails[start:]):
+                for tail in batch:
                     tail.open()
-                    specs.append((self.args("cat", f"--offset={offset}",
+                    specs.append((self.args("cat", f"--offset={tail.offset}",
                                             f"--count={tail.count}",
-                                            remote_path(self.source, rel)), tail.write, "events",
-                                  tail.count))
+                                            remote_path(self.source, tail.obj.remote)),
+                                  tail.write, "events", tail.count))
                 self.run(specs)
             except BaseException:
                 for tail in batch:
@@ -296,20 +310,23 @@ class _Run:
                 raise
             for tail in batch:
                 tail.close(complete=True)
-            for tail, (rel, _, _, _) in zip(batch, tails[start:]):
                 if tail.received:
-                    self.changed.add(rel)
+                    self.changed.add(tail.obj.rel)
                     self.bytes_received += tail.received
 
-    def fetch_whole(self, paths, restaged):
-        """Copy `paths` into a fresh folder under tmp/, then rename each into staging."""
-        if not paths:
+    def fetch_whole(self, objects, restaged, missing=0):
+        """Copy `objects` into a fresh folder under tmp/, then rename each into staging
+        with the hashes it was listed with; `missing`: objects already known vanished."""
+        if not objects:
+            self._vanished(missing)
             return
         try:
             folder = tempfile.mkdtemp(prefix=".tb-rclone-", dir=self.temp_dir)
             list_path = folder + ".files"
             with open(list_path, "wb") as f:
-                f.write(b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in paths))
+                # rclone's names: a control character is a symbol there, so one a line.
+                f.write(b"".join(o.remote.encode("utf-8", "surrogateescape") + b"\n"
+                                 for o in objects))
         except OSError as e:
             raise TransferError(self._write_error(self.temp_dir, e)) from None
         try:
@@ -317,15 +334,16 @@ class _Run:
                                  "--retries=1", "--stats=1s", "--stats-one-line",
                                  "--stats-log-level=NOTICE", remote_path(self.source),
                                  folder), None,
-                       "restage" if set(paths) <= restaged else "files", 0)])
-            missing = []
-            for rel in paths:
+                       "restage" if {o.rel for o in objects} <= restaged else "files", 0)])
+            for obj in objects:
+                rel = obj.rel
                 fetched, staged = os.path.join(folder, rel), os.path.join(self.staging_dir, rel)
                 try:
                     size = os.lstat(fetched).st_size
                 except FileNotFoundError:
-                    missing.append(rel)  # deleted at the source since the listing
+                    missing += 1  # deleted at the source since the listing
                     continue
+                listing.record_hashes(fetched, obj.hashes)
                 try:
                     os.makedirs(os.path.dirname(staged), exist_ok=True)
                     os.replace(fetched, staged)
@@ -338,13 +356,15 @@ class _Run:
                 self.bytes_received += size
                 if rel in restaged:
                     self.restaged.add(rel)
-            if missing:
-                self.warnings.append(
-                    f"Sync of '{self.source.name}': {len(missing)} file(s) vanished at the "
-                    "source while being copied; the next sync picks up what is left.")
+            self._vanished(missing)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             _unlink(list_path)
+
+    def _vanished(self, count):
+        if count:
+            self.warnings.append(
+                f"Sync of '{self.source.name}': {count} file(s) vanished {VANISHED_TAIL}")
 
     def run(self, specs):
         """Start `specs` [(args, stdout sink or None, phase, expected bytes)] together and

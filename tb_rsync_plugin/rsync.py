@@ -56,7 +56,7 @@ from typing import Tuple
 
 from tb_rsync_plugin import remote_shell
 from tb_rsync_plugin import process as process_lib
-from tb_rsync_plugin.config import STAGING_FLAGS, is_event_file
+from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.ssh import CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose, ssh_command
 
@@ -310,8 +310,10 @@ class _Run:
         With `events`, the same selection narrowed to event files (basename contains
         'tfevents'): a file passes both or neither rule set, except non-event files.
         """
-        rules = [f"--exclude={p}" for p in self.source.exclude
-                 if not (p == "*" and self.source.include)]
+        # Other tools' temporaries first: never fetched, whatever the user's rules say.
+        rules = [f"--exclude={p}" for p in FOREIGN_TEMP_PATTERNS]
+        rules += [f"--exclude={p}" for p in self.source.exclude
+                  if not (p == "*" and self.source.include)]
         if events:
             rules += ["--include=*/", "--filter=-! *tfevents*"]
         if self.source.include:
@@ -480,11 +482,16 @@ class _Run:
             if job.proc.returncode == 24:
                 some_vanished = True
                 vanished.update((_vanished_name(l), True) for l in job.stderr if "vanished" in l)
-            skipped.update((_vanished_name(l), l) for l in _skipped_files(job))
+            for line in _skipped_files(job):
+                if _GONE in line:  # deleted or renamed away since the listing
+                    some_vanished = True
+                    vanished[_vanished_name(line)] = True
+                else:
+                    skipped[_vanished_name(line)] = line
         if some_vanished:
             warnings.append(
                 f"Sync of '{self.source.name}': {len(vanished) or 'some'} file(s) vanished "
-                "at the source while being copied; the next sync picks up what is left.")
+                f"{VANISHED_TAIL}")
         if skipped:
             first = next(iter(skipped.values()))
             warnings.append(
@@ -516,6 +523,14 @@ def _files_from_base(source, src):
         base = f"{head}::{module}/"
     sub = sub.strip("/")
     return base, (sub + "/./" if sub else "")
+
+
+# Exit 23's line for a listed file gone before its transfer (link_stat, or open in
+# send_files): a vanished file, not an unreadable one.
+_GONE = "No such file or directory (2)"
+# After "N file(s) vanished " in rsync's and rclone's warning.
+VANISHED_TAIL = ("at the source (deleted, or replaced by a rename) while being copied; the "
+                 "next sync picks up what is left.")
 
 
 def _vanished_name(line):

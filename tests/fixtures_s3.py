@@ -36,7 +36,11 @@ class S3Server:
                     prefix + "PROVIDER": "Other", prefix + "ENDPOINT": self.endpoint,
                     prefix + "ACCESS_KEY_ID": self.access_key,
                     prefix + "SECRET_ACCESS_KEY": self.secret_key,
-                    prefix + "REGION": "us-east-1"})
+                    prefix + "REGION": "us-east-1",
+                    # What rclone does for AWS itself: listings URL-encoded, so an XML parser
+                    # cannot turn a carriage return in a key into a line feed. rclone's
+                    # default for provider "Other" is off (not every S3 clone supports it).
+                    prefix + "LIST_URL_ENCODE": "true"})
         return env
 
     def client(self):

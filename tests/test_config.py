@@ -238,3 +238,29 @@ def test_ssh_sharing_per_source_and_for_all(tmp_path):
     off = config.build_config(str(tmp_path / "logs"), [], path, str(tmp_path / "staging"),
                               ssh_sharing=False)
     assert not off.ssh_sharing
+
+
+def test_the_longest_source_name_syncs_and_a_longer_one_is_one_sentence(tmp_path):
+    """A name is a folder under the logdir and the stem of locks/NAME.unpublished and
+    state/NAME.jsonl.lock: at MAX_NAME_BYTES (81 three-byte CJK characters) a real sync
+    writes all of them; a byte more, a 250-character name or 85 CJK characters (255 bytes)
+    are refused up front with the limit, instead of a crash ("this is a bug") mid-sync."""
+    from tests.test_cli import EVENTS, make_remote, steps_in, tb_rsync
+    remote, logdir = make_remote(tmp_path)
+    longest = "日" * (config.MAX_NAME_BYTES // 3)
+    assert len(longest.encode("utf-8")) == config.MAX_NAME_BYTES
+    result = tb_rsync("sync", "--logdir", logdir, "--source", f"{longest}={remote}/",
+                      "--staging", tmp_path / "staging")
+    assert result.returncode == 0, result.stderr
+    assert steps_in(logdir / longest / "run 1" / EVENTS) == [0, 1, 2, 3]
+    assert sorted(os.listdir(tmp_path / "staging" / "state")) == [f"{longest}.jsonl",
+                                                                f"{longest}.jsonl.lock"]
+    for name in (longest + "a", "a" * 250, "日" * 85):
+        result = tb_rsync("sync", "--logdir", logdir, "--source", f"{name}={remote}/",
+                          "--staging", tmp_path / "staging")
+        size = len(name.encode("utf-8"))
+        assert result.returncode == 1, result.stderr
+        assert f"name is {size} bytes long in UTF-8; a source name may have at most " \
+               f"{config.MAX_NAME_BYTES} bytes (a folder name's 255, less room for " \
+               "tb-rsync's own files), so shorten it." in result.stderr
+        assert "Traceback" not in result.stderr

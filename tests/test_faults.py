@@ -699,7 +699,7 @@ def test_source_rewrites_files_while_syncing(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("over", ["local", "ssh"])
 def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path, request, over):
-    """Closed by the first-record check (FAULTS.md #6): the probe reads the source's first
+    """Closed by the first-record check (FAULTS.md #8): the probe reads the source's first
     record (in-process for a folder, through the node's python3 over ssh)."""
     sandbox = Sandbox(tmp_path)
     source = SourceFiles(sandbox.src, sandbox.work)

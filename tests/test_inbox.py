@@ -6,10 +6,12 @@ the watcher can have started the syncs that make data arrive.
 """
 
 import os
+import signal
 import statistics
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import inbox
@@ -55,25 +57,81 @@ def push_like_rsync(folder, name, data):
     os.rename(temp, folder / name)
 
 
-def test_a_burst_of_pushed_files_asks_for_few_syncs(tmp_path):
-    requests = Requests()
-    watcher = watcher_for(tmp_path, requests, "inbox", "sentinel")
+class SteppedClock:
+    """A monotonic clock that moves only when the test says: the watcher's debounce then
+    depends on what happened, not on how fast threads ran. `noted` counts its reads by
+    watchdog's thread, which reads it once per change it hands to the watcher."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.noted = 0
+
+    def __call__(self):
+        if threading.current_thread().name not in ("tb-rsync-inbox", "MainThread"):
+            self.noted += 1
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def stepped_watcher(tmp_path):
+    """A watcher of tmp_path/inbox on a `SteppedClock`, after its first request (asked for
+    when the watch begins); returns (watcher, requests, clock, asked), where `asked(n)`
+    moves the clock past any delay while fewer than `n` requests came (for `wait_until`)."""
+    requests, clock = Requests(), SteppedClock()
+    (tmp_path / "inbox").mkdir()
+    watcher = inbox.SourceWatcher([config_lib.Source("inbox", f"{tmp_path / 'inbox'}/",
+                                                     watch=True)], requests, clock=clock)
+    watcher.start()
+
+    def asked(count):
+        if requests.count("inbox") < count:
+            clock.advance(inbox.MAX_DELAY_S + 1)
+        return requests.count("inbox") >= count
+
     try:
-        wait_until(lambda: requests.count("inbox") == 1 and requests.count("sentinel") == 1,
-                   10, 0.01, "the syncs asked for when the watches start")
-        started = time.monotonic()
+        wait_until(lambda: asked(1), 10, 0.01, "the sync asked for when the watch starts")
+    except BaseException:
+        watcher.stop()
+        raise
+    return watcher, requests, clock, asked
+
+
+def test_a_burst_of_pushed_files_asks_for_one_sync_once_quiet(tmp_path):
+    """300 pushes (rsync's temp, then a rename) while the clock stands still, however fast
+    watchdog delivers them, are one change for the debounce: once all are noted and the
+    clock moves past the quiet time, exactly one request (the temps ask for nothing)."""
+    watcher, requests, clock, _ = stepped_watcher(tmp_path)
+    try:
+        noted = clock.noted
         for i in range(300):
             push_like_rsync(tmp_path / "inbox", f"events.out.tfevents.{i}", b"x" * 100)
-        burst_s = time.monotonic() - started
-        # Asked for after any late request of the burst: one observer thread delivers the
-        # events in order, and the watcher asks in order of first change.
-        (tmp_path / "sentinel" / "file").write_bytes(b"x")
-        wait_until(lambda: requests.count("sentinel") == 2, 10, 0.01, "the sentinel")
+        wait_until(lambda: clock.noted - noted >= 300, 30, 0.01, "every rename noted")
+        clock.advance(inbox.QUIET_S * 2)
+        wait_until(lambda: requests.count("inbox") == 2, 10, 0.01, "the burst's request")
     finally:
         watcher.stop()
-    burst_requests = requests.count("inbox") - 1
-    # At most one request per MAX_DELAY_S while the burst lasted, plus the one after it.
-    assert 1 <= burst_requests <= 2 + burst_s / inbox.MAX_DELAY_S, (burst_requests, burst_s)
+    assert requests.count("inbox") == 2, requests.calls
+
+
+def test_changes_that_go_on_ask_for_a_sync_after_the_longest_delay(tmp_path):
+    """A push that never pauses for the quiet time is still synced MAX_DELAY_S after its
+    first change (on the stepped clock: changes every 0.09 s, quiet time 0.1 s)."""
+    watcher, requests, clock, _ = stepped_watcher(tmp_path)
+    try:
+        first, steps = clock.now, 0
+        while clock.now - first < inbox.MAX_DELAY_S:
+            watcher.changed("inbox")
+            assert requests.count("inbox") == 1, "not asked before the quiet time or delay"
+            clock.advance(inbox.QUIET_S * 0.9)
+            steps += 1
+        watcher.changed("inbox")
+        wait_until(lambda: requests.count("inbox") == 2, 10, 0.01,
+                   "a request MAX_DELAY_S after the first change")
+        assert steps == 5
+    finally:
+        watcher.stop()
 
 
 def test_temps_reads_and_our_own_folders_ask_for_nothing(tmp_path):
@@ -193,3 +251,85 @@ def test_inbox_pushed_over_ssh_is_served_by_tensorboard(tmp_path, sshd_server,
           f"all {[round(s, 2) for s in latencies]}")
     (source,) = tb.get_json("/data/plugin/rsync/status")["sources"]
     assert source["error"] is None
+
+
+def watched_service(tmp_path):
+    """A real service (no timers) syncing the local folder tmp_path/remote/ as source 'n',
+    watched; returns (service, watcher, remote, logdir)."""
+    new_service, config = make_service(tmp_path)
+    service = new_service()
+    service.start(timers=False)
+    watcher = inbox.start_watching(
+        config_lib.build_config(config.logdir, [f"n={tmp_path / 'remote'}/"], None,
+                                config.staging_root, watch_names=["n"]), service.request)
+    return service, watcher, tmp_path / "remote", Path(config.logdir) / "n"
+
+
+def hidden_files(folder):
+    return sorted(os.path.relpath(os.path.join(d, name), folder)
+                  for d, _, names in os.walk(folder) for name in names if name.startswith("."))
+
+
+def test_a_checkpoint_being_pushed_is_never_published_half_written(tmp_path):
+    """A node pushes a 30 MB checkpoint with plain `rsync -a` (slowed by --bwlimit) into a
+    watched inbox; syncs run meanwhile (other files arrive), and the push is then killed,
+    leaving rsync's `.model.ckpt.XXXXXX` behind for good. Neither the half-written temp nor
+    the orphan ever reaches the logdir (nor staging); the finished file does."""
+    node = tmp_path / "node"
+    node.mkdir()
+    checkpoint = node / "model.ckpt"
+    checkpoint.write_bytes(os.urandom(30 * 1024 * 1024))
+    service, watcher, remote, published = watched_service(tmp_path)
+    try:
+        push = subprocess.Popen(["rsync", "-a", "--bwlimit=2000", str(checkpoint),
+                                 f"{remote}/run/"], start_new_session=True)
+        try:
+            temps = wait_until(lambda: [p for p in (remote / "run").iterdir()
+                                        if p.name.startswith(".model.ckpt.")
+                                        and p.stat().st_size > 1024 * 1024],
+                               30, 0.05, "rsync's temp file to hold a part of the push")
+            for name in ("notes-during.txt", "notes-after-kill.txt"):
+                push_like_rsync(remote / "run", name, b"other file")
+                wait_until(lambda: (published / "run" / name).exists(), 30, 0.05,
+                           f"{name} published by a sync the watcher asked for")
+                assert hidden_files(published) == []
+                if push.poll() is None:
+                    os.killpg(push.pid, signal.SIGKILL)
+                    push.wait()
+            assert temps[0].exists(), "the killed push left its temp file behind"
+        finally:
+            if push.poll() is None:
+                os.killpg(push.pid, signal.SIGKILL)
+                push.wait()
+        subprocess.run(["rsync", "-a", str(checkpoint), f"{remote}/run/"], check=True,
+                       timeout=60)
+        wait_until(lambda: (published / "run" / "model.ckpt").exists(), 30, 0.05,
+                   "the finished checkpoint published")
+        assert (published / "run" / "model.ckpt").read_bytes() == checkpoint.read_bytes()
+        assert hidden_files(published) == []
+        assert hidden_files(tmp_path / "staging" / "staging") == []
+    finally:
+        watcher.stop()
+        service.stop()
+
+
+def test_an_inbox_renamed_away_and_made_again_is_watched_again(tmp_path):
+    """`mv inbox inbox.old; mkdir inbox`: inotify keeps following the old folder, so the
+    watcher checks that the path still leads to the folder it watches. A push into the new
+    inbox is published without a timer (the service has none)."""
+    service, watcher, remote, published = watched_service(tmp_path)
+    try:
+        push_like_rsync(remote / "run", "first.txt", b"1")
+        wait_until(lambda: (published / "run" / "first.txt").exists(), 30, 0.05,
+                   "the first push published")
+        os.rename(remote, tmp_path / "remote.old")
+        (remote / "run").mkdir(parents=True)
+        push_like_rsync(remote / "run", "second.txt", b"2")
+        wait_until(lambda: (published / "run" / "second.txt").exists(), 30, 0.05,
+                   "a push into the new inbox published")
+        push_like_rsync(remote / "run", "third.txt", b"3")
+        wait_until(lambda: (published / "run" / "third.txt").exists(), 30, 0.05,
+                   "the next push into the new inbox published")
+    finally:
+        watcher.stop()
+        service.stop()

@@ -546,10 +546,24 @@ def test_same_size_replacement_in_staging_is_noticed(tree):
 
 @pytest.mark.parametrize("name", [".events.out.tfevents.1.node.1.0.Xy12ab",
                                   ".syncthing.events.out.tfevents.1.node.tmp",
-                                  "events.out.tfevents.1.node.1.0.partial"])
+                                  "events.out.tfevents.1.node.1.0.partial",
+                                  "ckpt/.model.ckpt.Xy12ab", "ckpt/model.ckpt.partial",
+                                  "ckpt/.syncthing.model.ckpt.tmp", "ckpt/.partial"])
 def test_copies_in_progress_at_the_source_are_not_published(tree, name):
+    """Other tools' temporaries, of event files and of any other file, whichever way the
+    publisher is told about them (a walk, or a list of changed paths)."""
+    tree.staged(name).parent.mkdir(parents=True, exist_ok=True)
+    tree.staged(name).write_bytes(scalar_bytes(range(3), header=True))
+    for changed in (None, [name]):
+        report = tree.publish(changed=changed)
+        assert [(a.path, a.action) for a in report.actions] == [(name, "skip")]
+        assert "copy in progress" in report.actions[0].detail
+        assert not os.path.lexists(tree.published(name))
+
+
+def test_a_hidden_event_file_is_not_published(tree):
+    name = ".events.out.tfevents.1.node.1.0.copy"
     tree.staged(name).write_bytes(scalar_bytes(range(3), header=True))
     report = tree.publish()
     assert [(a.path, a.action) for a in report.actions] == [(name, "skip")]
-    assert "copy in progress" in report.actions[0].detail
-    assert not os.path.lexists(tree.published(name))
+    assert "hidden event file" in report.actions[0].detail

@@ -577,8 +577,28 @@ def test_file_reported_vanished_by_both_processes_is_one_warning(dirs, tmp_path)
         "sys.exit(rc)\n"))
     result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
     assert result.changed == (EVENTS,)
-    assert result.warnings == ("Sync of 'train': 1 file(s) vanished at the source while being "
-                               "copied; the next sync picks up what is left.",)
+    assert result.warnings == ("Sync of 'train': 1 file(s) vanished at the source (deleted, or "
+                               "replaced by a rename) while being copied; the next sync picks "
+                               "up what is left.",)
+
+
+def test_a_listed_file_gone_before_its_transfer_vanished_rather_than_unreadable(dirs,
+                                                                                 tmp_path):
+    """A checkpoint renamed over (or deleted) between the listing and its transfer: rsync
+    exits 23 with `link_stat ... No such file or directory`; that file vanished, it was not
+    unreadable, and the rest is synced."""
+    src, staging, temp = dirs
+    write(src / "model.ckpt", b"v1")
+    write(src / "notes.txt", b"n")
+    wrapper = rsync_wrapper(tmp_path, (
+        "if kind == 'other':\n"
+        f"    os.unlink({str(src / 'model.ckpt')!r})\n"
+        "sys.exit(rsync())\n"))
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp))
+    assert result.changed == ("notes.txt",)
+    assert result.warnings == ("Sync of 'train': 1 file(s) vanished at the source (deleted, or "
+                               "replaced by a rename) while being copied; the next sync picks "
+                               "up what is left.",)
 
 
 GRPC_NEIGHBOUR = """
