@@ -22,7 +22,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["tb_rsync_plugin", "tb_rsync_plugin.frontend"],
+    packages=["tb_rsync_plugin", "tb_rsync_plugin.engine", "tb_rsync_plugin.publishing",
+              "tb_rsync_plugin.tensorboard", "tb_rsync_plugin.transports",
+              "tb_rsync_plugin.frontend"],
     package_dir={"tb_rsync_plugin.frontend": "frontend"},
     package_data={"tb_rsync_plugin.frontend": frontend_files()},
     install_requires=[
@@ -47,7 +49,7 @@ setup(
         ],
     },
     entry_points={
-        "tensorboard_plugins": ["rsync = tb_rsync_plugin.plugin:RsyncPluginLoader"],
+        "tensorboard_plugins": ["rsync = tb_rsync_plugin.tensorboard.plugin:RsyncPluginLoader"],
         "console_scripts": ["tb-rsync = tb_rsync_plugin.cli:main"],
     },
     classifiers=[

@@ -16,10 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 from tb_rsync_plugin import config as config_lib  # noqa: E402
-from tb_rsync_plugin import publish as publish_lib  # noqa: E402
-from tb_rsync_plugin import reload as reload_lib  # noqa: E402
-from tb_rsync_plugin import service as service_lib  # noqa: E402
-from tb_rsync_plugin import state as state_lib  # noqa: E402
+from tb_rsync_plugin.publishing import publish as publish_lib  # noqa: E402
+from tb_rsync_plugin.tensorboard import reload as reload_lib  # noqa: E402
+from tb_rsync_plugin.engine import service as service_lib  # noqa: E402
+from tb_rsync_plugin.engine import state as state_lib  # noqa: E402
 from tests.events import scalar_bytes  # noqa: E402
 
 EVENTS = "events.out.tfevents.1700000000.node1.1234.0"

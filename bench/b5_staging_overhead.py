@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import b3_scale  # noqa: E402
 
-from tb_rsync_plugin import atomic  # noqa: E402
+from tb_rsync_plugin.publishing import atomic  # noqa: E402
 
 EVENTS = "events.out.tfevents.1700000000.node1.1234.0"
 

@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from tb_rsync_plugin import rclone as rclone_lib  # noqa: E402
+from tb_rsync_plugin.transports import rclone as rclone_lib  # noqa: E402
 from tb_rsync_plugin.config import Source  # noqa: E402
 from tests.fixtures_s3 import REMOTE, S3Server, start_moto  # noqa: E402
 from tests.fixtures_servers import stop  # noqa: E402

@@ -29,7 +29,7 @@ const SOURCE_STATE_LABELS = {
   error: 'error',
 };
 
-// sources[].progress.phase as the backend reports it (tb_rsync_plugin/state.py, rsync.py).
+// sources[].progress.phase as the backend reports it (tb_rsync_plugin/engine/state.py, rsync.py).
 const PHASE_LABELS = {
   connecting: 'connecting\u2026',
   events: 'appending event files',

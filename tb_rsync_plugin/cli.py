@@ -18,12 +18,12 @@ import traceback
 
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import inbox
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import rewrites as rewrites_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
-from tb_rsync_plugin import transport
+from tb_rsync_plugin.engine import inbox
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.publishing import rewrites as rewrites_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.transports import transport
 from tb_rsync_plugin.errors import SyncError
 
 EXIT_OK, EXIT_FAILED, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 3, 130

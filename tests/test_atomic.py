@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tb_rsync_plugin import atomic
+from tb_rsync_plugin.publishing import atomic
 from tb_rsync_plugin.errors import PublishError
 
 

@@ -333,7 +333,8 @@ def test_killed_tb_rsync_takes_its_rsync_along(tmp_path):
 
 BUGGY_PUBLISHER = """
 import sys
-from tb_rsync_plugin import cli, publish
+from tb_rsync_plugin import cli
+from tb_rsync_plugin.publishing import publish
 def broken_publish(*args, **kwargs):
     raise KeyError("injected bug")
 publish.publish = broken_publish
@@ -388,7 +389,7 @@ def test_plain_progress_lines_only_for_syncs_that_take_a_while():
     """Off a terminal a sync prints a progress line once it has run 5 s, then every 5 s;
     the next sync starts its own timer (a 0.1 s sync after a long one printed a line)."""
     from tb_rsync_plugin.cli import ProgressPrinter
-    from tb_rsync_plugin.rsync import Progress
+    from tb_rsync_plugin.transports.rsync import Progress
     out = io.StringIO()  # not a terminal
     now = [0.0]
     printer = ProgressPrinter(out, clock=lambda: now[0])
@@ -478,7 +479,8 @@ def test_status_forgets_a_source_nobody_syncs_any_more(tmp_path):
 
 def test_status_says_when_a_failing_source_is_retried(tmp_path):
     """What a `watch` or TensorBoard journalled about a failing source, as `status` prints it."""
-    from tb_rsync_plugin import cli, config, state
+    from tb_rsync_plugin import cli, config
+    from tb_rsync_plugin.engine import state
     now = [1000.0]
     synced = state.SyncState([config.Source("gpu7", "gpu7:/logs/")], lambda s: 5.0,
                              clock=lambda: now[0])

@@ -13,9 +13,9 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import plugin as plugin_lib
-from tb_rsync_plugin import rewrites as rewrites_lib
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.tensorboard import plugin as plugin_lib
+from tb_rsync_plugin.publishing import rewrites as rewrites_lib
+from tb_rsync_plugin.engine import state as state_lib
 from tests.events import append_scalars, event_file_name
 from tests.test_cli import tb_rsync
 from tests.test_plugin_wsgi import make_flags

@@ -24,7 +24,7 @@ import pytest
 from tensorboard.plugins.core import core_plugin
 
 from tb_rsync_plugin import cli
-from tb_rsync_plugin.plugin import RsyncPluginLoader
+from tb_rsync_plugin.tensorboard.plugin import RsyncPluginLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -456,7 +456,8 @@ def test_troubleshooting_fragments_are_current():
     """Each fragment still exists in the code (a renamed message must update the doc)."""
     stale = []
     for module, fragment in MESSAGES:
-        source = text_of(ROOT / "tb_rsync_plugin" / module)
+        (path,) = (ROOT / "tb_rsync_plugin").rglob(module)
+        source = text_of(path)
         if fragment not in source:
             stale.append(f"{module}: {fragment!r}")
     assert not stale, "messages no longer in the code:\n" + "\n".join(stale)
@@ -481,7 +482,10 @@ def test_readme_links_troubleshooting():
 
 def test_api_doc_status_example_has_the_real_keys():
     """docs/API.md's `GET status` example lists every field a real snapshot has, no more."""
-    from tb_rsync_plugin import config, publish, rsync, state
+    from tb_rsync_plugin import config
+    from tb_rsync_plugin.publishing import publish
+    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.engine import state
     text = (ROOT / "docs" / "API.md").read_text()
     example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
     real = state.SyncState([config.Source("train", "/src/")], lambda source: 30.0)

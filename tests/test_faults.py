@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.engine import state as state_lib
 from tests.events import big_event_bytes, file_version_event, make_event, scalar_bytes
 from tests.fixtures_tensorboard import TensorBoardProcess, wait_until
 from tests.invariants import LogdirChecker, Sandbox, SourceFiles, frame

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 

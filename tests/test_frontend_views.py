@@ -385,7 +385,8 @@ def test_sources_table_words_failures_and_timer_syncs(page):
 def test_error_details_show_what_went_wrong_first(page, tmp_path):
     """The details of a real failed rsync: its stderr first, then the exit code, then the
     long command (it used to come first and push the stderr below the fold)."""
-    from tb_rsync_plugin import config, rsync
+    from tb_rsync_plugin import config
+    from tb_rsync_plugin.transports import rsync
     from tb_rsync_plugin.errors import TransferError
     with pytest.raises(TransferError) as info:
         rsync.run_rsync(config.find_rsync(), config.Source("bad", f"{tmp_path}/missing/"),

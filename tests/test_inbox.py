@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import inbox
+from tb_rsync_plugin.engine import inbox
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 from tests.test_rsync_local import rsync_wrapper

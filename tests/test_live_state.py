@@ -6,8 +6,10 @@ published event; that is "live" with "N s behind", and "waiting" only when it fa
 behind than one reload period allows.
 """
 
-from tb_rsync_plugin import config, publish, rewrites, rsync
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import config
+from tb_rsync_plugin.publishing import publish, rewrites
+from tb_rsync_plugin.transports import rsync
+from tb_rsync_plugin.engine import state as state_lib
 
 RUN = "node/job"
 RELOAD_S, CHECK_S, SYNC_S = 2.0, 2.0, 3.0

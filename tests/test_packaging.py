@@ -29,7 +29,7 @@ def test_wheel_ships_frontend_and_entry_points(wheel):
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for module in ("index.js", "model.js", "views.js"):
         assert f"tb_rsync_plugin/frontend/{module}" in names
-    assert "rsync = tb_rsync_plugin.plugin:RsyncPluginLoader" in entry_points
+    assert "rsync = tb_rsync_plugin.tensorboard.plugin:RsyncPluginLoader" in entry_points
     assert "tb-rsync = tb_rsync_plugin.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 

@@ -11,7 +11,7 @@ from tensorboard.backend import application
 from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
-from tb_rsync_plugin import plugin as plugin_lib
+from tb_rsync_plugin.tensorboard import plugin as plugin_lib
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 from tests.processes import slow_source_config

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import probe_agent
-from tb_rsync_plugin import probes as probes_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
-from tb_rsync_plugin.ssh import SshConnections
+from tb_rsync_plugin.transports import probe_agent
+from tb_rsync_plugin.transports import probes as probes_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.transports.ssh import SshConnections
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_servers import start_sshd_or_skip, stop
 from tests.fixtures_tensorboard import wait_until

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from tb_rsync_plugin.errors import PublishError
-from tb_rsync_plugin.publish import publish
+from tb_rsync_plugin.publishing.publish import publish
 from tests.events import (
     append_scalars, event_file_name, loaded_events, record_ends, scalar_bytes,
 )

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tb_rsync_plugin.publish import publish
+from tb_rsync_plugin.publishing.publish import publish
 from tests.events import (
     big_event_bytes, event_bytes, file_version_event, loaded_events, make_event, record_ends,
 )
@@ -27,8 +27,8 @@ FILES = ("events.out.tfevents.1.a.1.0", "nœud 2/events.out.tfevents.2.b.2.0",
 KILLS = 60
 CHILD = """
 import sys
-from tb_rsync_plugin import atomic
-from tb_rsync_plugin.publish import publish
+from tb_rsync_plugin.publishing import atomic
+from tb_rsync_plugin.publishing.publish import publish
 # Small writes: one append takes many write() calls, so kills land between them (a single
 # write() to a regular file is not cut short by SIGKILL; a power loss could still cut it).
 atomic.COPY_BYTES = 512

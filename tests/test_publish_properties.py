@@ -15,7 +15,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tb_rsync_plugin.publish import publish
+from tb_rsync_plugin.publishing.publish import publish
 from tests.events import event_bytes, loaded_events, make_event
 from tests.invariants import is_aligned_prefix, quarantined
 

@@ -15,12 +15,12 @@ import threading
 import pytest
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import rclone as rclone_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import rsync as rsync_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
-from tb_rsync_plugin import transport
+from tb_rsync_plugin.transports import rclone as rclone_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.transports import rsync as rsync_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.transports import transport
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import ConfigError, TransferError
 from tests.events import event_file_name, loaded_events, record_ends, scalar_bytes

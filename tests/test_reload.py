@@ -3,7 +3,7 @@
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 
-from tb_rsync_plugin import reload as reload_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tests.events import append_scalars, event_file_name, text_bytes
 
 WALL0 = 1_700_000_000.0

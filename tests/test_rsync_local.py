@@ -13,8 +13,8 @@ import pytest
 
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import Progress, decode_name, restage_files, run_rsync
-from tb_rsync_plugin.ssh import ssh_command
+from tb_rsync_plugin.transports.rsync import Progress, decode_name, restage_files, run_rsync
+from tb_rsync_plugin.transports.ssh import ssh_command
 from tests.events import append_scalars, event_file_name, scalar_bytes
 
 RSYNC = shutil.which("rsync")
@@ -604,7 +604,8 @@ def test_a_listed_file_gone_before_its_transfer_vanished_rather_than_unreadable(
 GRPC_NEIGHBOUR = """
 import concurrent.futures, shutil, sys
 import grpc
-from tb_rsync_plugin import config, rsync
+from tb_rsync_plugin import config
+from tb_rsync_plugin.transports import rsync
 from tb_rsync_plugin.errors import TransferError
 server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
 port = server.add_insecure_port("127.0.0.1:0")
@@ -638,7 +639,7 @@ def test_rsync_starts_cleanly_beside_grpc(dirs):
 def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
     """The third rsync of a sync cannot start (an injected Popen failure: EAGAIN cannot be
     caused safely here); the slow whole-file fetch already running must stop with it."""
-    from tb_rsync_plugin import process as process_lib
+    from tb_rsync_plugin.transports import process as process_lib
     from tests.processes import processes_mentioning
     src, staging, temp = dirs
     write(src / "run1" / EVENTS, os.urandom(2_000_000))
@@ -666,7 +667,7 @@ def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
 def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
     """A full disk under the temp folder (injected: this machine has no small filesystem to
     fill) is a sentence that says so, not an internal error."""
-    from tb_rsync_plugin import rsync as rsync_lib
+    from tb_rsync_plugin.transports import rsync as rsync_lib
     src, _, _ = dirs
     write(src / "run1" / EVENTS, scalar_bytes(range(3), header=True))
     sync(dirs)
@@ -687,7 +688,7 @@ def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
 def test_a_setpriv_without_pdeathsig_is_not_used(tmp_path, monkeypatch):
     """util-linux before 2.33 (and busybox) has no --pdeathsig: rsync then starts plainly
     instead of every sync failing. A stand-in setpriv that rejects the option, on PATH."""
-    from tb_rsync_plugin import process as process_lib
+    from tb_rsync_plugin.transports import process as process_lib
     old = tmp_path / "bin" / "setpriv"
     old.parent.mkdir()
     old.write_text("#!/bin/sh\necho 'setpriv: unrecognized option --pdeathsig' >&2\nexit 1\n")

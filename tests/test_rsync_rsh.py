@@ -12,7 +12,7 @@ import pytest
 
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import run_rsync
+from tb_rsync_plugin.transports.rsync import run_rsync
 from tests.events import append_scalars, event_file_name
 
 RSYNC = shutil.which("rsync")

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import scheduler as scheduler_lib
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.engine import scheduler as scheduler_lib
+from tb_rsync_plugin.engine import state as state_lib
 from tests.fixtures_tensorboard import wait_until
 
 

@@ -10,14 +10,14 @@ import os
 
 import pytest
 
-from tb_rsync_plugin import atomic
+from tb_rsync_plugin.publishing import atomic
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import rsync as rsync_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
-from tb_rsync_plugin import publish as publish_lib
-from tb_rsync_plugin.publish import publish
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.transports import rsync as rsync_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.publishing import publish as publish_lib
+from tb_rsync_plugin.publishing.publish import publish
 from tests.events import big_event_bytes, event_bytes, file_version_event, loaded_events
 
 EVENTS = "run/events.out.tfevents.1700000000.node1.1234.0"

@@ -21,14 +21,14 @@ import pytest
 
 from tb_rsync_plugin import cli
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
-from tb_rsync_plugin import plugin as plugin_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.tensorboard import plugin as plugin_lib
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.rsync import run_rsync
-from tb_rsync_plugin.ssh import SshConnections, ssh_command
+from tb_rsync_plugin.transports.rsync import run_rsync
+from tb_rsync_plugin.transports.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
 from tests.fixtures_servers import start_sshd_or_skip, stop
 from tests.processes import processes_mentioning, start_tb_rsync, stop_tb_rsync
@@ -169,7 +169,7 @@ def test_after_kill_9_the_next_start_reuses_or_replaces_the_master(tmp_path, ssh
     owner = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from tb_rsync_plugin.config import Source\n"
-         "from tb_rsync_plugin.ssh import SshConnections\n"
+         "from tb_rsync_plugin.transports.ssh import SshConnections\n"
          "SshConnections(control_dir=sys.argv[1]).prepare(Source('a', sys.argv[2], "
          "ssh=sys.argv[3]))\n"
          "print('ready', flush=True)\ntime.sleep(600)\n",

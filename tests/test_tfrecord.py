@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tb_rsync_plugin.errors import CorruptRecordError
-from tb_rsync_plugin.tfrecord import (
+from tb_rsync_plugin.publishing.tfrecord import (
     ScanResult, event_wall_time_and_step, record_bytes, scan_records,
 )
 from tests.events import (

@@ -12,8 +12,10 @@ import re
 
 import pytest
 
-from tb_rsync_plugin import config, publish, rsync
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin import config
+from tb_rsync_plugin.publishing import publish
+from tb_rsync_plugin.transports import rsync
+from tb_rsync_plugin.engine import state as state_lib
 from tests.test_frontend_views import (NOW, fake_plugin, make_status, run_fixture,  # noqa: F401
                                        server, source_fixture)
 

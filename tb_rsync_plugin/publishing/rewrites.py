@@ -27,7 +27,8 @@ import time
 import uuid
 from typing import Optional
 
-from tb_rsync_plugin import disk_lines, publish
+from tb_rsync_plugin import disk_lines
+from tb_rsync_plugin.publishing import publish
 
 logger = logging.getLogger(__name__)
 

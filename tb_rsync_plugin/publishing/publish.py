@@ -33,9 +33,10 @@ import posixpath
 import stat
 from typing import Dict, Optional, Tuple
 
-from tb_rsync_plugin import atomic, config
+from tb_rsync_plugin.publishing import atomic
+from tb_rsync_plugin import config
 from tb_rsync_plugin.errors import CorruptRecordError, PublishError
-from tb_rsync_plugin.tfrecord import scan_records
+from tb_rsync_plugin.publishing.tfrecord import scan_records
 
 MANIFEST_VERSION = 1
 _ENTRY_KEYS = ("aligned_len", "size", "inode", "newest_wall_time", "newest_step",

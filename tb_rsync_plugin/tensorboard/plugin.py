@@ -16,10 +16,10 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import inbox
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import service as service_lib
-from tb_rsync_plugin import state as state_lib
+from tb_rsync_plugin.engine import inbox
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.engine import service as service_lib
+from tb_rsync_plugin.engine import state as state_lib
 from tb_rsync_plugin.errors import ConfigError
 
 logger = logging.getLogger(__name__)

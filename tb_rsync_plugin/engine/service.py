@@ -19,15 +19,15 @@ import threading
 import time
 import traceback
 
-from tb_rsync_plugin import probe_agent
-from tb_rsync_plugin import probes as probes_lib
-from tb_rsync_plugin import publish as publish_lib
-from tb_rsync_plugin import reload as reload_lib
-from tb_rsync_plugin import rewrites as rewrites_lib
-from tb_rsync_plugin import rsync as rsync_lib
-from tb_rsync_plugin import scheduler as scheduler_lib
-from tb_rsync_plugin import ssh as ssh_lib
-from tb_rsync_plugin import transport
+from tb_rsync_plugin.transports import probe_agent
+from tb_rsync_plugin.transports import probes as probes_lib
+from tb_rsync_plugin.publishing import publish as publish_lib
+from tb_rsync_plugin.tensorboard import reload as reload_lib
+from tb_rsync_plugin.publishing import rewrites as rewrites_lib
+from tb_rsync_plugin.transports import rsync as rsync_lib
+from tb_rsync_plugin.engine import scheduler as scheduler_lib
+from tb_rsync_plugin.transports import ssh as ssh_lib
+from tb_rsync_plugin.transports import transport
 from tb_rsync_plugin.errors import SyncError
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import fcntl
 import json
 import os
 
-from tb_rsync_plugin import atomic, disk_lines
+from tb_rsync_plugin.publishing import atomic
+from tb_rsync_plugin import disk_lines
 
 COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
 COMPACT_MIN_BYTES = 64 * 1024

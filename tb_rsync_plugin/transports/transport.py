@@ -7,8 +7,8 @@ not installed) sentences.
 """
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin import rclone as rclone_lib
-from tb_rsync_plugin import rsync as rsync_lib
+from tb_rsync_plugin.transports import rclone as rclone_lib
+from tb_rsync_plugin.transports import rsync as rsync_lib
 
 
 def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_write=None,

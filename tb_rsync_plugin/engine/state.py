@@ -27,9 +27,10 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import __version__, config, publish
+from tb_rsync_plugin import __version__, config
+from tb_rsync_plugin.publishing import publish
 # The journal files; `tb-rsync status` reads them through these names.
-from tb_rsync_plugin.state_journal import (append_journal, forget_sources, journal_lines,
+from tb_rsync_plugin.engine.state_journal import (append_journal, forget_sources, journal_lines,
                                            journal_path, load_snapshot)
 
 HEARTBEAT_S = 60.0
@@ -43,6 +44,7 @@ _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "failures", "appending", "last_change")
 # Run names kept in a source's `last_change` (the status is polled; a fleet has many).
 LAST_CHANGE_RUNS = 5
+_TAIL_BYTES = 256  # what a journal follower re-reads to know its file was not replaced
 # Publishes remembered per run, to tell which one TensorBoard should show by now.
 _HISTORY = 64
 
@@ -589,22 +591,35 @@ class SyncState:
                             self._fold_run(name, saved)
 
     def _new_lines(self, path, name):
-        """The whole lines appended to `path` since the last read (holding `_follow_lock`)."""
-        inode, offset = self._read_to.get(name, (None, 0))
+        """The whole lines appended to `path` since the last read (holding `_follow_lock`).
+
+        A compaction writes a new file. Its inode number may be the one this process read
+        last (freed by an earlier compaction, then reused), so the bytes just before the
+        offset read to must also still be the ones read there; else it is read from the start.
+        """
+        inode, offset, tail = self._read_to.get(name, (None, 0, b""))
         try:
             st = os.stat(path)
             if st.st_ino == inode and st.st_size == offset:
                 return []
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                if st.st_ino != inode or st.st_size < offset:
+                if st.st_ino == inode and st.st_size >= offset:
+                    f.seek(offset - len(tail))
+                    if f.read(len(tail)) != tail:
+                        offset = 0
+                else:
                     offset = 0  # a new journal, or compacted: fold it from the start
                 f.seek(offset)
                 data = f.read()
         except OSError:
             return []  # no journal yet, or unreadable: nothing to fold
         end = data.rfind(b"\n") + 1  # a line being appended waits for the next call
-        self._read_to[name] = (st.st_ino, offset + end)
+        if end:
+            tail = data[max(0, end - _TAIL_BYTES):end]
+        elif offset == 0:
+            tail = b""
+        self._read_to[name] = (st.st_ino, offset + end, tail)
         return journal_lines(data[:end], path, name)
 
     def _fold_source(self, status, saved):

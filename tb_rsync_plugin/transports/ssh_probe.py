@@ -1,24 +1,10 @@
-"""Change probes: which sources changed, asked without starting processes per check.
+"""The probe of ssh hosts: one long-lived session per host, over the shared login.
 
-The scheduler syncs a probed source when its probe reports a change, on a click, and at a
-slow safety interval; a source without a working probe is listed by rsync at its interval,
-as before. One small interface, `Probes`, whatever the transport:
-
-- local folders: an in-process walk of the tree (probe_agent.tree_signature: names, types,
-  sizes, mtimes, inodes) every interval, on one thread for all of them. No inotify: shared
-  filesystems (NFS, Lustre, GPFS) raise no event for writes made on other machines, and the
-  walk costs microseconds per file;
-- `host:dir` over ssh: one long-lived session per host over the shared login, running
-  probe_agent.py with the node's `python3` (its source is sent over the session; nothing is
-  installed), or, where the session finds no python3, a POSIX `sh` loop that checksums
-  `ls -lnRai` of each tree. The node's login shell starts once per session, not once per
-  check. A session that dies or cannot start is restarted with backoff; meanwhile its
-  sources are listed by rsync (mode "listing", with the reason);
-- rsync daemons, rclone remotes, pods and containers (`rsh`) and watched inboxes keep their
-  own mechanism: an rsync or rclone listing per interval, inotify for inboxes.
-
-Each source's mode is reported through `on_mode(name, mode, detail)`; a change through
-`on_change(name)`. Both are called on the probes' threads.
+The session runs probe_agent.py with the node's `python3` (its source is sent over the
+session: nothing is installed), or, where the session finds no python3, a POSIX `sh` loop that
+checksums `ls -lnRai` of each tree. The node's login shell starts once per session, not once
+per check. A session that dies or cannot start is restarted with backoff (`RESTART_MIN_S` up
+to `RESTART_MAX_S`); its sources are reported unwatched meanwhile, and are listed by rsync.
 """
 
 import json
@@ -30,15 +16,11 @@ import subprocess
 import threading
 import time
 
-from tb_rsync_plugin import probe_agent
-from tb_rsync_plugin import process as process_lib
+from tb_rsync_plugin.transports.local_probe import MIN_INTERVAL_S
+from tb_rsync_plugin.transports import probe_agent
+from tb_rsync_plugin.transports import process as process_lib
 
 logger = logging.getLogger(__name__)
-
-WALK = "walk"  # local folder walked in-process
-PROBE = "probe"  # a probe session on the node (python3, or the sh fallback)
-LISTING = "listing"  # rsync or rclone lists the source at its interval
-INOTIFY = "inotify"  # a watched inbox (inbox.py)
 
 RESTART_MIN_S = 5.0
 RESTART_MAX_S = 300.0
@@ -46,7 +28,6 @@ PING_S = 30.0  # a silent session is asked for a pong this often...
 PONG_WAIT_S = 30.0  # ...and restarted when none comes back in time
 START_WAIT_S = 60.0  # login, shell start-up and the first walk of every tree
 FIRST_WAIT_S = 30.0
-_MIN_INTERVAL_S = 0.5
 
 # The sh fallback: reads the interval, then one root a line until an empty line; prints
 # "changed I" (I counts roots from 1) when the checksum of a tree's listing changed, and
@@ -107,129 +88,7 @@ def remote_root(source):
     return path.rstrip("/") or ("/" if path.startswith("/") else ".")
 
 
-def probe_kind(source):
-    """The mode a source starts in, before any probe has answered."""
-    if source.watch:
-        return INOTIFY
-    if source.is_local:
-        return WALK
-    if source.is_remote_shell and not source.rsh:
-        return PROBE
-    return LISTING
-
-
-class Probes:
-    """Every probe of one service: a walker for local folders, a session per ssh host.
-
-    Args:
-      ssh: the service's `ssh.SshConnections` (probe sessions ride the shared login).
-      on_change: called with a source name when its probe saw it change.
-      on_mode: called with (name, mode, detail) when a source's mode changes.
-      interval_for: source -> its interval in seconds (how often its probe walks).
-    """
-
-    def __init__(self, ssh, on_change, on_mode, interval_for):
-        self._ssh = ssh
-        self._on_change = on_change
-        self._on_mode = on_mode
-        self._interval_for = interval_for
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._local = _LocalWalker(on_change, self._stop)
-        self._hosts = {}  # group key -> _HostProbe
-        self._started = False
-        self._modes = {}  # name -> (mode, detail)
-
-    def set_sources(self, sources):
-        """Watch `sources` (timed ones only: a source synced on request has no probe)."""
-        with self._lock:
-            local, groups = [], {}
-            for source in sources:
-                interval = self._interval_for(source)
-                kind = probe_kind(source) if interval > 0 else LISTING
-                if kind == WALK:
-                    local.append((source, interval))
-                elif kind == PROBE:
-                    groups.setdefault(_group_key(source), []).append((source, interval))
-                self._set_mode(source.name, *_initial_mode(kind, interval))
-            self._local.set_sources(local)
-            for key in list(self._hosts):
-                if key not in groups:
-                    self._hosts.pop(key).stop()
-            for key, members in groups.items():
-                host = self._hosts.get(key)
-                if host is None:
-                    host = self._hosts[key] = _HostProbe(self._ssh, self._on_change,
-                                                         self._set_mode, self._stop)
-                    if self._started:
-                        host.start()
-                host.set_sources(members)
-            for name in set(self._modes) - {s.name for s in sources}:
-                del self._modes[name]
-            if self._started and local:
-                self._local.start()
-
-    def start(self):
-        with self._lock:
-            self._started = True
-            self._local.start()
-            for host in self._hosts.values():
-                host.start()
-
-    def stop(self):
-        self._stop.set()
-        with self._lock:
-            hosts = list(self._hosts.values())
-        for host in hosts:
-            host.stop()
-
-    def probed(self, name):
-        """True while a working probe watches `name` (the scheduler's slow safety interval
-        then replaces its listing interval)."""
-        mode = self._modes.get(name, (LISTING, ""))[0]
-        return mode == WALK or (mode == PROBE and self._modes[name][1].startswith("Watched"))
-
-    def mode(self, name):
-        return self._modes.get(name, (LISTING, ""))
-
-    def first_records(self, source, paths):
-        """{path: digest of its first record} for event files of `source`, from the node's
-        probe session when one runs; None when no probe can say (see FAULTS.md)."""
-        if source.is_local:
-            root = os.path.abspath(os.path.expanduser(source.source_dir))
-            return probe_agent.first_record_digests(root, paths)
-        with self._lock:
-            host = self._hosts.get(_group_key(source))
-        digests = None if host is None else host.first_records(source, paths)
-        if digests is None and source.is_remote_shell and not source.rsh:
-            digests = _first_records_once(self._ssh, source, paths)  # `tb-rsync sync`
-        return digests
-
-    def _set_mode(self, name, mode, detail):
-        if self._modes.get(name) != (mode, detail):
-            self._modes[name] = (mode, detail)
-            self._on_mode(name, mode, detail)
-
-
-def _initial_mode(kind, interval):
-    if interval <= 0:
-        return LISTING, "Synced on request only: nothing watches it."
-    return {
-        WALK: (WALK, "Walked in-process every interval; a change syncs it at once."),
-        PROBE: (LISTING, "Starting a probe session on the host; listed by rsync meanwhile."),
-        INOTIFY: (INOTIFY, "A watched inbox: inotify asks for a sync at every change."),
-        LISTING: (LISTING, "Listed by rsync (or rclone) every interval: this kind of source "
-                           "has no probe."),
-    }[kind]
-
-
-def _group_key(source):
-    """Sources one probe session serves: the same ssh command to the same login."""
-    return (source.ssh or "", source.source.rsplit(":", 1)[0] if "]:" not in source.source
-            else source.source.split("]:", 1)[0])
-
-
-def _first_records_once(ssh, source, paths):
+def first_records_once(ssh, source, paths):
     """`Probes.first_records` through a session of its own, for a process without a probe
     session on the host (`tb-rsync sync`, or while the probe restarts); None if the host
     cannot run the python3 probe."""
@@ -266,75 +125,20 @@ def _first_records_once(ssh, source, paths):
                 pass
 
 
-class _LocalWalker:
-    """One thread walking every local source at its own interval."""
+class HostProbe:
+    """One probe session on one host (one ssh login), watching all its sources.
 
-    def __init__(self, on_change, stop):
-        self._on_change = on_change
-        self._stop = stop
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._sources = {}  # name -> (root, excludes, interval)
-        self._signatures = {}
-        self._due = {}
-        self._thread = None
+    Args:
+      ssh: the service's `ssh.SshConnections`.
+      on_change: called with a source name when the node saw it change.
+      on_state: called with (name, watched, detail): whether the session watches it now.
+      stopping: the service's stop Event.
+    """
 
-    def set_sources(self, members):
-        with self._lock:
-            new = {}
-            for source, interval in members:
-                root = os.path.abspath(os.path.expanduser(source.source_dir))
-                new[source.name] = (root, tuple(source.exclude), max(interval, _MIN_INTERVAL_S))
-            for name in set(self._sources) | set(new):
-                if self._sources.get(name) != new.get(name):
-                    self._signatures.pop(name, None)
-                    self._due[name] = 0.0
-            self._sources = new
-        self._wake.set()
-
-    def start(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True,
-                                            name="tb-rsync-probe-local")
-            self._thread.start()
-
-    def _loop(self):
-        while not self._stop.is_set():
-            now = time.monotonic()
-            with self._lock:
-                due = [(n, s) for n, s in self._sources.items() if self._due.get(n, 0) <= now]
-            for name, (root, excludes, interval) in due:
-                try:
-                    signature = probe_agent.tree_signature(root, excludes)
-                except OSError as e:
-                    signature = f"missing: {e}"  # the sync says what is wrong
-                with self._lock:
-                    if self._sources.get(name) != (root, excludes, interval):
-                        continue  # edited meanwhile: walked again from scratch
-                    changed = self._signatures.get(name) != signature
-                    self._signatures[name] = signature
-                    self._due[name] = time.monotonic() + interval
-                if changed:
-                    self._notify(name)
-            with self._lock:
-                wait = min(self._due.values(), default=now + 1.0) - time.monotonic()
-            self._wake.wait(max(0.05, min(wait, 1.0)))
-            self._wake.clear()
-
-    def _notify(self, name):
-        try:
-            self._on_change(name)
-        except Exception:
-            logger.exception("tb-rsync: handling a change of %r failed", name)
-
-
-class _HostProbe:
-    """One probe session on one host (one ssh login), watching all its sources."""
-
-    def __init__(self, ssh, on_change, set_mode, stopping):
+    def __init__(self, ssh, on_change, on_state, stopping):
         self._ssh = ssh
         self._on_change = on_change
-        self._set_mode = set_mode
+        self._on_state = on_state
         self._stopping = stopping
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -394,7 +198,7 @@ class _HostProbe:
             self._restarts += 1
             delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** min(self._restarts - 1, 8))
             for source, _ in members:
-                self._set_mode(source.name, LISTING,
+                self._on_state(source.name, False,
                                f"The probe session stopped ({why}); listed by rsync at its "
                                f"interval, probe restarts in {delay:.0f} s.")
             self._stop.wait(delay)
@@ -464,7 +268,7 @@ class _HostProbe:
         self._restarts = 0
         how = "python3" if agent == "python3" else "sh: no python3 found there"
         for source, _ in members:
-            self._set_mode(source.name, PROBE,
+            self._on_state(source.name, True,
                            f"Watched by a probe session on the host ({how}); a change syncs "
                            "it at once.")
         return self._listen(lines, agent)
@@ -533,7 +337,7 @@ class _HostProbe:
             self._ids = {str(i + 1): s.name for i, (s, _) in enumerate(members)}
         self._write({"watch": {str(i + 1): [remote_root(s), list(s.exclude)]
                                for i, (s, _) in enumerate(members)},
-                     "interval": max(_MIN_INTERVAL_S, min((i for _, i in members),
+                     "interval": max(MIN_INTERVAL_S, min((i for _, i in members),
                                                           default=1.0))})
 
     def _write(self, message):

@@ -54,11 +54,11 @@ import threading
 import time
 from typing import Tuple
 
-from tb_rsync_plugin import remote_shell
-from tb_rsync_plugin import process as process_lib
+from tb_rsync_plugin.transports import remote_shell
+from tb_rsync_plugin.transports import process as process_lib
 from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.ssh import CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose, ssh_command
+from tb_rsync_plugin.transports.ssh import CONNECT_TIMEOUT_S, CONNECTION_DIAGNOSES, diagnose, ssh_command
 
 _PREFIX = b"<tb-rsync> "
 _OUT_FORMAT = "--out-format=" + _PREFIX.decode() + "%i %l %b %n"

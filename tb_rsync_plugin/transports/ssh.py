@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 
-from tb_rsync_plugin import process as process_lib
+from tb_rsync_plugin.transports import process as process_lib
 from tb_rsync_plugin.errors import TransferError
 
 CONNECT_TIMEOUT_S = 10

@@ -1,0 +1,3 @@
+"""The TensorBoard side: the plugin and its routes, and reload, the only code that touches
+TensorBoard's internals.
+"""
