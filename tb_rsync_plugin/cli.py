@@ -18,13 +18,10 @@ import traceback
 
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin.engine import inbox
-from tb_rsync_plugin.tensorboard import reload as reload_lib
-from tb_rsync_plugin.publishing import rewrites as rewrites_lib
-from tb_rsync_plugin.engine import service as service_lib
-from tb_rsync_plugin.engine import state as state_lib
-from tb_rsync_plugin.transports import transport
 from tb_rsync_plugin.errors import SyncError
+
+# The engine is imported by the subcommands that run it, not here: `tb-rsync --version`,
+# `--help` and a mistyped flag answer at the interpreter's own start-up cost (BENCHMARKS.md).
 
 EXIT_OK, EXIT_FAILED, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 3, 130
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -177,6 +174,10 @@ def _print_error(error):
 
 
 def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
+    from tb_rsync_plugin.engine import service as service_lib
+    from tb_rsync_plugin.engine import state as state_lib
+    from tb_rsync_plugin.tensorboard import reload as reload_lib
+    from tb_rsync_plugin.transports import transport
     for flag in ("max_parallel", "max_per_host"):
         if getattr(args, flag) < 1:
             raise config_lib.ConfigError(f"--{flag.replace('_', '-')} must be at least 1.")
@@ -212,6 +213,7 @@ def cmd_sync(args):
 
 
 def cmd_watch(args):
+    from tb_rsync_plugin.engine import inbox
     interval_s = config_lib.parse_interval(args.interval, "--interval", zero_ok=False)
     progress = ProgressPrinter(sys.stderr)
     service = _service(args, interval_s, on_progress=progress.update,
@@ -220,9 +222,9 @@ def cmd_watch(args):
     watcher = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
-    print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir} every "
-          f"{interval_s:g} s (or each source's own 'interval'; idle sources back off to "
-          "4x); Ctrl-C stops.", flush=True)
+    print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir}: "
+          f"checked every {interval_s:g} s (or each source's own 'interval'), synced when "
+          "they change; Ctrl-C stops.", flush=True)
     try:
         service.start(timers=True)
         # interval = 0 means "only when asked": synced once, at the start.
@@ -346,6 +348,8 @@ def print_rewrites(rewrites):
 
 
 def cmd_status(args):
+    from tb_rsync_plugin.engine import state as state_lib
+    from tb_rsync_plugin.publishing import rewrites as rewrites_lib
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
         found = state_lib.forget_sources(config.state_dir, args.forget)

@@ -5,7 +5,6 @@ Everything here is validated once, up front, so later stages can trust their inp
 """
 
 import dataclasses
-import difflib
 import fnmatch
 import hashlib
 import math
@@ -17,11 +16,6 @@ import sys
 from typing import Optional, Tuple
 
 from tb_rsync_plugin.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
 
 DEFAULT_TIMEOUT_S = 600.0
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
@@ -246,6 +240,11 @@ def parse_source_pair(pair):
 
 def load_config_file(path):
     """`[[source]]` tables from a TOML file into `Source`s."""
+    # Imported here: only a config file needs a TOML parser (the CLI's start-up).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python < 3.11 only
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -272,6 +271,7 @@ def load_config_file(path):
 def _make_source(table, where):
     unknown = set(table) - _SOURCE_KEYS
     if unknown:
+        import difflib  # only for this sentence
         guesses = [f"'{match[0]}' instead of '{key}'" for key in sorted(unknown)
                    for match in [difflib.get_close_matches(key, sorted(_SOURCE_KEYS), 1)]
                    if match]
