@@ -612,6 +612,10 @@ function lastCell(s, nowS) {
   return last;
 }
 
+// How a source's changes are noticed (sources[].probe_mode, docs/API.md); "listing" (rsync
+// lists it every interval) reads as the plain pace, with the reason on hover.
+const WATCHERS = Object.freeze({walk: 'walked', probe: 'probe on the host', inotify: 'inotify'});
+
 function nextCell(s, nowS) {
   const next = el('td', {cls: 'col-next'});
   if (isNum(s.interval_s) && s.interval_s > 0) {
@@ -622,13 +626,16 @@ function nextCell(s, nowS) {
     } else {
       next.append(el('span', {text: 'after this sync'}));
     }
+    const watcher = WATCHERS[s.probe_mode];
     const factor = isNum(s.idle_factor) && s.idle_factor > 1 && !s.retrying ? s.idle_factor : 1;
-    const pace = factor > 1 ?
+    let pace = factor > 1 ?
       `idle: every ${formatDuration(s.interval_s * factor)} (set: ${formatDuration(s.interval_s)})` :
       `every ${formatDuration(s.interval_s)}`;
+    if (watcher) pace = `on change: ${watcher}, every ${formatDuration(s.interval_s)}`;
+    const why = s.probe_detail || (factor > 1 ? 'No change in the last syncs: checked less ' +
+      'often until the next change or a click on Sync.' : '');
     next.append(el('div', {cls: 'small muted rs-sub', text: pace,
-      attrs: factor > 1 ? {'title': 'No change in the last syncs: checked less often until ' +
-        'the next change or a click on Sync.'} : {}}));
+      attrs: {'data-role': 'probe-mode', ...(why ? {'title': why} : {})}}));
   } else {
     next.append(el('span', {cls: 'muted', text: 'on request'}));
   }
@@ -658,7 +665,7 @@ export const SOURCE_CELLS = Object.freeze([
   {name: 'result', key: (s) => JSON.stringify([s.state === 'error', s.last_result ?? null,
     s.last_change ?? null, s.last_ok_unix_s]), build: (s, nowS) => lastResultCell(s, nowS)},
   {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s, !!s.retrying,
-    s.idle_factor ?? 1]),
+    s.idle_factor ?? 1, s.probe_mode ?? null, s.probe_detail ?? null]),
     build: (s, nowS) => nextCell(s, nowS)},
   {name: 'error', key: (s) => JSON.stringify([s.name, s.error ?? null, s.warnings ?? []]),
     build: (s, nowS) => errorCell(s, nowS)},

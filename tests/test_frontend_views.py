@@ -367,19 +367,32 @@ def test_sources_table_words_failures_and_timer_syncs(page):
                        failures=3, interval_s=5.0),
         source_fixture("idle", state="idle", next_sync_unix_s=NOW + 12, idle_factor=4,
                        interval_s=5.0),
+        source_fixture("probed", state="idle", next_sync_unix_s=NOW + 50, interval_s=5.0,
+                       probe_mode="probe", probe_detail="Watched by a probe session."),
+        source_fixture("fallback", state="idle", next_sync_unix_s=NOW + 5, interval_s=5.0,
+                       probe_mode="listing", probe_detail="The probe session stopped."),
     ]
     got = page.evaluate("""(sources) => {
       const table = window.views.buildSourcesTable(sources, %r);
       const cell = (n, c) => table.querySelector(`tr[data-source="${n}"] .col-${c}`).textContent;
+      const why = (n) => table.querySelector(`tr[data-source="${n}"] [data-role=probe-mode]`)
+        .getAttribute('title');
       return {badLast: cell('bad', 'last'), badResult: cell('bad', 'result'),
               timedNext: cell('timed', 'next'), retryNext: cell('retry', 'next'),
-              idleNext: cell('idle', 'next')};
+              idleNext: cell('idle', 'next'), probedNext: cell('probed', 'next'),
+              probedWhy: why('probed'), fallbackNext: cell('fallback', 'next'),
+              fallbackWhy: why('fallback')};
     }""" % NOW, sources)
     assert got["badLast"].startswith("failed 3 s ago") and "last success 39 s ago" in got["badLast"]
     assert got["badResult"].startswith("last success: 3 files, 1.0 MiB received")
     assert got["timedNext"] == "after this syncevery 5 s"
     assert got["retryNext"] == "retrying in 40 severy 5 s"
     assert got["idleNext"] == "in 12 sidle: every 20 s (set: 5 s)"
+    # A probed source syncs on change; its timed sync is the slow safety check.
+    assert got["probedNext"] == "in 50 son change: probe on the host, every 5 s"
+    assert got["probedWhy"] == "Watched by a probe session."
+    assert got["fallbackNext"] == "in 5 severy 5 s"
+    assert got["fallbackWhy"] == "The probe session stopped."
 
 
 def test_error_details_show_what_went_wrong_first(page, tmp_path):
