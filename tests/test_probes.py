@@ -279,3 +279,50 @@ def test_watch_killed_leaves_no_probe_on_the_node(tmp_path, node):
         for master in (tmp_path / "run" / "tb-rsync").glob("*"):
             subprocess.run(["ssh", "-o", f"ControlPath={master}", "-O", "exit", "x"],
                            capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_a_source_edited_while_probed_is_watched_at_its_new_folder(tmp_path, node):
+    _, server, _ = node
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        write(root / "run" / event_file_name())
+    source = config_lib.Source("n1", f"127.0.0.1:{first}/", ssh=server.ssh_command)
+    probes, connections, seen = start_probes(tmp_path, [source])
+    try:
+        wait_until(lambda: probes.probed("n1") and seen.count("n1"), 60, message="the probe")
+        # n1 moves to another folder; a new source n2 takes the first one: same session.
+        probes.set_sources([config_lib.Source("n1", f"127.0.0.1:{second}/",
+                                              ssh=server.ssh_command),
+                            config_lib.Source("n2", f"127.0.0.1:{first}/",
+                                              ssh=server.ssh_command)])
+        wait_until(lambda: probes.probed("n2") and seen.count("n2"), 60, message="n2 watched")
+        for name, root in (("n1", second), ("n2", first)):
+            before = seen.count(name)
+            write(root / "run" / "more")
+            wait_until(lambda: seen.count(name) > before, 30, message=f"a change of {name}")
+    finally:
+        probes.stop()
+        connections.close()
+
+
+def test_a_killed_shared_master_takes_the_probe_down_and_it_comes_back(tmp_path, node):
+    _, server, _ = node
+    root = tmp_path / "remote"
+    write(root / "run" / event_file_name())
+    source = config_lib.Source("n1", f"127.0.0.1:{root}/", ssh=server.ssh_command)
+    probes, connections, seen = start_probes(tmp_path, [source])
+    try:
+        wait_until(lambda: probes.probed("n1"), 60, message="the probe")
+        (socket_path,) = list((tmp_path / "ctl").iterdir())
+        check = subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "check", "x"],
+                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        master = int(check.stderr.split("pid=")[1].split(")")[0])
+        os.kill(master, signal.SIGKILL)
+        wait_until(lambda: not probes.probed("n1"), 30, message="the fallback to listing")
+        wait_until(lambda: probes.probed("n1"), 60, message="the probe over a new login")
+        before = seen.count("n1")
+        write(root / "run" / "more")
+        wait_until(lambda: seen.count("n1") > before, 30, message="a change after the restart")
+    finally:
+        probes.stop()
+        connections.close()

@@ -64,6 +64,7 @@ class Probes:
         self._hosts = {}  # group key -> ssh_probe.HostProbe
         self._started = False
         self._modes = {}  # name -> (mode, detail)
+        self._kinds = {}  # name -> the kind of probe it was given (probe_kind)
 
     def set_sources(self, sources):
         """Watch `sources` (timed ones only: a source synced on request has no probe)."""
@@ -76,7 +77,9 @@ class Probes:
                     local.append((source, interval))
                 elif kind == PROBE:
                     groups.setdefault(_group_key(source), []).append((source, interval))
-                self._set_mode(source.name, *_initial_mode(kind, interval))
+                if self._kinds.get(source.name) != kind:  # new, or its kind changed
+                    self._kinds[source.name] = kind
+                    self._set_mode(source.name, *_initial_mode(kind, interval))
             self._local.set_sources(local)
             for key in list(self._hosts):
                 if key not in groups:
@@ -91,6 +94,7 @@ class Probes:
                 host.set_sources(members)
             for name in set(self._modes) - {s.name for s in sources}:
                 del self._modes[name]
+                self._kinds.pop(name, None)
             if self._started and local:
                 self._local.start()
 

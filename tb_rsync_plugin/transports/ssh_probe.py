@@ -125,6 +125,11 @@ def first_records_once(ssh, source, paths):
                 pass
 
 
+def _watched(agent):
+    how = "python3" if agent == "python3" else "sh: no python3 found there"
+    return f"Watched by a probe session on the host ({how}); a change syncs it at once."
+
+
 class HostProbe:
     """One probe session on one host (one ssh login), watching all its sources.
 
@@ -158,6 +163,8 @@ class HostProbe:
             agent = self._agent
         if old != members and agent == "python3":
             self._send_watch()
+            for source, _ in members:  # the session watches the new set from now on
+                self._on_state(source.name, True, _watched(agent))
         elif old != members and agent == "sh":
             self._kill()  # the sh agent reads its roots once: start it again
 
@@ -266,11 +273,8 @@ class HostProbe:
                 return "the host's python3 did not start the probe"
             self._send_watch()
         self._restarts = 0
-        how = "python3" if agent == "python3" else "sh: no python3 found there"
         for source, _ in members:
-            self._on_state(source.name, True,
-                           f"Watched by a probe session on the host ({how}); a change syncs "
-                           "it at once.")
+            self._on_state(source.name, True, _watched(agent))
         return self._listen(lines, agent)
 
     def _listen(self, lines, agent):
