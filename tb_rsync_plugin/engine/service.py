@@ -263,9 +263,11 @@ class SyncService:
         theirs = self.probes.first_records(source, transfer.grown)
         if not theirs:
             return ()
-        ours = probe_agent.first_record_digests(self.config.staging_dir(source.name),
-                                                transfer.grown)
-        return [path for path, digest in theirs.items() if ours.get(path) != digest]
+        # Compared with the published copy: the staged one may have had its published
+        # blocks dropped (sparse staging), and the published one is what a splice would hit.
+        ours = probe_agent.first_record_digests(
+            os.path.join(self.config.logdir, source.name), transfer.grown)
+        return [path for path, digest in theirs.items() if path in ours and ours[path] != digest]
 
     def _publish(self, source, transfer, retry, progress):
         """Publish what the transfer staged (or everything, after an interrupted cycle)."""
