@@ -151,6 +151,18 @@ def descendants_cpu_s(split_pid=None):
     between, exited processes included. Exited orphans are collected first: a zombie's
     /proc entry undercounts. With `split_pid`: (cpu outside, cpu of that process's subtree).
     """
+    if split_pid is None:
+        return sum(subtrees_cpu_s(()).values())
+    by = subtrees_cpu_s((split_pid,))
+    return by[None], by[split_pid]
+
+
+def subtrees_cpu_s(pids):
+    """{pid: CPU seconds of that descendant's subtree, None: of every other descendant}.
+
+    Counted as `descendants_cpu_s` counts; a process under two of `pids` counts under the
+    nearest.
+    """
     reap_orphans()
     stats = {}
     for entry in os.listdir("/proc"):
@@ -165,7 +177,7 @@ def descendants_cpu_s(split_pid=None):
         # After the name: state, ppid, ... utime(11) stime(12) cutime(13) cstime(14).
         stats[int(entry)] = (int(fields[1]), [int(fields[i]) for i in (11, 12, 13, 14)])
     me = os.getpid()
-    outside = inside = 0
+    ticks_by = dict.fromkeys([None, *pids], 0)
     for pid, (_, ticks) in stats.items():
         chain, cursor = [], pid
         while cursor in stats and cursor != me and cursor not in chain:
@@ -173,14 +185,9 @@ def descendants_cpu_s(split_pid=None):
             cursor = stats[cursor][0]
         if cursor != me or not chain:
             continue  # not ours, or this process
-        if split_pid in chain:
-            inside += sum(ticks)
-        else:
-            outside += sum(ticks)
-    outside += sum(stats[me][1][2:]) if me in stats else 0
-    if split_pid is None:
-        return (outside + inside) / CLOCK_TICKS_S
-    return outside / CLOCK_TICKS_S, inside / CLOCK_TICKS_S
+        ticks_by[next((p for p in chain if p in ticks_by), None)] += sum(ticks)
+    ticks_by[None] += sum(stats[me][1][2:]) if me in stats else 0
+    return {key: ticks / CLOCK_TICKS_S for key, ticks in ticks_by.items()}
 
 
 def median(values):

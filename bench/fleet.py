@@ -141,10 +141,10 @@ class Fleet:
 
     # --- TensorBoard --------------------------------------------------------------------
 
-    def tensorboard(self, logdir, staging, interval_s, log_name, limit_flags=()):
+    def tensorboard(self, logdir, staging, interval_s, log_name, limit_flags=(), extra=()):
         """A TensorBoard syncing every source each `interval_s`, ready to answer."""
         flags = ["--rsync_config", self.config, "--rsync_interval", str(interval_s),
-                 "--rsync_staging", staging, *limit_flags]
+                 "--rsync_staging", staging, *limit_flags, *extra]
         tb = TensorBoardProcess(logdir, flags, os.path.join(self.root, log_name),
                                 executable=common.tensorboard_argv())
         try:
@@ -153,6 +153,21 @@ class Fleet:
             tb.stop()
             raise
         return tb
+
+    def plain_tensorboard(self, logdir, log_name, extra=()):
+        """A TensorBoard without sources on `logdir`, ready to answer."""
+        tb = TensorBoardProcess(logdir, list(extra), os.path.join(self.root, log_name),
+                                executable=common.tensorboard_argv())
+        try:
+            tb.wait_ready(120)
+        except BaseException:
+            tb.stop()
+            raise
+        return tb
+
+    def event_file(self, name, run=0, root=None):
+        """The event file of run `run` of source `name`, at the source or under `root`."""
+        return os.path.join(root or self.src, name, f"run{run:05d}", b3_scale.EVENTS)
 
     def wait_settled(self, tb, timeout_s=600):
         """Wait until every source has ended one sync; -> (seconds, snapshot)."""
@@ -165,6 +180,66 @@ class Fleet:
                 waiting = [s["name"] for s in snap["sources"] if not s["last_end_unix_s"]]
                 raise RuntimeError(f"{len(waiting)} sources never ended a sync: {waiting[:10]}")
             time.sleep(1)
+
+
+def idle_window(fleet, seconds, tb=None, plain=None, poll_s=2.5):
+    """CPU shares over `seconds`: the plugin side, the sshd's tree, and `plain`'s tree.
+
+    The plugin side is every other descendant of this process: TensorBoard `tb` and every
+    process under it (rsync, ssh, the data server; exited ones through their parents'
+    cutime/cstime) and ssh ControlMasters that daemonized (this process is their subreaper).
+    With `tb`, its status is read every `poll_s` to count the syncs that ended (each source
+    ends at most one per interval, so none is missed while `poll_s` is below it) and the
+    sources' probe modes; serving those few requests is part of the CPU measured. `plain`
+    (a TensorBoard without sources) is measured in the same window.
+    """
+    pids = (fleet.proc.pid,) + ((plain.proc.pid,) if plain else ())
+    cpu0, logins0 = common.subtrees_cpu_s(pids), fleet.logins()
+    started = time.monotonic()
+    ends, modes = {}, {}  # source -> the last_end_unix_s values seen; mode -> sources
+    while True:
+        if tb is not None:
+            sources = tb.get_json("/data/plugin/rsync/status", timeout_s=60)["sources"]
+            for source in sources:
+                ends.setdefault(source["name"], set()).add(source["last_end_unix_s"])
+            modes = {}
+            for source in sources:
+                mode = source.get("probe_mode", "-")
+                modes[mode] = modes.get(mode, 0) + 1
+        left = seconds - (time.monotonic() - started)
+        if left <= 0:
+            break
+        time.sleep(min(poll_s, left))
+    cpu1, logins1 = common.subtrees_cpu_s(pids), fleet.logins()
+    elapsed = time.monotonic() - started
+    share = lambda key: (cpu1[key] - cpu0[key]) / elapsed
+    return {"tb": share(None), "sshd": share(fleet.proc.pid),
+            "plain": share(plain.proc.pid) if plain else None,
+            "logins": logins1 - logins0, "window_s": elapsed, "modes": modes,
+            "syncs": sum(len(seen) - 1 for seen in ends.values())}
+
+
+def between_syncs(window, sources):
+    """How often a source synced over a window, as words."""
+    if not window["syncs"]:
+        return "no source synced in the window"
+    return f"each source every {window['window_s'] * sources / window['syncs']:.1f} s"
+
+
+def modes_text(modes):
+    """`{"walk": 80, "probe": 20}` -> "walk 80, probe 20" ("-" when none were read)."""
+    return ", ".join(f"{mode} {n}" for mode, n in sorted(modes.items(), key=lambda kv: -kv[1])) \
+        or "-"
+
+
+def time_to(predicate, timeout_s, poll_s=0.02):
+    """Seconds until `predicate()` is true (polled every `poll_s`), or None at `timeout_s`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            return None
+        time.sleep(poll_s)
+    return time.monotonic() - started
 
 
 def cli_limit_flags(args):

@@ -2,10 +2,10 @@
 
 `python bench/run_all.py [--quick] [--ssh] [--fleet-only] [--baseline] [--no-report]`:
 `--quick` passes smaller sizes to each (B2 also runs in the browser); `--ssh` adds B1 over a real sshd on 127.0.0.1 at the
-B1 sizes. The fleet benchmarks (B6, B7, B3 at 10,000 runs, B4 under load, B1 over ssh at
-1 GiB) always run; `--fleet-only` runs just them. `--baseline` and `--no-report` are passed
-on (see any benchmark's --help). The full run takes about 20-30 minutes (the fleet part
-about 13 on a loaded 2-core machine).
+B1 sizes. The fleet benchmarks (B6, B7, B10 and B11 for the change probes, B3 at 10,000
+runs, B4 under load, B1 over ssh at 1 GiB) always run; `--fleet-only` runs just them.
+`--baseline` and `--no-report` are passed on (see any benchmark's --help). The full run
+takes about 25-35 minutes (the fleet part about 20 on a loaded 2-core machine).
 """
 
 import argparse
@@ -23,11 +23,15 @@ import b5_staging_overhead  # noqa: E402
 import b6_fleet  # noqa: E402
 import b7_idle_cost  # noqa: E402
 import b8_rclone  # noqa: E402
+import b10_probes_idle  # noqa: E402
+import b11_thousand_sources  # noqa: E402
 
 # (module, its arguments, its arguments with --quick); --quick itself is passed as well.
 FLEET = (
     (b6_fleet, [], []),
     (b7_idle_cost, [], []),
+    (b10_probes_idle, [], []),
+    (b11_thousand_sources, [], []),
     (b3_scale, ["--runs", "10000"], ["--runs", "3000"]),
     (b4_status_latency, ["--load"], ["--load"]),
     (b1_publish_cost, ["--ssh-only", "--sizes", "10,1024"], ["--ssh-only", "--sizes", "1,10"]),
@@ -38,8 +42,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ssh", action="store_true", help="B1 also over ssh")
-    parser.add_argument("--fleet-only", action="store_true", help="only B6, B7 and the "
-                        "fleet sizes of B3, B4 and B1")
+    parser.add_argument("--fleet-only", action="store_true", help="only B6, B7, B10, B11 "
+                        "and the fleet sizes of B3, B4 and B1")
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
