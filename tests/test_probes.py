@@ -242,7 +242,7 @@ def test_a_probed_source_syncs_when_it_changes_not_every_interval(tmp_path, requ
         service.wait(["n1"], timeout_s=60)
         started = service.state.source("n1")["last_start_unix_s"]
         # Nothing changes: a listing source would sync every 0.5 s; a probed one waits for
-        # its safety interval (5 s here). A loaded machine only makes this wait look shorter.
+        # its safety interval (5 min). A loaded machine only makes this wait look shorter.
         threading.Event().wait(2.0)
         assert service.state.source("n1")["last_start_unix_s"] == started
         append_scalars(str(events), range(3, 6))

@@ -15,7 +15,7 @@ from tests.events import append_scalars, event_file_name
 from tests.fixtures_tensorboard import wait_until
 
 PROBED_INTERVAL_S = 0.3
-SAFETY_S = scheduler_lib.SAFETY_FACTOR * PROBED_INTERVAL_S
+SAFETY_S = 3.0  # scheduler.SAFETY_S for this test: 5 min would be a long wait
 
 
 def source_of(snapshot):
@@ -33,8 +33,12 @@ def make_service(tmp_path, interval_s=0.0):
     return lambda: service_lib.SyncService(config, state, reload_lib.NoReloader()), config
 
 
-def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path):
+def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path,
+                                                                        monkeypatch):
     # A local folder is watched by its probe: its timed syncs come at the safety interval.
+    monkeypatch.setattr(scheduler_lib, "SAFETY_S", SAFETY_S)
+    delay = scheduler_lib.safety_interval_s("n", PROBED_INTERVAL_S)
+    assert SAFETY_S * (1 - scheduler_lib.SAFETY_SPREAD) <= delay <= SAFETY_S
     new_service, _ = make_service(tmp_path, PROBED_INTERVAL_S)
     append_scalars(str(tmp_path / "remote" / "run" / event_file_name()), range(3))
     service = new_service()
@@ -46,7 +50,7 @@ def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path
         for _ in range(2):
             before = source_of(state.snapshot())
             shown = before["next_sync_unix_s"]
-            assert shown == before["last_end_unix_s"] + SAFETY_S
+            assert shown == before["last_end_unix_s"] + delay
             wait_until(lambda: (source_of(state.snapshot())["last_start_unix_s"] or 0) >
                        before["last_end_unix_s"], 10, message="the next timed sync")
             started = source_of(state.snapshot())["last_start_unix_s"]
@@ -57,8 +61,8 @@ def test_timed_syncs_start_when_the_tab_said_and_a_click_postpones_them(tmp_path
         service.request(["n"])
         service.wait(["n"], timeout_s=10)
         after = source_of(state.snapshot())
-        assert after["next_sync_unix_s"] == after["last_end_unix_s"] + SAFETY_S
-        time.sleep(SAFETY_S / 2)
+        assert after["next_sync_unix_s"] == after["last_end_unix_s"] + delay
+        time.sleep(delay / 2)
         assert source_of(state.snapshot())["last_start_unix_s"] == after["last_start_unix_s"], \
             "no timed sync right after the click"
     finally:

@@ -20,9 +20,11 @@ in request order, skipping those whose host is full (no head-of-line blocking). 
 the monotonic clock; the tab is told wall-clock times.
 
 A source a change probe watches (probes.py) is synced when the probe reports a change
-(`poke`), on a click, and at a slow safety interval (`SAFETY_FACTOR` x its interval, at most
-`SAFETY_MAX_S`, never less than the interval); idle back-off does not apply to it: watching
-costs no process per check. A change reported while the source's cycle runs (that cycle may
+(`poke`), on a click, and at a slow safety interval whatever the probe says (`SAFETY_S`, 5
+min, or its interval if longer; each source a few percent earlier by a spread fixed by its
+name, so a fleet's safety syncs do not come in one burst); idle back-off does not apply to
+it: watching costs no process per check. (At 10x the interval, a 100-source fleet at 1 s
+spent most of its idle CPU on safety syncs: docs/BENCHMARKS.md, B10.) A change reported while the source's cycle runs (that cycle may
 have listed already) queues one more cycle after it.
 
 Backoff, both capped and both reset by a click:
@@ -36,6 +38,7 @@ import dataclasses
 import logging
 import threading
 import time
+import zlib
 from typing import Optional
 
 logger = logging.getLogger(__name__)
@@ -45,8 +48,8 @@ MIN_RETRY_S = 5.0
 RETRY_CAP_S = 300.0
 IDLE_AFTER = 5
 IDLE_MAX_FACTOR = 4
-SAFETY_FACTOR = 10
-SAFETY_MAX_S = 300.0
+SAFETY_S = 300.0
+SAFETY_SPREAD = 0.1  # safety syncs come up to this fraction early, by source
 _TICK_S = 1.0  # the dispatcher looks again at least this often (slow-lane moves)
 
 
@@ -399,5 +402,12 @@ class Scheduler:
             delay = max(entry.interval_s, MIN_RETRY_S) * 2 ** (entry.failures - 1)
             return min(delay, max(RETRY_CAP_S, entry.interval_s))
         if entry.probed:
-            return max(entry.interval_s, min(SAFETY_FACTOR * entry.interval_s, SAFETY_MAX_S))
+            return safety_interval_s(entry.name, entry.interval_s)
         return entry.interval_s * self._idle_factor(entry)
+
+
+def safety_interval_s(name, interval_s):
+    """When a probed source syncs although its probe saw nothing: `SAFETY_S` (or the
+    interval, if longer), early by a fraction of `SAFETY_SPREAD` fixed by the name."""
+    spread = zlib.crc32(name.encode("utf-8", "surrogateescape")) / 0xFFFFFFFF
+    return max(interval_s, SAFETY_S) * (1.0 - SAFETY_SPREAD * spread)
