@@ -20,7 +20,11 @@ from tb_rsync_plugin.transports import probe_agent  # noqa: E402
 
 
 def measure(runs, reps):
-    work = common.work_dir("b13")
+    with common.work_dir("b13") as work:
+        return _measure(work, runs, reps)
+
+
+def _measure(work, runs, reps):
     src, staging = os.path.join(work, "src"), os.path.join(work, "staging")
     b3_scale.build_tree(src, runs)
     rsync = common.tool("rsync")
@@ -66,8 +70,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="1,000 runs, 3 repetitions")
     common.add_report_options(parser)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.reps = 1000, 3
     print("B13", flush=True)
     times, probe_cpu = measure(args.runs, args.reps)
     common.report_section(args, "B13", f"B13: one probe check of {args.runs:,} runs",

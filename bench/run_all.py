@@ -25,6 +25,7 @@ import b7_idle_cost  # noqa: E402
 import b8_rclone  # noqa: E402
 import b10_probes_idle  # noqa: E402
 import b11_thousand_sources  # noqa: E402
+import b13_probe_walk  # noqa: E402
 
 # (module, its arguments, its arguments with --quick); --quick itself is passed as well.
 FLEET = (
@@ -32,6 +33,7 @@ FLEET = (
     (b7_idle_cost, [], []),
     (b10_probes_idle, [], []),
     (b11_thousand_sources, [], []),
+    (b13_probe_walk, [], []),
     (b3_scale, ["--runs", "10000"], ["--runs", "3000"]),
     (b4_status_latency, ["--load"], ["--load"]),
     (b1_publish_cost, ["--ssh-only", "--sizes", "10,1024"], ["--ssh-only", "--sizes", "1,10"]),
@@ -42,7 +44,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ssh", action="store_true", help="B1 also over ssh")
-    parser.add_argument("--fleet-only", action="store_true", help="only B6, B7, B10, B11 "
+    parser.add_argument("--fleet-only", action="store_true", help="only B6, B7, B10, B11, B13 "
                         "and the fleet sizes of B3, B4 and B1")
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--no-report", action="store_true")
