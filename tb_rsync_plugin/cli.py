@@ -19,6 +19,7 @@ import traceback
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.engine import inbox
+from tb_rsync_plugin.engine import metrics as metrics_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
 from tb_rsync_plugin.engine import service as service_lib
@@ -133,6 +134,10 @@ def build_parser():
     watch.add_argument("--watch-source", action="append", default=[], metavar="NAME",
                        help="sync local source NAME (an inbox nodes push into) as soon as it "
                             "changes; the interval stays as a fallback (repeatable)")
+    watch.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on this port (0: any free one)")
+    watch.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                       help="address the metrics are served on (default %(default)s)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -217,13 +222,17 @@ def cmd_watch(args):
     service = _service(args, interval_s, on_progress=progress.update,
                        watch_names=args.watch_source)
     config = service.config
-    watcher = None
+    watcher = metrics_server = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
     print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir} every "
           f"{interval_s:g} s (or each source's own 'interval'; idle sources back off to "
           "4x); Ctrl-C stops.", flush=True)
     try:
+        if args.metrics_port is not None:
+            metrics_server, url = metrics_lib.SyncMetrics(service).serve(args.metrics_host,
+                                                                         args.metrics_port)
+            print(f"tb-rsync: Prometheus metrics at {url}", flush=True)
         service.start(timers=True)
         # interval = 0 means "only when asked": synced once, at the start.
         service.request([s.name for s in config.sources if config.interval_for(s) <= 0])
@@ -245,6 +254,9 @@ def cmd_watch(args):
         with _stop_signals.held():
             if watcher is not None:
                 watcher.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             service.stop()
 
 
