@@ -77,7 +77,8 @@ def test_metrics_parse_with_the_librarys_own_parsers(tmp_path):
         assert value(parsed, "tb_rsync_source_sync_duration_seconds_count", source=name) == 1
         assert value(parsed, "tb_rsync_source_sync_duration_seconds_bucket", source=name,
                      le="+Inf") == 1
-        assert value(parsed, "tb_rsync_source_probe_mode", source=name, mode="walk") == 1
+        # Synced on request only: rsync lists it (no probe watches it).
+        assert value(parsed, "tb_rsync_source_probe_mode", source=name, mode="listing") == 1
     assert value(parsed, "tb_rsync_source_consecutive_failures", source="bad") == 1
     assert value(parsed, "tb_rsync_source_consecutive_failures", source=ODD_NAME) == 0
     assert value(parsed, "tb_rsync_source_syncs_total", source="bad", result="error") == 1
@@ -171,9 +172,10 @@ def test_prometheus_scrapes_tensorboard_and_watch_and_the_readme_alerts_fire(
 
 
 def test_watch_refuses_a_bad_metrics_port_with_a_sentence(tmp_path):
-    remote = tmp_path / "remote"
+    remote, logdir = tmp_path / "remote", tmp_path / "logs"
     remote.mkdir()
-    common = ("watch", "--logdir", tmp_path, "--staging", tmp_path / "st", "--source",
+    logdir.mkdir()
+    common = ("watch", "--logdir", logdir, "--staging", tmp_path / "st", "--source",
               f"n={remote}/", "--metrics-port")
     result = tb_rsync(*common, "70000")
     assert result.returncode == 1
