@@ -34,6 +34,7 @@ setup(
         "setuptools",
         "google-crc32c>=1.5",
         "watchdog>=4",  # inotify for watched inboxes (inbox.py): no polling of big folders
+        "prometheus_client>=0.17",  # metrics (engine/metrics.py); 0.17 returns its server
         "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={

@@ -5,8 +5,10 @@
 #   scripts/install-system-deps.sh          for the tests: rsync (the transport), rclone (the
 #                                           transport of rclone: sources, object storage),
 #                                           openssh-server and openssh-client (tests start
-#                                           their own sshd on 127.0.0.1), chromium (the Sync
-#                                           tab's browser tests; not with TB_RSYNC_NO_BROWSER=1)
+#                                           their own sshd on 127.0.0.1), prometheus (the
+#                                           metrics tests scrape with a real one), chromium
+#                                           (the Sync tab's browser tests; not with
+#                                           TB_RSYNC_NO_BROWSER=1)
 #   scripts/install-system-deps.sh --demo   for the demo: rsync only (it syncs local folders
 #                                           and uses no browser of its own)
 set -euo pipefail
@@ -24,6 +26,7 @@ if [ "$demo" = 0 ]; then
   command -v ssh >/dev/null || need+=(openssh-client)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  command -v prometheus >/dev/null || need+=(prometheus)  # test-only: tests/test_metrics.py
   if [ "${TB_RSYNC_NO_BROWSER:-0}" != 1 ]; then
     command -v chromium >/dev/null || need+=(chromium)
   fi

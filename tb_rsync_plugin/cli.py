@@ -130,6 +130,10 @@ def build_parser():
     watch.add_argument("--watch-source", action="append", default=[], metavar="NAME",
                        help="sync local source NAME (an inbox nodes push into) as soon as it "
                             "changes; the interval stays as a fallback (repeatable)")
+    watch.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on this port (0: any free one)")
+    watch.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                       help="address the metrics are served on (default %(default)s)")
     status = commands.add_parser("status", help="show per-run freshness")
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
@@ -214,18 +218,23 @@ def cmd_sync(args):
 
 def cmd_watch(args):
     from tb_rsync_plugin.engine import inbox
+    from tb_rsync_plugin.engine import metrics as metrics_lib
     interval_s = config_lib.parse_interval(args.interval, "--interval", zero_ok=False)
     progress = ProgressPrinter(sys.stderr)
     service = _service(args, interval_s, on_progress=progress.update,
                        watch_names=args.watch_source)
     config = service.config
-    watcher = None
+    watcher = metrics_server = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
     print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir}: "
           f"checked every {interval_s:g} s (or each source's own 'interval'), synced when "
           "they change; Ctrl-C stops.", flush=True)
     try:
+        if args.metrics_port is not None:
+            metrics_server, url = metrics_lib.SyncMetrics(service).serve(args.metrics_host,
+                                                                         args.metrics_port)
+            print(f"tb-rsync: Prometheus metrics at {url}", flush=True)
         service.start(timers=True)
         # interval = 0 means "only when asked": synced once, at the start.
         service.request([s.name for s in config.sources if config.interval_for(s) <= 0])
@@ -247,6 +256,9 @@ def cmd_watch(args):
         with _stop_signals.held():
             if watcher is not None:
                 watcher.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             service.stop()
 
 

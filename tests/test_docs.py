@@ -92,11 +92,16 @@ def test_readme_shows_the_screenshot():
 
 # --- (b) flags and commands -----------------------------------------------------------------
 
-def tensorboard_options():
+def tensorboard_parser():
+    """TensorBoard's core flags and the plugin's, as `tensorboard` parses them."""
     parser = argparse.ArgumentParser(conflict_handler="resolve")
     core_plugin.CorePluginLoader().define_flags(parser)
     RsyncPluginLoader().define_flags(parser)
-    return {o for a in parser._actions for o in a.option_strings}
+    return parser
+
+
+def tensorboard_options():
+    return {o for a in tensorboard_parser()._actions for o in a.option_strings}
 
 
 def plugin_options():

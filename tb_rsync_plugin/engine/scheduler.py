@@ -66,6 +66,7 @@ class CycleEnd:
       retry_in_s: when the next timed attempt comes, or None (on request only).
       result: what the cycle returned (the service's outcome), or None.
       stopping: the scheduler was stopping (an error is then most likely the cancellation).
+      duration_s: how long the cycle ran, on the scheduler's monotonic clock.
     """
 
     name: str
@@ -76,6 +77,7 @@ class CycleEnd:
     retry_in_s: Optional[float]
     result: object = None
     stopping: bool = False
+    duration_s: float = 0.0
 
     @property
     def recovered(self):
@@ -384,7 +386,7 @@ class Scheduler:
                 retry=entry.failures > 0, idle_factor=self._idle_factor(entry))
         return CycleEnd(entry.name, error, changed, entry.failures, previous,
                         delay if entry.due_mono is not None else None, result,
-                        self._stopping)
+                        self._stopping, max(0.0, self._clock() - entry.started_mono))
 
     def _idle_factor(self, entry):
         if entry.probed:

@@ -296,8 +296,7 @@ class SyncState:
                 "bytes_received": transfer.bytes_received,
                 "bytes_published": report.bytes_published,
                 "files_transferred": transfer.files_transferred,
-                "files_published": sum(1 for a in report.actions
-                                       if a.action in publish.PUBLISHED_ACTIONS),
+                "files_published": report.files_published,
                 "runs_updated": len(report.runs),
                 "duration_s": round(now - (status.last_start_unix_s or now), 3),
             }

@@ -93,6 +93,10 @@ class PublishReport:
     def bytes_published(self):
         return sum(a.bytes for a in self.actions if a.action in PUBLISHED_ACTIONS)
 
+    @property
+    def files_published(self):
+        return sum(1 for a in self.actions if a.action in PUBLISHED_ACTIONS)
+
 
 def publish(staging_dir, logdir, name, quarantine_dir, manifest_path, changed=None,
             restaged=()):

@@ -17,6 +17,7 @@ from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.engine import inbox
+from tb_rsync_plugin.engine import metrics as metrics_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.engine import service as service_lib
 from tb_rsync_plugin.engine import state as state_lib
@@ -119,6 +120,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
             grace_s=2 * reloader.period_s + service_lib.LOADED_REFRESH_S)
         self._service = service_lib.SyncService(config, state, reloader)
         self._service.scheduler.add_listener(service_lib.log_transition)
+        self._metrics = metrics_lib.SyncMetrics(self._service)
         self._service.start()
         self._watcher = inbox.start_watching(config, self._service.request)
         if getattr(context.flags, "rsync_config", ""):
@@ -164,7 +166,8 @@ class RsyncPlugin(base_plugin.TBPlugin):
         logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 
     def get_plugin_apps(self):
-        apps = {"/status": self._status_route, "/sync": self._sync_route}
+        apps = {"/status": self._status_route, "/sync": self._sync_route,
+                "/metrics": self._metrics_route}
         for name in STATIC_FILES:
             apps["/" + name] = self._static_route
         return apps
@@ -182,6 +185,17 @@ class RsyncPlugin(base_plugin.TBPlugin):
         if request.method != "GET":
             return _json({"error": "Use GET."}, 405)
         return _json_bytes(self.status_bytes_impl())
+
+    @wrappers.Request.application
+    def _metrics_route(self, request):
+        # Read-only and names only (no addresses, no errors): no CSRF header needed.
+        if request.method != "GET":
+            return _json({"error": "Use GET."}, 405)
+        body, content_type = self.metrics_impl(request.headers.get("Accept"))
+        response = wrappers.Response(body, content_type=content_type)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @wrappers.Request.application
     def _sync_route(self, request):
@@ -241,6 +255,12 @@ class RsyncPlugin(base_plugin.TBPlugin):
         when there are none): a status never says "live" for a rewrite it has not seen."""
         self._service.journal.notice(self._service.state)
         return self._service.state.status_json()
+
+    def metrics_impl(self, accept=None):
+        """(body, content type) of the Prometheus metrics, after noticing rewrites other
+        processes published, as the status does."""
+        self._service.journal.notice(self._service.state)
+        return self._metrics.exposition(accept)
 
     def sync_impl(self, name=None):
         """Ask for syncs (`service.request`); raises KeyError for a name that is not
