@@ -18,6 +18,7 @@ import traceback
 
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import push as push_lib
 from tb_rsync_plugin.engine import inbox
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
@@ -138,6 +139,9 @@ def build_parser():
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
                         help="drop a source you no longer sync (and its runs) from the saved "
                              "state first; its published files stay in the logdir")
+    push = commands.add_parser("push", help="push a node's logdir into a hub's watched inbox "
+                                            "every --interval seconds (the node side)")
+    push_lib.add_arguments(push)
     return parser
 
 
@@ -463,7 +467,19 @@ class ProgressPrinter:
                 self._stream.flush()
 
 
-COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status}
+def cmd_push(args):
+    pusher = push_lib.from_arguments(args, print_error=_print_error)
+    try:
+        pusher.run(once=args.once)
+        return EXIT_OK
+    except Stopped as e:
+        pusher.final(signal.Signals(e.signum).name)  # later signals are ignored meanwhile
+        raise
+    finally:
+        pusher.close()
+
+
+COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push}
 
 if __name__ == "__main__":
     sys.exit(main())
