@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin.errors import ConfigError
-from tb_rsync_plugin.transports import rsync as rsync_lib
+from tb_rsync_plugin import cli
 from tests.events import append_scalars, event_file_name, scalar_bytes
 from tests.fixtures_servers import SSHD, start_sshd_or_skip, stop, wait_for_port
 from tests.fixtures_tensorboard import wait_until
@@ -237,3 +235,112 @@ def test_a_hub_that_is_down_is_retried_with_backoff_then_caught_up_with(tmp_path
         if proc is not None:
             stop(proc)
     assert push.text.count("connection refused") == 1, push.text  # said once, not per retry
+
+
+TRAIN = """
+import os, signal, sys, time
+sys.path.insert(0, os.environ["TEST_ROOT"])
+from tests.events import append_scalars
+path = os.path.join(sys.argv[sys.argv.index("--logdir") + 1], "run", os.environ["EVENTS"])
+os.makedirs(os.path.dirname(path), exist_ok=True)
+
+def stop(*_):
+    append_scalars(path, [99])  # the last point, written as training stops
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+append_scalars(path, range(5))
+if os.environ["ENDING"] == "finished":
+    stop()
+open("ready", "w").close()
+while True:
+    signal.pause()
+"""
+
+
+def job_script_lines():
+    """The README's job script from the line after `HUB=...` on: what runs on the node."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("#### Keep the logs of a job that ends", 1)[1]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return script.split("\nHUB=", 1)[1].split("\n", 1)[1]
+
+
+@pytest.mark.parametrize("ending", ["finished", "SIGTERM"])
+def test_the_job_scripts_exit_trap_pushes_the_last_point(tmp_path, hub, sshd_server,
+                                                         runtime_dir, ending):
+    """The README's job script, with `tb-rsync` and `python` on PATH: when the training
+    finishes, or the script gets SIGTERM (Slurm's --signal=B:TERM, or scancel), the point
+    training writes as it stops reaches the hub, and nothing of the job keeps running."""
+    inbox, published = hub
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, command in (("tb-rsync", '"$PYTHON" -m tb_rsync_plugin.cli "$@" --ssh "$SSH"'),
+                          ("python", '"$PYTHON" "$@"')):
+        (bin_dir / name).write_text(f"#!/bin/sh\nexec {command}\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "train.py").write_text(TRAIN)
+    logs = tmp_path / "scratch" / "tb"
+    (tmp_path / "job.sh").write_text(f"LOGS={logs}\nHUB=127.0.0.1:{inbox}/node1/\n"
+                                     + job_script_lines())
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
+               SSH=sshd_server.ssh_command, PYTHONPATH=str(ROOT), TEST_ROOT=str(ROOT),
+               EVENTS=EVENTS, ENDING=ending, XDG_RUNTIME_DIR=str(runtime_dir))
+    job = subprocess.Popen(["bash", "job.sh"], cwd=tmp_path, env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if ending == "SIGTERM":
+            wait_until(lambda: (tmp_path / "ready").exists(), 60, 0.05, "training to run")
+            job.send_signal(signal.SIGTERM)  # the script alone, as --signal=B:TERM does
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    # After its EXIT trap, bash ends the way the signal would have ended it.
+    assert job.returncode == (-signal.SIGTERM if ending == "SIGTERM" else 0), output
+    wanted = (logs / "run" / EVENTS).read_bytes()
+    assert wanted.endswith(scalar_bytes([99]))
+    wait_until(lambda: published_bytes(published / "node1" / "run" / EVENTS) == wanted, 60,
+               0.05, "the last point published")
+    assert not processes_mentioning(str(logs)), "a process of the job is still running"
+
+
+def test_compress_pushes_scalars_in_a_fraction_of_their_size(tmp_path, sshd_server,
+                                                             runtime_dir):
+    node, inbox = tmp_path / "node", tmp_path / "inbox"
+    (node / "run").mkdir(parents=True)
+    inbox.mkdir()
+    append_scalars(str(node / "run" / EVENTS), range(20000))
+    size = (node / "run" / EVENTS).stat().st_size
+    push = start_push(node, f"127.0.0.1:{inbox}/node1/", runtime_dir, "--once", "--compress",
+                      "--ssh", sshd_server.ssh_command)
+    assert push.stop() == 0, push.text
+    sent = int(re.search(r"push: 1 file\(s\), ([\d,]+) bytes sent", push.text)[1]
+               .replace(",", ""))
+    assert sent < size / 3
+    assert (inbox / "node1" / "run" / EVENTS).read_bytes() == \
+        (node / "run" / EVENTS).read_bytes()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--compress"], "--compress (destination '{dest}') only applies to HOST:DIR and rsync "
+                     "daemon sources, and '{dest}' is a local folder"),
+    (["--ssh", "ssh -p 2"], "--ssh only applies to a HOST:DIR destination"),
+    (["--interval", "0"], "--interval must be more than 0 seconds"),
+    (["--bwlimit", "-1"], "--bwlimit must be a whole number"),
+    (["--once"], "Nothing to push: '{logdir}' does not exist."),
+])
+def test_bad_push_arguments_are_one_sentence(tmp_path, capsys, args, needle):
+    logdir, dest = tmp_path / "missing", str(tmp_path / "inbox") + "/"
+    assert cli.main(["push", str(logdir), dest, *args]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"error: {needle.format(dest=dest, logdir=logdir)}" in err, err
+
+
+def test_an_rclone_destination_or_a_file_as_logdir_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert cli.main(["push", str(tmp_path), "rclone:s3:bucket/"]) == cli.EXIT_FAILED
+    assert "is an rclone remote; tb-rsync push writes with rsync" in capsys.readouterr().err
+    assert cli.main(["push", str(tmp_path / "file"), "h:/inbox/"]) == cli.EXIT_FAILED
+    assert "is a file, not a folder" in capsys.readouterr().err
