@@ -476,7 +476,8 @@ def cmd_push(args):
         pusher.final(signal.Signals(e.signum).name)  # later signals are ignored meanwhile
         raise
     finally:
-        pusher.close()
+        with _stop_signals.held():
+            pusher.close()  # stops the shared ssh login
 
 
 COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push}
