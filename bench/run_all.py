@@ -26,6 +26,7 @@ import b8_rclone  # noqa: E402
 import b10_probes_idle  # noqa: E402
 import b11_thousand_sources  # noqa: E402
 import b13_probe_walk  # noqa: E402
+import b12_compress  # noqa: E402
 
 # (module, its arguments, its arguments with --quick); --quick itself is passed as well.
 FLEET = (
@@ -54,7 +55,8 @@ def main():
     plan = [] if args.fleet_only else [
         (b1_publish_cost, ["--ssh"] if args.ssh else []), (b2_time_to_visible, []),
         (b2_browser, []),
-        (b3_scale, []), (b4_status_latency, []), (b5_staging_overhead, []), (b8_rclone, [])]
+        (b3_scale, []), (b4_status_latency, []), (b5_staging_overhead, []), (b8_rclone, []),
+        (b12_compress, [])]
     plan += [(module, quick if args.quick else full) for module, full, quick in FLEET]
     started = time.monotonic()
     # Each benchmark names its own command in the report, as if run on its own.

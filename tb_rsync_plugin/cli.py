@@ -139,7 +139,30 @@ def build_parser():
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
                         help="drop a source you no longer sync (and its runs) from the saved "
                              "state first; its published files stay in the logdir")
+    push = commands.add_parser("push", help="push a node's logdir into a hub's watched inbox "
+                                            "every --interval seconds (the node side)")
+    _add_push_arguments(push)
     return parser
+
+
+def _add_push_arguments(parser):
+    """`tb-rsync push`'s arguments (push.py takes them: `push.from_arguments`)."""
+    parser.add_argument("logdir", metavar="LOGDIR", help="the node's folder of runs")
+    parser.add_argument("destination", metavar="HUB:INBOX/NAME/",
+                        help="this node's own folder in the hub's watched inbox")
+    # Parsed by config.parse_interval: the sentence --rsync_interval gets.
+    parser.add_argument("--interval", default="30",
+                        help="seconds between pushes (default %(default)s)")
+    parser.add_argument("--once", action="store_true", help="push once, then exit (the last "
+                        "push of a job script's EXIT trap)")
+    parser.add_argument("--bwlimit", type=int, metavar="KIB",
+                        help="at most KIB KiB/s (rsync --bwlimit)")
+    parser.add_argument("--compress", action="store_true",
+                        help="compress on the wire (rsync -z, zstd when both ends have it)")
+    parser.add_argument("--ssh", metavar="CMD", help="the ssh command (\"ssh -p 2222 -J "
+                        "login\"); tb-rsync adds only options that make it fail, not ask")
+    parser.add_argument("--timeout", default=str(config_lib.DEFAULT_TIMEOUT_S), metavar="S",
+                        help="longest one push may take (default %(default)s)")
 
 
 def main(argv=None):
@@ -479,7 +502,21 @@ class ProgressPrinter:
                 self._stream.flush()
 
 
-COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status}
+def cmd_push(args):
+    from tb_rsync_plugin import push as push_lib
+    pusher = push_lib.from_arguments(args, print_error=_print_error)
+    try:
+        pusher.run(once=args.once)
+        return EXIT_OK
+    except Stopped as e:
+        pusher.final(signal.Signals(e.signum).name)  # later signals are ignored meanwhile
+        raise
+    finally:
+        with _stop_signals.held():
+            pusher.close()  # stops the shared ssh login
+
+
+COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push}
 
 if __name__ == "__main__":
     sys.exit(main())

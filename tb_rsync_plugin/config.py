@@ -25,7 +25,7 @@ WATCH_FLAGS = "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)
 RSH_HOST = "{host}"  # where an `rsh` command wants rsync's HOST word (remote_shell.py)
 _SOURCE_KEYS = {"name", "source", "ssh", "rsh", "bwlimit", "include", "exclude", "interval",
                 "timeout", "watch", "max_per_host", "ssh_sharing", "rclone_config",
-                "rclone_flags"}
+                "rclone_flags", "compress"}
 RCLONE_PREFIX = "rclone:"
 DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
@@ -62,6 +62,8 @@ class Source:
       rclone_config: an rclone config file for rclone sources (rclone's own default if None);
         credentials stay there or in rclone's environment variables, never in ours.
       rclone_flags: extra rclone flags, each one word (`--s3-chunk-size=64M`).
+      compress: rsync's `-z` (zstd when both ends have it) for slow links (HOST:DIR and
+        daemon sources); docs/BENCHMARKS.md B12 says when it pays.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Source:
     ssh_sharing: bool = True
     rclone_config: Optional[str] = None
     rclone_flags: Tuple[str, ...] = ()
+    compress: bool = False
 
     @property
     def host(self):
@@ -346,7 +349,10 @@ def _make_source(table, where):
         ssh_sharing=sharing,
         rclone_config=rclone_config,
         rclone_flags=rclone_flags,
+        compress=_compress(table, where),
     )
+    if source.compress:
+        check_compress(source, f"In {where}: 'compress'")
     if source.rsh:
         _check_rsh(source, where)
     if source.watch:
@@ -411,6 +417,22 @@ def _check_watch(source, what):
         raise ConfigError(f"{what} only applies to local folders (an inbox that nodes push "
                           f"into), and source '{source.name}' ('{source.source}') is {kind}; "
                           "sync it on an interval instead.")
+
+
+def _compress(table, where):
+    compress = table.get("compress", False)
+    if not isinstance(compress, bool):
+        raise ConfigError(f"In {where}: 'compress' must be true or false (no quotes), not "
+                          f"{compress!r}.")
+    return compress
+
+
+def check_compress(source, what):
+    """Compression only pays over a network: rsync would compress a local copy between its
+    own two processes, and rclone has no such option."""
+    if source.is_local or source.is_rclone:
+        raise ConfigError(f"{what} only applies to HOST:DIR and rsync daemon sources, and "
+                          f"'{source.source}' is {_kind_of(source)}; remove it.")
 
 
 def _rclone_options(table, where):

@@ -26,6 +26,7 @@ include = ["*tfevents*", "plugins/***"]
 exclude = ["*.ckpt"]
 interval = 15
 timeout = 120.5
+compress = true
 
 [[source]]
 name = "local"
@@ -39,7 +40,8 @@ source = "/data/runs"
         name="gpu 1", source="me@gpu1:/scratch/logs/",
         ssh="ssh -p 2222 -i ~/.ssh/id_cluster -J login", bwlimit_kib=5000,
         include=("*tfevents*", "plugins/***"), exclude=("*.ckpt",), interval_s=15,
-        timeout_s=120.5)
+        timeout_s=120.5, compress=True)
+    assert not local.compress and not extra.compress
     assert gpu.is_remote_shell and not gpu.is_local
     assert local.is_local and local.source_dir == "/data/runs/"
     assert cfg.interval_for(gpu) == 15 and cfg.interval_for(local) == 30
@@ -95,6 +97,13 @@ source = "/data/runs"
      "'watch' only applies to local folders (an inbox that nodes push into), and source 'a' "
      "('gpu1:/x') is a HOST:DIR source"),
     ('[[source]]\nname = "a"\nsource = "rsync://h/m/"\nwatch = true\n', "is an rsync daemon"),
+    ('[[source]]\nname = "a"\nsource = "h:/x"\ncompress = "zstd"\n',
+     "'compress' must be true or false (no quotes), not 'zstd'"),
+    ('[[source]]\nname = "a"\nsource = "/x"\ncompress = true\n',
+     "'compress' only applies to HOST:DIR and rsync daemon sources, and '/x' is a local "
+     "folder"),
+    ('[[source]]\nname = "a"\nsource = "rclone:s3:b/"\ncompress = true\n',
+     "is an rclone remote"),
     ('source = "oops"\n', "write each source as a [[source]] table"),
     ('[server]\nport = 1\n', "unknown top-level key(s) ['server']"),
     ('[[source]\nname = "a"', "is not valid TOML"),

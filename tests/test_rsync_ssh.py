@@ -52,6 +52,24 @@ def test_full_sync_and_append_over_ssh(tmp_path, sshd_server):
     assert sync(tmp_path, source, sshd_server.ssh_command).changed == ()
 
 
+def test_compress_moves_fewer_bytes_and_the_same_file(tmp_path, sshd_server):
+    """`compress = true` (rsync -z, zstd negotiated by both rsyncs here): scalar records
+    cross the wire in a fraction of their size and arrive unchanged."""
+    src = tmp_path / "remote"
+    (src / "run").mkdir(parents=True)
+    append_scalars(src / "run" / EVENTS, range(20000))
+    size = (src / "run" / EVENTS).stat().st_size
+    result = {}
+    for compress in (False, True):
+        source = Source("train", f"{sshd_server.host}:{src}/", ssh=sshd_server.ssh_command,
+                        compress=compress)
+        staging = tmp_path / f"staging-{compress}"
+        result[compress] = run_rsync(RSYNC, source, str(staging), str(tmp_path / "tmp"))
+        assert (staging / "run" / EVENTS).read_bytes() == (src / "run" / EVENTS).read_bytes()
+    assert result[False].bytes_received >= size
+    assert result[True].bytes_received < size / 3
+
+
 def test_missing_remote_folder(tmp_path, sshd_server):
     error = failure(tmp_path, f"127.0.0.1:{tmp_path}/nope/", sshd_server.ssh_command, 10)
     assert "no such directory at the source" in str(error)

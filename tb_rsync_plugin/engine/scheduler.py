@@ -53,6 +53,12 @@ SAFETY_SPREAD = 0.1  # safety syncs come up to this fraction early, by source
 _TICK_S = 1.0  # the dispatcher looks again at least this often (slow-lane moves)
 
 
+def retry_delay_s(interval_s, failures):
+    """The wait before the next try after `failures` failed ones in a row (also `push`'s)."""
+    delay = max(interval_s, MIN_RETRY_S) * 2 ** (failures - 1)
+    return min(delay, max(RETRY_CAP_S, interval_s))
+
+
 @dataclasses.dataclass(frozen=True)
 class CycleEnd:
     """What the scheduler tells `on_end` listeners after each cycle.
@@ -401,8 +407,7 @@ class Scheduler:
         if entry.interval_s <= 0:
             return None
         if entry.failures:
-            delay = max(entry.interval_s, MIN_RETRY_S) * 2 ** (entry.failures - 1)
-            return min(delay, max(RETRY_CAP_S, entry.interval_s))
+            return retry_delay_s(entry.interval_s, entry.failures)
         if entry.probed:
             return safety_interval_s(entry.name, entry.interval_s)
         return entry.interval_s * self._idle_factor(entry)

@@ -131,7 +131,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     Raises:
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
-    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
+    run = RsyncRun(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
     if expect_growth:
         # An active source: its event files most likely grew, so the append pass runs beside
         # the listing (two walks, one round of wall time).
@@ -211,7 +211,7 @@ def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=
     For event files the publisher found not to extend what it published: no append, no
     quick check (`--ignore-times`), so even a same-size rewrite is fetched.
     """
-    run = _Run(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
+    run = RsyncRun(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
     paths = list(paths)
     if not paths:
         return TransferResult()
@@ -242,7 +242,7 @@ class _Job:
 
     def __init__(self, run, phase, args, files_from, progress, spec):
         self.run, self.phase, self.args, self.files_from = run, phase, args, files_from
-        self.spec = spec  # the arguments of `_Run.start`, to start it again
+        self.spec = spec  # the arguments of `RsyncRun.start`, to start it again
         self.items = []  # (itemize flags, length, bytes, path)
         self.stderr = collections.deque(maxlen=2000)
         self.bytes_done = 0
@@ -276,6 +276,8 @@ class _Job:
         if line.startswith(_PREFIX):
             # %i is padded: "*deleting  " (--force making way in staging) has two spaces.
             kind, rest = line[len(_PREFIX):].split(b" ", 1)
+            # A push to another host itemizes a transfer as '<' (sent), not '>': the same.
+            kind = b">" + kind[1:] if kind.startswith(b"<") else kind
             length, nbytes, name = rest.lstrip(b" ").split(b" ", 2)
             self.items.append((kind.decode("ascii", "replace"), int(length), int(nbytes),
                                decode_name(name)))
@@ -290,11 +292,18 @@ class _Job:
         process_lib.kill_group(self.proc)
 
 
-class _Run:
-    """The processes of one sync of one source, sharing a deadline and a cancel flag."""
+class RsyncRun:
+    """The processes of one sync of one source, sharing a deadline and a cancel flag.
 
-    def __init__(self, rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh):
-        self.rsync_path, self.source, self.rsh = rsync_path, source, rsh
+    `staging_dir` is the local side: rsync's destination, or with `push` its source (the
+    node's logdir; `source` is then where it goes, push.py). `temp_dir` holds the file
+    lists; it is also rsync's --temp-dir, except for a push, whose temporaries are rsync's
+    own `.NAME.XXXXXX` beside each file at the receiving end.
+    """
+
+    def __init__(self, rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh,
+                 push=False):
+        self.rsync_path, self.source, self.rsh, self.push = rsync_path, source, rsh, push
         self.staging_dir, self.temp_dir = staging_dir, temp_dir
         self.on_progress, self.cancel = on_progress, cancel
         self.started = time.monotonic()
@@ -302,7 +311,8 @@ class _Run:
         self.wakeup = threading.Event()
         self.jobs = []
         self._lock = threading.Lock()
-        make_folders(source, staging_dir, temp_dir)
+        if not push:
+            make_folders(source, staging_dir, temp_dir)
 
     def filters(self, events=False):
         """The user's rules: excludes win, every folder is descended, includes mean 'only'.
@@ -333,9 +343,10 @@ class _Run:
         # for new regular file"). It deletes only inside staging, only for that path: no
         # --delete, the logdir keeps the folder and the publisher reports that one path.
         args = [self.rsync_path, "-rlpt", "--safe-links", "--chmod=Du+rwx,Fu+rw",
-                "--modify-window=-1", "--force",
-                f"--temp-dir={os.path.abspath(self.temp_dir)}", "--no-human-readable",
-                _OUT_FORMAT, f"--timeout={io_timeout_s(timeout_s)}"]
+                "--modify-window=-1", "--force", "--no-human-readable", _OUT_FORMAT,
+                f"--timeout={io_timeout_s(timeout_s)}"]
+        if not self.push:
+            args.append(f"--temp-dir={os.path.abspath(self.temp_dir)}")
         if source.rsh:
             # Blocking I/O, as krsync and the docker recipes use: kubectl and docker
             # relay stdin/stdout themselves, unlike ssh (which prefers non-blocking).
@@ -349,6 +360,11 @@ class _Run:
             args += [f"--contimeout={CONNECT_TIMEOUT_S}", "--no-motd"]
         if source.bwlimit_kib:
             args.append(f"--bwlimit={source.bwlimit_kib}")
+        if source.compress:
+            # Plain -z: rsync 3.2+ at both ends negotiates the algorithm, zstd first when both
+            # have it (else lz4, zlibx, zlib); forcing --compress-choice=zstd would fail
+            # against a remote rsync built without zstd. With an older end: zlib.
+            args.append("--compress")
         return args
 
     def start(self, phase, options, files=None, progress=True):
@@ -363,16 +379,18 @@ class _Run:
 
     def _start(self, phase, options, files, progress):
         args = self.base_args() + options
-        src = self.source.source_dir if not self.source.is_local \
+        remote = self.source.source_dir if not self.source.is_local \
             else os.path.abspath(os.path.expanduser(self.source.source_dir)) + "/"
+        local = os.path.abspath(self.staging_dir) + "/"
+        src, dest = (local, remote) if self.push else (remote, local)
         files_from = None
         if files is not None:
-            src, prefix = _files_from_base(self.source, src)
+            src, prefix = (src, "") if self.push else _files_from_base(self.source, src)
             files_from = self._write_file_list(prefix, files)
             args += ["--from0", f"--files-from={files_from}"]
         if progress and self.on_progress is not None:
             args.append("--info=progress2")
-        args += ["--", src, os.path.abspath(self.staging_dir) + "/"]
+        args += ["--", src, dest]
         try:
             job = _Job(self, phase, args, files_from, progress,
                        dict(phase=phase, options=options, files=files, progress=progress))
@@ -452,6 +470,12 @@ class _Run:
                     raise process_lib.timed_out(self.source, _details(jobs[0]))
                 self.wakeup.wait(min(remaining, 0.05))
                 self.wakeup.clear()
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                # A stop signal raised here, in the main thread (`tb-rsync push`): rsync
+                # runs in its own session and would go on pushing after we are gone.
+                self._stop()
+            raise
         finally:
             for job in jobs:
                 if job.files_from and job.done.is_set():
@@ -597,6 +621,10 @@ _DIAGNOSES = CONNECTION_DIAGNOSES + [
     ("rsync: not found", _NO_REMOTE_RSYNC),
     # docker and kubectl (OCI runtimes), podman (crun).
     (r'"rsync": executable file not found|executable file .rsync. not found', _NO_REMOTE_RSYNC),
+    # A push (push.py) into an inbox folder that does not exist on the hub.
+    (r'\[Receiver\] mkdir ".*" failed: No such file or directory', "the folder it goes into "
+     "has no parent folder at the receiving end; create the inbox there first (mkdir -p) "
+     "or fix the path"),
     ("timeout in data send/receive", "the connection stalled (no data for too long); "
      "check the network"),
     ("io timeout after", "the connection stalled (no data for too long); check the network"),
