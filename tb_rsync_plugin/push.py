@@ -36,7 +36,6 @@ from tb_rsync_plugin.errors import ConfigError, TransferError
 from tb_rsync_plugin.transports.rsync import RsyncRun
 from tb_rsync_plugin.transports.ssh import SshConnections
 
-DEFAULT_INTERVAL_S = 30.0
 _NAME = "push"  # the Source's name; messages are reworded to name the logdir instead
 
 
@@ -87,9 +86,9 @@ class Pusher:
       out, err: where progress lines and errors go.
     """
 
-    def __init__(self, logdir, destination, interval_s=DEFAULT_INTERVAL_S, bwlimit_kib=None,
+    def __init__(self, logdir, destination, interval_s, bwlimit_kib=None,
                  compress=False, ssh=None, timeout_s=config_lib.DEFAULT_TIMEOUT_S,
-                 print_error=None, out=sys.stdout, err=sys.stderr):
+                 print_error=None, out=None, err=None):
         self.logdir = os.path.abspath(os.path.expanduser(logdir))
         self.destination = destination
         self.target = _target(destination, ssh, bwlimit_kib, compress, timeout_s)
@@ -98,8 +97,8 @@ class Pusher:
                               "holds the runs to push.")
         self.interval_s = interval_s
         self.rsync = config_lib.find_rsync()
-        self._print_error = print_error or (lambda e: print(f"error: {e}", file=self._err))
-        self._out, self._err = out, err
+        self._print_error = print_error or (lambda e: print(f"error: {e}", file=self._err or sys.stderr))
+        self._out, self._err = out, err  # None: sys.stdout, sys.stderr at the time
         self._connections = SshConnections()
         self._temp_dir = tempfile.mkdtemp(prefix="tb-rsync-push-")
         self._told_missing = False
@@ -126,7 +125,7 @@ class Pusher:
                     self._print_error(e)
                 delay = retry_delay_s(self.interval_s, failures)
                 print(f"push: retrying in {delay:g} s ({failures} failed attempt(s) in a row)",
-                      file=self._err, flush=True)
+                      file=self._err or sys.stderr, flush=True)
             else:
                 if once:
                     return
@@ -167,7 +166,7 @@ class Pusher:
         except TransferError as e:
             raise TransferError(self._reworded(str(e)), e.details) from None
         for warning in result.warnings:
-            print(f"push: warning: {self._reworded(warning)}", file=self._err, flush=True)
+            print(f"push: warning: {self._reworded(warning)}", file=self._err or sys.stderr, flush=True)
         if result.changed:
             print(f"push: {len(result.changed)} file(s), {result.bytes_received:,} bytes sent "
                   f"in {result.duration_s:.1f} s", file=self._out, flush=True)
