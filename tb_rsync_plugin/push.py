@@ -97,7 +97,8 @@ class Pusher:
                               "holds the runs to push.")
         self.interval_s = interval_s
         self.rsync = config_lib.find_rsync()
-        self._print_error = print_error or (lambda e: print(f"error: {e}", file=self._err or sys.stderr))
+        self._print_error = print_error or (
+            lambda e: print(f"error: {e}", file=self._err or sys.stderr))
         self._out, self._err = out, err  # None: sys.stdout, sys.stderr at the time
         self._connections = SshConnections()
         self._temp_dir = tempfile.mkdtemp(prefix="tb-rsync-push-")
@@ -166,7 +167,8 @@ class Pusher:
         except TransferError as e:
             raise TransferError(self._reworded(str(e)), e.details) from None
         for warning in result.warnings:
-            print(f"push: warning: {self._reworded(warning)}", file=self._err or sys.stderr, flush=True)
+            print(f"push: warning: {self._reworded(warning)}", file=self._err or sys.stderr,
+                  flush=True)
         if result.changed:
             print(f"push: {len(result.changed)} file(s), {result.bytes_received:,} bytes sent "
                   f"in {result.duration_s:.1f} s", file=self._out, flush=True)
