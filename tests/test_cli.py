@@ -421,8 +421,8 @@ def test_watch_ends_each_syncs_progress_timer(tmp_path):
     args = cli.build_parser().parse_args(["watch", "--logdir", str(logdir), "--source",
                                           f"n1={remote}/", "--staging",
                                           str(tmp_path / "staging")])
-    service = cli._service(args, 30.0, on_progress=lambda name, p: (seen.append(p),
-                                                                      printer.update(name, p)))
+    service = cli._service(cli._config(args, 30.0), on_progress=lambda name, p: (
+        seen.append(p), printer.update(name, p)))
     service.scheduler.add_listener(cli.CycleReporter(service, printer, True).on_end)
     service.start(timers=False)
     try:
