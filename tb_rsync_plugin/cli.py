@@ -189,9 +189,9 @@ def _config(args, interval_s=0.0, watch_names=()):
                                      max_per_host=args.max_per_host,
                                      ssh_sharing=args.ssh_sharing)
     if not config.sources and not config.discover and args.config:
-        raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] or "
-                                     "[[discover]] tables; add one or pass --source "
-                                     "NAME=SOURCE.")
+        raise config_lib.ConfigError(
+            f"The config file '{args.config}' has no [[source]] or "
+            "[[discover]] tables; add one or pass --source NAME=SOURCE.")
     if not config.sources and not config.discover:
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
     return config

@@ -533,8 +533,8 @@ def _check_unique(sources, found_by=None):
     for source in sources:
         if source.name in seen:
             hint = f" (found by discovery rule {found_by})" if found_by else ""
-            raise ConfigError(f"Source name '{source.name}' is used twice{hint}; give each "
-                              "source its own name.")
+            raise ConfigError(f"Source name '{source.name}' is used twice{hint}; "
+                              "give each source its own name.")
         seen.add(source.name)
 
 

@@ -120,7 +120,8 @@ def test_a_config_file_without_sources_says_so(tmp_path):
     result = tb_rsync("sync", "--logdir", tmp_path / "logs", "--config", tmp_path / "empty.toml")
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: The config file '{tmp_path / 'empty.toml'}' has no "
-                                     "[[source]] tables; add one or pass --source NAME=SOURCE.")
+                                     "[[source]] or [[discover]] tables; add one or pass --source "
+                                     "NAME=SOURCE.")
 
 
 def test_missing_rsync_is_a_sentence(tmp_path):

@@ -160,8 +160,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
             return
         self._discovery.set_base(config)  # applies it, with what the rules found
         self._service.state.set_config_error(None)
-        logger.warning("tb-rsync: re-read %s: %d source(s), %d discovery rule(s).", path,
-                       len(config.sources), len(config.discover))
+        logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 
     def _apply_config(self, config):
         """A new source list (an edit, or what discovery found): the service and the inbox
