@@ -532,9 +532,9 @@ def _check_unique(sources, found_by=None):
     seen = set()
     for source in sources:
         if source.name in seen:
-            hint = f" (found by discovery rule {found_by})" if found_by else ""
-            raise ConfigError(f"Source name '{source.name}' is used twice{hint}; "
-                              "give each source its own name.")
+            hint = f" Discovery rule {found_by} found it again." if found_by else ""
+            raise ConfigError(f"Source name '{source.name}' "
+                              f"is used twice; give each source its own name.{hint}")
         seen.add(source.name)
 
 

@@ -107,7 +107,8 @@ def test_sources_prints_static_and_found_and_says_what_failed(tmp_path, capsys):
     assert cli.main(["sources", "--config", str(path)]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines() == ["static\t/srv/logs/\tstatic"]
-    assert "error: Source name 'static' is used twice (found by discovery rule #1" in err
+    assert "error: Source name 'static' is used twice; give each source its own name. " \
+           "Discovery rule #1 hosts_command" in err
     assert f"error: The command 'cat' of discovery rule #2 hosts_command: cat {tmp_path}" \
            "/missing failed (exit code 1)" in err
     assert "No such file or directory" in err  # cat's stderr, in the details
