@@ -121,10 +121,7 @@ def running(tmp_path):
     started = []
 
     def start(config_path):
-        logdir = tmp_path / "logs"
-        logdir.mkdir(exist_ok=True)
-        config = config_lib.build_config(str(logdir), config_file=str(config_path),
-                                         staging=str(tmp_path / "staging"), interval_s=0.5)
+        config = load(config_path)
         state = state_lib.SyncState(config.sources, config.interval_for)
         service = service_lib.SyncService(config, state, reload_lib.NoReloader())
         cycles = []
@@ -133,8 +130,15 @@ def running(tmp_path):
         started.append((service, found))
         service.start(timers=True)
         found.start()
-        return service, cycles
+        return service, cycles, found
 
+    def load(config_path):
+        logdir = tmp_path / "logs"
+        logdir.mkdir(exist_ok=True)
+        return config_lib.build_config(str(logdir), config_file=str(config_path),
+                                       staging=str(tmp_path / "staging"), interval_s=0.5)
+
+    start.load = load
     yield start
     for service, found in started:
         service.stop()
@@ -153,16 +157,26 @@ def test_a_host_that_leaves_gets_one_last_sync_then_stops(tmp_path, running):
         add_points(remote / host / "run" / EVENTS, range(3))
     hosts = tmp_path / "hosts"
     hosts.write_text("a\nb\n")
-    path = write_config(tmp_path / "c.toml", ("discover", {
-        "hosts_command": f"cat {hosts}", "name": "n-{host}", "source": f"{remote}/{{host}}/",
-        "every": 0.2, "interval": 0}))
-    service, cycles = running(path)
+    rule = {"hosts_command": f"cat {hosts}", "name": "n-{host}",
+            "source": f"{remote}/{{host}}/", "every": 0.2, "interval": 0}
+    path = write_config(tmp_path / "c.toml", ("discover", rule))
+    service, cycles, found = running(path)
     wait_until(lambda: {s.name for s in service.config.sources} == {"n-a", "n-b"}, 30,
                message="both hosts found")
     snapshot = service.state.snapshot()
     assert {s["name"]: s["found_by"] for s in snapshot["sources"]} == {
         "n-a": f"#1 hosts_command: cat {hosts}", "n-b": f"#1 hosts_command: cat {hosts}"}
     assert not cycles and not (tmp_path / "logs" / "n-a").exists()
+
+    # An edit that only renumbers the rule and changes its pace keeps what it found (no
+    # host leaves and comes back; set_base applies at once).
+    write_config(path, ("discover", {"hosts_command": "true", "name": "x-{host}",
+                                     "source": "{host}:/x/"}), ("discover", dict(rule, every=0.3)))
+    found.set_base(running.load(path))
+    assert {s.name for s in service.config.sources} == {"n-a", "n-b"} and not cycles
+    assert not any(s["leaving"] for s in service.state.snapshot()["sources"])
+    rule_label = f"#2 hosts_command: cat {hosts}"
+    assert service.state.snapshot()["sources"][0]["found_by"] == rule_label
 
     hosts.write_text("b\n")
     wait_until(lambda: [s.name for s in service.config.sources] == ["n-b"], 30,
@@ -171,7 +185,7 @@ def test_a_host_that_leaves_gets_one_last_sync_then_stops(tmp_path, running):
     assert steps(tmp_path / "logs" / "n-a" / "run" / EVENTS) == [0, 1, 2]
     assert [s["name"] for s in service.state.snapshot()["sources"]] == ["n-b"]
     with open(os.path.join(service.config.state_dir, discovery.RULES_FILE)) as f:
-        assert json.load(f)[0]["sources"] == ["n-b"]  # for tb-rsync status
+        assert json.load(f)[1]["sources"] == ["n-b"]  # for tb-rsync status
 
 
 def test_a_failing_or_hanging_command_keeps_the_last_answer(tmp_path, running):
@@ -182,7 +196,7 @@ def test_a_failing_or_hanging_command_keeps_the_last_answer(tmp_path, running):
     path = write_config(tmp_path / "c.toml", ("discover", {
         "hosts_command": f"/bin/sh {script}", "name": "n-{host}",
         "source": f"{remote}/{{host}}/", "every": 0.2, "command_timeout": 1}))
-    service, _ = running(path)
+    service, _, _ = running(path)
     wait_until(lambda: (tmp_path / "logs" / "n-a" / "run" / EVENTS).exists(), 30,
                message="a found and synced")
 

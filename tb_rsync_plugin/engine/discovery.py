@@ -204,6 +204,18 @@ class Discovery:
         with self._lock:
             self._base = config
             self._force = True  # applied even when the sources are the same (an interval)
+            # A rule that only moved (its number) or got another `every` or timeout keeps
+            # its answer: its sources must not leave and come back.
+            kept = {_same_question(r): r for r in self._found}
+            for rule in config.discover:
+                old = kept.get(_same_question(rule))
+                if old is not None and old != rule and rule not in self._found:
+                    self._found[rule] = self._found.pop(old)
+                    self._due[rule] = self._due.pop(old, 0.0)
+                    status = self._status.pop(old, None)
+                    if status is not None:
+                        self._status[rule] = dataclasses.replace(
+                            status, rule=rule.label, every_s=rule.every_s)
             for rule in list(self._found):
                 if rule not in config.discover:
                     del self._found[rule]
@@ -267,10 +279,14 @@ class Discovery:
     def _settle(self):
         """Apply what the rules found; start last syncs of sources whose host left."""
         with self._lock:
+            static = {s.name for s in self._base.sources}
             current = {}
             for rule in self._base.discover:
                 for source in self._found.get(rule, ()):
-                    current[source.name] = (source, rule.label)
+                    # A static source added by an edit since this answer wins; the rule's
+                    # next answer is refused with the sentence saying why.
+                    if source.name not in static:
+                        current[source.name] = (source, rule.label)
             left = [name for name in self._current
                     if name not in current and name not in self._leaving]
             for name in left:
@@ -284,8 +300,7 @@ class Discovery:
                     del self._leaving[name]  # came back, or its last sync has ended
             self._current = {name: label for name, (_, label) in current.items()}
             sources = tuple(self._base.sources) + tuple(s for s, _ in current.values()) + \
-                tuple(s for s, _ in self._leaving.values()
-                      if s.name not in {b.name for b in self._base.sources})
+                tuple(s for s, _ in self._leaving.values() if s.name not in static)
             changed = sources != self._applied or self._force
             self._applied, self._force = sources, False
             config = dataclasses.replace(self._base, sources=sources)
@@ -314,6 +329,11 @@ class Discovery:
             if source.name == name:
                 return source
         return None
+
+
+def _same_question(rule):
+    """What makes two rules give the same sources (not their number, pace or timeout)."""
+    return dataclasses.replace(rule, label="", every_s=0.0, command_timeout_s=0.0)
 
 
 def save_rules(state_dir, statuses):
