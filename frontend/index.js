@@ -349,7 +349,9 @@ class SyncTab {
     const allBusy = this.pending.has('*') || (sources.length > 0 && sources.every(
         (s) => s.state === 'syncing' || s.state === 'queued' || this.pending.has(s.name)));
     const key = JSON.stringify([st && [st.logdir, st.loader, st.reload_note, st.rsync_error,
-      st.config_error, st.interval_s, sources.length], allBusy, this.message]);
+      st.config_error, st.interval_s, sources.length,
+      (st.discover || []).map((r) => [r.rule, r.last_run_unix_s, r.error, r.sources])],
+    allBusy, this.message]);
     if (!this.changed('header', key)) return;
     replaceSlot(this.headerSlot, views.buildHeader(st, {allBusy, message: this.message}),
         this.focusMemo);

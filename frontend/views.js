@@ -314,12 +314,28 @@ export function buildHeader(status, ui = {}) {
       header.append(el('div', {cls: 'rs-alert', text: status.config_error,
         attrs: {'role': 'alert', 'data-role': 'config-error'}}));
     }
+    for (const rule of status.discover || []) header.append(discoverLine(rule, status));
   }
   if (ui.message) {
     header.append(el('div', {cls: 'rs-alert rs-alert-soft', text: ui.message,
       attrs: {'role': 'status', 'data-role': 'message'}}));
   }
   return header;
+}
+
+/** One [[discover]] rule: when it last ran, what it found, and its error if it failed. */
+function discoverLine(rule, status) {
+  const line = el('p', {cls: rule.error ? 'rs-alert' : 'rs-note',
+    attrs: {'data-role': 'discover-rule'}});
+  line.append(el('span', {text: `Discovery ${rule.rule}: `}));
+  if (isNum(rule.last_run_unix_s)) {
+    line.append(el('span', {text: 'ran '}), ageSpan(rule.last_run_unix_s, status.server_unix_s));
+  } else {
+    line.append(el('span', {text: 'not run yet'}));
+  }
+  line.append(el('span', {text: `, ${plural((rule.sources || []).length, 'source')}.`}));
+  if (rule.error) line.append(el('span', {text: ' ' + rule.error.message}));
+  return line;
 }
 
 /**
@@ -591,6 +607,10 @@ function nameCell(s) {
   const td = el('td', {cls: 'col-name'});
   td.append(el('div', {cls: 'name', text: s.name, attrs: {'title': s.source}}));
   td.append(el('code', {cls: 'small muted src-string rs-sub', text: s.source}));
+  if (s.found_by) {
+    td.append(el('div', {cls: 'small muted rs-sub', attrs: {'data-role': 'found-by'},
+      text: `found by ${s.found_by}` + (s.leaving ? ' \u00b7 left: last sync' : '')}));
+  }
   return td;
 }
 
@@ -657,7 +677,8 @@ function actionCell(s, ui) {
  * its key changed, so a progress tick never touches an open error <details> next to it.
  */
 export const SOURCE_CELLS = Object.freeze([
-  {name: 'name', key: (s) => JSON.stringify([s.name, s.source]), build: (s) => nameCell(s)},
+  {name: 'name', key: (s) => JSON.stringify([s.name, s.source, s.found_by ?? null, !!s.leaving]),
+    build: (s) => nameCell(s)},
   {name: 'state', key: (s) => JSON.stringify([s.name, s.state, s.state === 'syncing' ? s.progress : null]),
     build: (s) => stateCell(s)},
   {name: 'last', key: (s) => JSON.stringify([s.state === 'syncing', s.last_start_unix_s,

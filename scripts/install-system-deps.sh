@@ -8,7 +8,9 @@
 #                                           their own sshd on 127.0.0.1), prometheus (the
 #                                           metrics tests scrape with a real one), chromium
 #                                           (the Sync tab's browser tests; not with
-#                                           TB_RSYNC_NO_BROWSER=1)
+#                                           TB_RSYNC_NO_BROWSER=1), slurm-wlm and munge
+#                                           (test-only: the discovery tests start a
+#                                           one-node Slurm of their own)
 #   scripts/install-system-deps.sh --demo   for the demo: rsync only (it syncs local folders
 #                                           and uses no browser of its own)
 set -euo pipefail
@@ -27,6 +29,9 @@ if [ "$demo" = 0 ]; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
   command -v prometheus >/dev/null || need+=(prometheus)  # test-only: tests/test_metrics.py
+  command -v squeue >/dev/null && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] \
+    || need+=(slurm-wlm)
+  [ -x /usr/sbin/munged ] || need+=(munge)
   if [ "${TB_RSYNC_NO_BROWSER:-0}" != 1 ]; then
     command -v chromium >/dev/null || need+=(chromium)
   fi

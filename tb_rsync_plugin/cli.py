@@ -17,6 +17,7 @@ import time
 import traceback
 
 from tb_rsync_plugin import __version__
+from tb_rsync_plugin import cli_discover
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.errors import SyncError
 
@@ -105,7 +106,8 @@ def build_parser():
             sub.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
                              help="rsync source, or rclone:REMOTE:PATH, published under "
                                   "LOGDIR/NAME (repeatable)")
-            sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] tables")
+            sub.add_argument("--config", metavar="FILE", help="TOML file with [[source]] "
+                                                               "tables and [[discover]] rules")
             sub.add_argument("--no-ssh-sharing", dest="ssh_sharing", action="store_false",
                              help="every rsync logs in on its own (no shared ssh connection)")
 
@@ -142,6 +144,7 @@ def build_parser():
     push = commands.add_parser("push", help="push a node's logdir into a hub's watched inbox "
                                             "every --interval seconds (the node side)")
     _add_push_arguments(push)
+    cli_discover.add_parser(commands)
     return parser
 
 
@@ -200,11 +203,7 @@ def _print_error(error):
             print(f"  {line}", file=sys.stderr)
 
 
-def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
-    from tb_rsync_plugin.engine import service as service_lib
-    from tb_rsync_plugin.engine import state as state_lib
-    from tb_rsync_plugin.tensorboard import reload as reload_lib
-    from tb_rsync_plugin.transports import transport
+def _config(args, interval_s=0.0, watch_names=()):
     for flag in ("max_parallel", "max_per_host"):
         if getattr(args, flag) < 1:
             raise config_lib.ConfigError(f"--{flag.replace('_', '-')} must be at least 1.")
@@ -212,11 +211,20 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
                                      interval_s, watch_names, max_parallel=args.max_parallel,
                                      max_per_host=args.max_per_host,
                                      ssh_sharing=args.ssh_sharing)
-    if not config.sources and args.config:
-        raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
-                                     "tables; add one or pass --source NAME=SOURCE.")
-    if not config.sources:
+    if not config.sources and not config.discover and args.config:
+        raise config_lib.ConfigError(
+            f"The config file '{args.config}' has no [[source]] or "
+            "[[discover]] tables; add one or pass --source NAME=SOURCE.")
+    if not config.sources and not config.discover:
         raise config_lib.ConfigError("No sources given; add --source NAME=SOURCE or --config FILE.")
+    return config
+
+
+def _service(config, on_progress=None):
+    from tb_rsync_plugin.engine import service as service_lib
+    from tb_rsync_plugin.engine import state as state_lib
+    from tb_rsync_plugin.tensorboard import reload as reload_lib
+    from tb_rsync_plugin.transports import transport
     transport.find_tools(config.sources)
     state = state_lib.SyncState(config.sources, config.interval_for)
     return service_lib.SyncService(config, state, reload_lib.NoReloader(),
@@ -225,7 +233,12 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
 
 def cmd_sync(args):
     progress = ProgressPrinter(sys.stderr)
-    service = _service(args, on_progress=progress.update)
+    config, rules = cli_discover.discover_now(_config(args))
+    if not config.sources:
+        print("tb-rsync: the discovery rules found no sources; nothing to sync.", flush=True)
+        return EXIT_FAILED if any(rule.error for rule in rules) else EXIT_OK
+    service = _service(config, on_progress=progress.update)
+    cli_discover.record(service, rules)
     report = CycleReporter(service, progress, quiet_when_unchanged=False)
     service.scheduler.add_listener(report.on_end)
     try:
@@ -233,7 +246,8 @@ def cmd_sync(args):
         service.request()
         _wait_interruptibly(service)
         report.raise_bug()
-        return EXIT_OK if not report.failing else EXIT_FAILED
+        failed = report.failing or any(rule.error for rule in rules)
+        return EXIT_OK if not failed else EXIT_FAILED
     finally:
         with _stop_signals.held():
             service.stop()  # on a stop signal too: cancels rsync children, stops ssh logins
@@ -244,13 +258,15 @@ def cmd_watch(args):
     from tb_rsync_plugin.engine import metrics as metrics_lib
     interval_s = config_lib.parse_interval(args.interval, "--interval", zero_ok=False)
     progress = ProgressPrinter(sys.stderr)
-    service = _service(args, interval_s, on_progress=progress.update,
-                       watch_names=args.watch_source)
+    service = _service(_config(args, interval_s, args.watch_source),
+                       on_progress=progress.update)
     config = service.config
-    watcher = metrics_server = None
+    watcher = found = metrics_server = None
     report = CycleReporter(service, progress, quiet_when_unchanged=True)
     service.scheduler.add_listener(report.on_end)
-    print(f"tb-rsync: syncing {len(config.sources)} source(s) into {config.logdir}: "
+    rules = f" and what {len(config.discover)} discovery rule(s) find" if config.discover \
+        else ""
+    print(f"tb-rsync: syncing {len(config.sources)} source(s){rules} into {config.logdir}: "
           f"checked every {interval_s:g} s (or each source's own 'interval'), synced when "
           "they change; Ctrl-C stops.", flush=True)
     try:
@@ -262,7 +278,9 @@ def cmd_watch(args):
         # interval = 0 means "only when asked": synced once, at the start.
         service.request([s.name for s in config.sources if config.interval_for(s) <= 0])
         watcher = inbox.start_watching(config, service.request)
-        if all(config.interval_for(s) <= 0 for s in config.sources) and watcher is None:
+        if config.discover:
+            found = cli_discover.start_watching(service)
+        elif all(config.interval_for(s) <= 0 for s in config.sources) and watcher is None:
             _wait_interruptibly(service)
             report.raise_bug()
             print("tb-rsync: every source has interval 0 (sync only when asked); "
@@ -283,6 +301,8 @@ def cmd_watch(args):
                 metrics_server.shutdown()
                 metrics_server.server_close()
             service.stop()
+            if found is not None:
+                found.stop()
 
 
 def _wait_interruptibly(service):
@@ -400,6 +420,7 @@ def cmd_status(args):
               f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")
         return EXIT_OK
     now = time.time()
+    snapshot["discover"] = discovery.load_rules(config.state_dir)
     print(format_status(snapshot, now, rewrites_lib.recent(config.rewrites_path)))
     return EXIT_FAILED if any(s["state"] == "error" for s in snapshot["sources"]) else EXIT_OK
 
@@ -411,10 +432,16 @@ def format_status(snapshot, now, rewrites=()):
         retry = s.get("next_sync_unix_s") if s.get("retrying") else None
         retrying = "" if retry is None else \
             (f", retrying in {retry - now:.0f} s" if retry > now else ", retrying now")
+        found_by = f", found by {s['found_by']}" if s.get("found_by") else ""
         lines.append(f"source {s['name']} ({s['source']}): {s['state']}{retrying}, last sync "
-                     f"{_age(s['last_end_unix_s'], now)}")
+                     f"{_age(s['last_end_unix_s'], now)}{found_by}")
         if s.get("error"):
             lines.append(f"  error: {s['error']['message']}")
+    for rule in snapshot.get("discover", ()):
+        lines.append(f"discovery {rule['rule']}: ran {_age(rule.get('last_run_unix_s'), now)}, "
+                     f"{len(rule.get('sources') or [])} source(s)")
+        if rule.get("error"):
+            lines.append(f"  error: {rule['error']['message']}")
     rows = [("RUN", "SOURCE", "NEWEST EVENT", "STEP", "PUBLISHED", "STATE")]
     problems = []
     for r in snapshot["runs"]:
@@ -516,7 +543,8 @@ def cmd_push(args):
             pusher.close()  # stops the shared ssh login
 
 
-COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push}
+COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push,
+            "sources": cli_discover.cmd_sources}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ import shutil
 import sys
 from typing import Optional, Tuple
 
+from tb_rsync_plugin import discover_rules
 from tb_rsync_plugin.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -143,6 +144,9 @@ class SyncConfig:
     max_parallel: int = DEFAULT_MAX_PARALLEL
     max_per_host: int = DEFAULT_MAX_PER_HOST
     ssh_sharing: bool = True  # False: no source shares ssh logins (ssh.SshConnections)
+    # [[discover]] rules; `sources` holds what they found (engine/discovery.py) after the
+    # static ones.
+    discover: Tuple[discover_rules.DiscoverRule, ...] = ()
 
     def source(self, name):
         for source in self.sources:
@@ -243,6 +247,11 @@ def parse_source_pair(pair):
 
 def load_config_file(path):
     """`[[source]]` tables from a TOML file into `Source`s."""
+    return _read_config_file(path)[0]
+
+
+def _read_config_file(path):
+    """A TOML file's `[[source]]` tables and `[[discover]]` rules -> (sources, rules)."""
     # Imported here: only a config file needs a TOML parser (the CLI's start-up).
     if sys.version_info >= (3, 11):
         import tomllib
@@ -258,17 +267,20 @@ def load_config_file(path):
                           "is a file this user may read.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Config file '{path}' is not valid TOML: {e}.") from None
-    unknown = set(data) - {"source"}
+    unknown = set(data) - {"source", "discover"}
     if unknown:
         raise ConfigError(
             f"Config file '{path}' has unknown top-level key(s) {sorted(unknown)}; "
-            "only [[source]] tables are allowed."
+            "only [[source]] and [[discover]] tables are allowed."
         )
     tables = data.get("source", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"Config file '{path}': write each source as a [[source]] table.")
-    return [_make_source(t, f"config file '{path}', source #{i + 1}")
-            for i, t in enumerate(tables)]
+    sources = [_make_source(t, f"config file '{path}', source #{i + 1}")
+               for i, t in enumerate(tables)]
+    rules = discover_rules.parse_rules(data.get("discover", []), f"config file '{path}'",
+                                       _SOURCE_KEYS, _make_source)
+    return sources, rules
 
 
 def _make_source(table, where):
@@ -515,15 +527,11 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
         raise ConfigError(f"Logdir '{logdir}' does not exist; create it (mkdir -p '{logdir}') "
                           "or fix --logdir.")
     sources = [parse_source_pair(p) for p in source_pairs]
+    rules = ()
     if config_file:
-        sources.extend(load_config_file(os.path.expanduser(config_file)))
-    seen = set()
-    for source in sources:
-        if source.name in seen:
-            raise ConfigError(
-                f"Source name '{source.name}' is used twice; give each source its own name."
-            )
-        seen.add(source.name)
+        more, rules = _read_config_file(os.path.expanduser(config_file))
+        sources.extend(more)
+    _check_unique(sources)
     sources = _watched(sources, watch_names)
     staging_root = os.path.abspath(os.path.expanduser(staging)) if staging \
         else default_staging_root(logdir)
@@ -538,7 +546,39 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
             _refuse_overlap(source, logdir, staging_root)
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
-                      max_per_host=max_per_host, ssh_sharing=bool(ssh_sharing))
+                      max_per_host=max_per_host, ssh_sharing=bool(ssh_sharing),
+                      discover=rules)
+
+
+def _check_unique(sources, found_by=None):
+    seen = set()
+    for source in sources:
+        if source.name in seen:
+            hint = f" Discovery rule {found_by} found it again." if found_by else ""
+            raise ConfigError(f"Source name '{source.name}' "
+                              f"is used twice; give each source its own name.{hint}")
+        seen.add(source.name)
+
+
+# --- [[discover]]: what a rule found, validated like a [[source]] table ---------------
+def discovered_sources(config, tables, found_by):
+    """`Source`s from the tables a rule made (`DiscoverRule.table`), checked against the
+    static sources: a name used twice or a local folder overlapping the logdir is a
+    `ConfigError` naming the rule, and the rule's answer is then not used."""
+    where = f"discovery rule {found_by}"
+    found = [_make_source(table, where) for table in tables]
+    _check_unique(list(config.sources) + found, found_by)
+    for source in found:
+        if source.is_local and config.logdir:
+            _refuse_overlap(source, config.logdir, config.staging_root)
+    return found
+
+
+def file_config(config_file):
+    """A config file's sources and rules alone, without a logdir (`tb-rsync sources`)."""
+    sources, rules = _read_config_file(os.path.expanduser(config_file))
+    _check_unique(sources)
+    return SyncConfig(logdir="", staging_root="", sources=tuple(sources), discover=rules)
 
 
 def _watched(sources, watch_names):

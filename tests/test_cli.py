@@ -120,7 +120,8 @@ def test_a_config_file_without_sources_says_so(tmp_path):
     result = tb_rsync("sync", "--logdir", tmp_path / "logs", "--config", tmp_path / "empty.toml")
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: The config file '{tmp_path / 'empty.toml'}' has no "
-                                     "[[source]] tables; add one or pass --source NAME=SOURCE.")
+                                     "[[source]] or [[discover]] tables; add one or pass --source "
+                                     "NAME=SOURCE.")
 
 
 def test_missing_rsync_is_a_sentence(tmp_path):
@@ -421,8 +422,8 @@ def test_watch_ends_each_syncs_progress_timer(tmp_path):
     args = cli.build_parser().parse_args(["watch", "--logdir", str(logdir), "--source",
                                           f"n1={remote}/", "--staging",
                                           str(tmp_path / "staging")])
-    service = cli._service(args, 30.0, on_progress=lambda name, p: (seen.append(p),
-                                                                      printer.update(name, p)))
+    service = cli._service(cli._config(args, 30.0), on_progress=lambda name, p: (
+        seen.append(p), printer.update(name, p)))
     service.scheduler.add_listener(cli.CycleReporter(service, printer, True).on_end)
     service.start(timers=False)
     try:

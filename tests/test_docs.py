@@ -263,7 +263,7 @@ MESSAGES = [
     ("config.py", "does not exist; check the path."),
     ("config.py", "cannot be read ("),
     ("config.py", "is not valid TOML:"),
-    ("config.py", "only [[source]] tables are allowed."),
+    ("config.py", "only [[source]] and [[discover]] tables are allowed."),
     ("config.py", "write each source as a [[source]] table."),
     ("config.py", "unknown key(s)"),
     ("config.py", "must be a non-empty string."),

@@ -270,6 +270,25 @@ def test_header_shows_a_bad_config_edit(page):
     assert text.startswith("In config file 's.toml'")
 
 
+def test_discovery_rules_and_found_sources_are_shown(page):
+    rule = "#1 slurm: --me"
+    got = page.evaluate("""(status) => {
+      const v = window.views;
+      const header = v.buildHeader(status, {});
+      const table = v.buildSourcesTable(status.sources, status.server_unix_s);
+      return {rules: [...header.querySelectorAll('[data-role=discover-rule]')].map(
+                (n) => [n.className, n.textContent]),
+              found: [...table.querySelectorAll('[data-role=found-by]')].map(
+                (n) => n.textContent)};
+    }""", make_status(
+        sources=[source_fixture("42-gpu1", found_by=rule, leaving=True), source_fixture()],
+        discover=[{"rule": rule, "every_s": 30.0, "last_run_unix_s": NOW - 5,
+                   "last_ok_unix_s": NOW - 65, "sources": ["42-gpu1"],
+                   "error": {"message": HOSTILE, "details": "", "unix_s": NOW - 5}}]))
+    assert got["rules"] == [["rs-alert", f"Discovery {rule}: ran 5 s ago, 1 source. {HOSTILE}"]]
+    assert got["found"] == [f"found by {rule} \u00b7 left: last sync"]
+
+
 def test_header_and_empty_states(page):
     got = page.evaluate("""(st) => {
       const v = window.views;

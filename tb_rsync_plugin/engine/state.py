@@ -36,12 +36,13 @@ from tb_rsync_plugin.engine.state_journal import (append_journal, forget_sources
 HEARTBEAT_S = 60.0
 PROGRESS_EVERY_S = 0.5
 STATUS_MAX_AGE_S = 1.0
-# Saved for `tb-rsync status`, not restored: the new process makes its own schedule.
-_SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures")
+# Saved for `tb-rsync status`, not restored: the new process makes its own schedule and
+# finds its own sources.
+_SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures", "found_by")
 # Source fields kept across restarts (the rest describe this process's schedule).
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
-                      "failures", "appending", "last_change")
+                      "failures", "appending", "last_change", "found_by")
 # Run names kept in a source's `last_change` (the status is polled; a fleet has many).
 LAST_CHANGE_RUNS = 5
 _TAIL_BYTES = 256  # what a journal follower re-reads to know its file was not replaced
@@ -73,6 +74,10 @@ class SourceStatus:
     last_change: Optional[dict] = None
     error: Optional[dict] = None
     warnings: list = dataclasses.field(default_factory=list)
+    # The [[discover]] rule that found it (None: configured), and whether its host left the
+    # rule's answer (its last sync is pending).
+    found_by: Optional[str] = None
+    leaving: bool = False
 
 
 @dataclasses.dataclass
@@ -134,6 +139,7 @@ class SyncState:
         self.logdir = ""
         self.rsync_error = None
         self.config_error = None  # a bad edit of --rsync_config, while the old one runs
+        self.discover = []  # the [[discover]] rules' status (discovery.RuleStatus dicts)
         self._version = 0  # bumped by every change: status_json() rebuilds only then
         self._cached = (-1, 0.0, b"")
         # What the journal does not know yet: sources whose saved fields changed, runs.
@@ -230,6 +236,21 @@ class SyncState:
     def set_config_error(self, message):
         with self._changing():
             self.config_error = message
+
+    def set_discovery(self, rules, found_by, leaving):
+        """The rules' status, which rule found each source, which sources are leaving."""
+        with self._lock:
+            if rules == self.discover and all(
+                    (status.found_by, status.leaving) == (found_by.get(name), name in leaving)
+                    for name, status in self._sources.items()):
+                return  # polled twice a second while a source leaves: no new version
+            self._version += 1
+            self.discover = rules
+            for name, status in self._sources.items():
+                if status.found_by != found_by.get(name):
+                    status.found_by = found_by.get(name)
+                    self._unsaved_sources.add(name)
+                status.leaving = name in leaving
 
     def set_probe(self, name, mode, detail):
         """How `name`'s changes are noticed now (a probe's mode, or the listing fallback)."""
@@ -466,6 +487,7 @@ class SyncState:
             "reload_period_s": self._reload_period_s,
             "rsync_error": self.rsync_error,
             "config_error": self.config_error,
+            "discover": self.discover,
             "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
             "sources": [dataclasses.asdict(s) for s in self._sources.values()],
             "runs": runs,

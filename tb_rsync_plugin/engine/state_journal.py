@@ -74,6 +74,7 @@ _SOURCE_LINE = {
         {"unix_s": disk_lines.number, "files_published": disk_lines.number,
          "bytes_published": disk_lines.number, "runs_updated": disk_lines.number,
          "runs": disk_lines.list_of(disk_lines.text)})),
+    "found_by": disk_lines.optional(disk_lines.text),
 }
 _RUN_LINE = {
     "run": disk_lines.text, "source": disk_lines.text, "source_wall_time": _OPTIONAL_TIME,

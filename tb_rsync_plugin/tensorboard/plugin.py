@@ -16,6 +16,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin.engine import discovery as discovery_lib
 from tb_rsync_plugin.engine import inbox
 from tb_rsync_plugin.engine import metrics as metrics_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
@@ -46,7 +47,8 @@ class RsyncPluginLoader(base_plugin.TBLoader):
             "--rsync_config", default="", metavar="FILE",
             help="TOML file with [[source]] tables (name, source, ssh, rsh, bwlimit, include, "
                  "exclude, interval, timeout, watch, max_per_host, ssh_sharing, rclone_config, "
-                 "rclone_flags).")
+                 "rclone_flags) and [[discover]] rules (slurm or hosts_command, name, source, "
+                 "every, command_timeout, and any [[source]] key).")
         group.add_argument(
             "--rsync_watch", action="append", default=[], metavar="NAME",
             help="Sync local source NAME (an inbox nodes push into) as soon as it changes; "
@@ -79,7 +81,7 @@ class RsyncPluginLoader(base_plugin.TBLoader):
 
     def load(self, context):
         config = getattr(self, "_config", None) or _config_from_flags(context.flags)
-        if not config.sources:
+        if not config.sources and not config.discover:
             return None  # no sources: nothing to show, no tab
         return RsyncPlugin(context, config)
 
@@ -123,6 +125,9 @@ class RsyncPlugin(base_plugin.TBPlugin):
         self._metrics = metrics_lib.SyncMetrics(self._service)
         self._service.start()
         self._watcher = inbox.start_watching(config, self._service.request)
+        # Sources found by [[discover]] rules arrive the way a config edit's do.
+        self._discovery = discovery_lib.Discovery(config, self._service, self._apply_config)
+        self._discovery.start()
         if getattr(context.flags, "rsync_config", ""):
             threading.Thread(target=self._follow_config_file, args=(context.flags,),
                              name="tb-rsync-config", daemon=True).start()
@@ -155,6 +160,13 @@ class RsyncPlugin(base_plugin.TBPlugin):
             self._service.state.set_config_error(f"{e} The sources in use are those "
                                                  "from before that edit.")
             return
+        self._discovery.set_base(config)  # applies it, with what the rules found
+        self._service.state.set_config_error(None)
+        logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
+
+    def _apply_config(self, config):
+        """A new source list (an edit, or what discovery found): the service and the inbox
+        watcher follow."""
         watched_before = {s for s in self._config.sources if s.watch}
         self._config = config
         self._service.reconfigure(config)
@@ -162,8 +174,6 @@ class RsyncPlugin(base_plugin.TBPlugin):
             if self._watcher is not None:
                 self._watcher.stop()
             self._watcher = inbox.start_watching(config, self._service.request)
-        self._service.state.set_config_error(None)
-        logger.warning("tb-rsync: re-read %s: %d source(s).", path, len(config.sources))
 
     def get_plugin_apps(self):
         apps = {"/status": self._status_route, "/sync": self._sync_route,
@@ -173,7 +183,7 @@ class RsyncPlugin(base_plugin.TBPlugin):
         return apps
 
     def is_active(self):
-        return bool(self._config.sources)
+        return bool(self._config.sources or self._config.discover)
 
     def frontend_metadata(self):
         return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Sync",
