@@ -403,6 +403,7 @@ def print_rewrites(rewrites):
 
 
 def cmd_status(args):
+    from tb_rsync_plugin.engine import discovery
     from tb_rsync_plugin.engine import state as state_lib
     from tb_rsync_plugin.publishing import rewrites as rewrites_lib
     config = config_lib.build_config(args.logdir, staging=args.staging)

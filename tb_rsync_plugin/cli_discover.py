@@ -9,7 +9,9 @@ import dataclasses
 import sys
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin.engine import discovery
+
+# engine/discovery.py is imported by the functions that run rules: `tb-rsync --version` and
+# the parser need none of it (the CLI's start-up).
 
 STATIC = "static"  # what `tb-rsync sources` prints for a source the config names itself
 
@@ -26,6 +28,7 @@ def add_parser(commands):
 
 
 def cmd_sources(args):
+    from tb_rsync_plugin.engine import discovery
     if args.logdir:
         config = config_lib.build_config(args.logdir, (), args.config, args.staging)
     else:
@@ -40,6 +43,7 @@ def cmd_sources(args):
 
 def discover_now(config):
     """Ask every rule once (`tb-rsync sync`) -> (config with what they found, statuses)."""
+    from tb_rsync_plugin.engine import discovery
     if not config.discover:
         return config, []
     config, statuses = discovery.discover_once(config)
@@ -49,6 +53,7 @@ def discover_now(config):
 
 def record(service, statuses):
     """What `discover_now` found, for the state journal and `tb-rsync status`."""
+    from tb_rsync_plugin.engine import discovery
     if statuses:
         rules = [dataclasses.asdict(s) for s in statuses]
         service.state.set_discovery(rules, _found_by(statuses), set())
@@ -68,6 +73,7 @@ def report_failures(statuses):
 def start_watching(service):
     """Keep asking the rules while `tb-rsync watch` runs; prints the sources that come and
     go. Returns the `Discovery` (stop it after the service)."""
+    from tb_rsync_plugin.engine import discovery
     def apply(config):
         before = {s.name for s in service.config.sources}
         after = {s.name: s for s in config.sources}
