@@ -19,6 +19,7 @@ import traceback
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.engine import inbox
+from tb_rsync_plugin.engine import prune as prune_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
 from tb_rsync_plugin.engine import service as service_lib
@@ -120,12 +121,23 @@ def build_parser():
                          metavar="N", help="at most N sources sync at once from one host "
                                            "(default %(default)s)")
 
+    def add_disk(sub):
+        sub.add_argument("--quarantine-days", default=f"{config_lib.DEFAULT_QUARANTINE_DAYS:g}",
+                         metavar="DAYS", help="remove quarantined old versions older than "
+                         "this, except each file's newest (default %(default)s)")
+        sub.add_argument("--quarantine-max-gib", metavar="GIB",
+                         default=f"{config_lib.DEFAULT_QUARANTINE_MAX_GIB:g}",
+                         help="keep the quarantine under this size, oldest versions removed "
+                              "first (default %(default)s)")
+
     sync = commands.add_parser("sync", help="sync every source once, then exit")
     add_common(sync)
     add_limits(sync)
+    add_disk(sync)
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
     add_common(watch)
     add_limits(watch)
+    add_disk(watch)
     # Parsed in cmd_watch by config.parse_interval: the sentence --rsync_interval gets.
     watch.add_argument("--interval", default="30", help="seconds between syncs (default 30)")
     watch.add_argument("--summary-every", type=float, default=300.0, metavar="SECONDS",
@@ -137,7 +149,14 @@ def build_parser():
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
                         help="drop a source you no longer sync (and its runs) from the saved "
-                             "state first; its published files stay in the logdir")
+                             "state first, and its staging folder; its published files "
+                             "stay in the logdir")
+    prune = commands.add_parser("prune", help="free disk in the staging folder now (old "
+                                "quarantine, leftovers, unconfigured sources, long journals)")
+    add_common(prune)
+    add_disk(prune)
+    prune.add_argument("--dry-run", action="store_true", help="show what would go; remove "
+                                                              "nothing")
     return parser
 
 
@@ -183,7 +202,7 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
                                      interval_s, watch_names, max_parallel=args.max_parallel,
                                      max_per_host=args.max_per_host,
-                                     ssh_sharing=args.ssh_sharing)
+                                     ssh_sharing=args.ssh_sharing, disk=_disk(args))
     if not config.sources and args.config:
         raise config_lib.ConfigError(f"The config file '{args.config}' has no [[source]] "
                                      "tables; add one or pass --source NAME=SOURCE.")
@@ -193,6 +212,22 @@ def _service(args, interval_s=0.0, on_progress=None, watch_names=()):
     state = state_lib.SyncState(config.sources, config.interval_for)
     return service_lib.SyncService(config, state, reload_lib.NoReloader(),
                                    on_progress=on_progress)
+
+
+def _disk(args):
+    return config_lib.parse_disk_limits(args.quarantine_days, args.quarantine_max_gib,
+                                        tensorboard=False)
+
+
+def cmd_prune(args):
+    """What `prune.py` frees, now: one line per item with its size, and a total."""
+    config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
+                                     disk=_disk(args))
+    now = time.time()
+    report = prune_lib.clean_tmp(config, now, args.dry_run) + \
+        prune_lib.prune(config, now, args.dry_run)
+    print("\n".join(prune_lib.format_report(report, args.dry_run)))
+    return EXIT_OK
 
 
 def cmd_sync(args):
@@ -348,13 +383,14 @@ def print_rewrites(rewrites):
 def cmd_status(args):
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
-        found = state_lib.forget_sources(config.state_dir, args.forget)
+        found, report = prune_lib.forget(config, args.forget)
         missing = [name for name in args.forget if name not in found]
         if missing:
             raise config_lib.ConfigError(
                 f"No source named {', '.join(repr(n) for n in missing)} in the saved state of "
                 f"logdir '{config.logdir}'; 'tb-rsync status' lists the ones there.")
-        print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir).")
+        print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir). "
+              f"{prune_lib.format_bytes(report.total_bytes)} freed in the staging folder.")
     snapshot = state_lib.load_snapshot(config.state_dir)
     if snapshot is None:
         print(f"No sync has run for logdir '{config.logdir}' yet "
@@ -410,11 +446,7 @@ def _age(unix_s, now):
     return f"{seconds:.0f} s ago"
 
 
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+_bytes = prune_lib.format_bytes
 
 
 class ProgressPrinter:
@@ -463,7 +495,7 @@ class ProgressPrinter:
                 self._stream.flush()
 
 
-COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status}
+COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "prune": cmd_prune}
 
 if __name__ == "__main__":
     sys.exit(main())
