@@ -51,8 +51,10 @@ def compact(path, dry_run=False):
     (`dry_run`: would shrink by)."""
     if not os.path.exists(path):
         return 0
-    with _exclusive(path + ".lock"):
+    if dry_run:  # a read needs no lock (a line being appended is left out)
         return _compact(path, dry_run)
+    with _exclusive(path + ".lock"):
+        return _compact(path)
 
 
 def _compact(path, dry_run=False):
