@@ -181,9 +181,12 @@ class HeldLock:
 def test_a_source_another_process_syncs_is_not_reclaimed(tmp_path):
     config = make_config(tmp_path, sources=())
     gone = unconfigured_source(config, "gone", NOW)
+    superseded = quarantine(config, "gone", NOW - 40 * DAY, os.path.join("run", EVENTS))
     holder = HeldLock(gone["lock"])
     try:
-        assert prune.prune(config, NOW + 30 * DAY).removals == ()
+        report = prune.prune(config, NOW + 30 * DAY)
+        assert report.removals == () and os.path.exists(superseded)
+        assert report.notes == ("quarantine of 'gone' left alone: it is being synced right now.",)
         with pytest.raises(SyncError, match="being synced by another tb-rsync process"):
             prune.forget(config, ["gone"])
         assert os.path.exists(gone["staged"])
@@ -191,6 +194,7 @@ def test_a_source_another_process_syncs_is_not_reclaimed(tmp_path):
         holder.release()
     found, report = prune.forget(config, ["gone", "never-there"])
     assert found == ["gone"] and not os.path.exists(gone["staged"])
+    assert removed(prune.prune(config, NOW)) == [superseded]
     with pytest.raises(ConfigError, match="is not a source name"):
         prune.forget(config, [".."])
 

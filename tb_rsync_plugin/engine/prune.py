@@ -98,16 +98,20 @@ def clean_tmp(config, now, dry_run=False):
         names = sorted(n[:-len(".lock")] for n in os.listdir(lock_dir) if n.endswith(".lock"))
     except FileNotFoundError:
         names = []
-    with _held(config, names) as busy:
-        if busy:
-            return PruneReport(notes=(f"tmp/ left alone: source '{busy}' is being synced "
-                                      "right now.",))
-        removals = []
-        for entry in entries:
-            path = os.path.join(folder, entry)
-            if now - _newest_mtime(path) >= TMP_MIN_AGE_S:
-                removals.append(_remove(config, Removal(
-                    "tmp", path, _du(path), "left by a transfer that was stopped"), dry_run))
+    removals = []
+    try:
+        with _held(config, names) as busy:
+            if busy:
+                return PruneReport(notes=(f"tmp/ left alone: source '{busy}' is being "
+                                          "synced right now.",))
+            for entry in entries:
+                path = os.path.join(folder, entry)
+                if now - _newest_mtime(path) >= TMP_MIN_AGE_S:
+                    removals.append(_remove(config, Removal(
+                        "tmp", path, _du(path), "left by a transfer that was stopped"), dry_run))
+    except OSError as e:  # EMFILE with thousands of sources, say: next start tries again
+        return PruneReport(tuple(removals), (f"tmp/ left alone: cannot lock every source "
+                                             f"({e.strerror or e}).",))
     return PruneReport(tuple(removals))
 
 
@@ -126,7 +130,7 @@ def forget(config, names, dry_run=False):
         if not any(os.path.lexists(p) for p in _owned(config, name) + (
                 state_journal.journal_path(config.state_dir, name),)):
             continue
-        with _held(config, [name]) as busy:
+        with _held(config, [name], dry_run) as busy:
             if busy:
                 raise SyncError(f"Source '{name}' is being synced by another tb-rsync process; "
                                 "remove it from that process's sources first.")
@@ -185,13 +189,22 @@ def _prune_quarantine(config, now, dry_run):
                                 f"quarantine over {limits.quarantine_max_gib:g} GiB, oldest "
                                 "first"))
         total -= v.bytes
-    done = tuple(_remove(config, r, dry_run) for r in removals)
-    if not dry_run:
-        root = os.path.join(config.staging_root, "quarantine")
-        for r in done:  # the time folder and the folders in it, once empty
-            name = os.path.relpath(r.path, root).split(os.sep)[0]
-            _remove_empty_parents(os.path.dirname(r.path), os.path.join(root, name))
-    return PruneReport(done)
+    # Under each source's lock: its publisher may be quarantining into a new folder now.
+    root = os.path.join(config.staging_root, "quarantine")
+    by_source = {}
+    for r in removals:
+        by_source.setdefault(os.path.relpath(r.path, root).split(os.sep)[0], []).append(r)
+    done, notes = [], []
+    for name, items in by_source.items():
+        with _held(config, [name], dry_run) as busy:
+            if busy:
+                notes.append(f"quarantine of '{name}' left alone: it is being synced right now.")
+                continue
+            for r in items:
+                done.append(_remove(config, r, dry_run))
+                if not dry_run:  # the time folder and the folders in it, once empty
+                    _remove_empty_parents(os.path.dirname(r.path), os.path.join(root, name))
+    return PruneReport(tuple(done), tuple(notes))
 
 
 def _quarantined(root):
@@ -229,7 +242,7 @@ def _reclaim_unconfigured(config, now, dry_run):
         idle_s = now - _last_activity(config, name)
         if idle_s <= RECLAIM_AFTER_DAYS * DAY_S:
             continue
-        with _held(config, [name]) as busy:
+        with _held(config, [name], dry_run) as busy:
             if busy:
                 continue  # syncing in another process: configured there
             report += _reclaim(config, name, f"source not configured, no sync for "
@@ -296,12 +309,15 @@ def _compact_journals(config, dry_run):
 
 # --- helpers -----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _held(config, names):
+def _held(config, names, dry_run=False):
     """Hold the source locks of `names` without waiting; yields the first name another
-    process holds (then none is held), or None."""
+    process holds (then none is held), or None. A dry run creates no lock file (a missing
+    one is not held)."""
     with contextlib.ExitStack() as stack:
         for name in names:
             path = config.lock_path(name)
+            if dry_run and not os.path.exists(path):
+                continue
             os.makedirs(os.path.dirname(path), exist_ok=True)
             f = stack.enter_context(open(path, "a"))
             try:
