@@ -207,7 +207,8 @@ def make_tmp_leftovers(config, mtime):
         "rclone": write(os.path.join(tmp, ".tb-rclone-q8w7", "run", EVENTS), b"half", mtime),
         "not ours": write(os.path.join(tmp, "notes.txt"), b"someone's", mtime),
     }
-    for folder in (os.path.join(tmp, ".tb-rclone-q8w7", "run"), os.path.join(tmp, ".tb-rclone-q8w7")):
+    rclone = os.path.join(tmp, ".tb-rclone-q8w7")
+    for folder in (os.path.join(rclone, "run"), rclone):
         os.utime(folder, (mtime, mtime))
     return files
 
