@@ -119,12 +119,23 @@ def build_parser():
                          metavar="N", help="at most N sources sync at once from one host "
                                            "(default %(default)s)")
 
+    def add_disk(sub):
+        sub.add_argument("--quarantine-days", default=f"{config_lib.DEFAULT_QUARANTINE_DAYS:g}",
+                         metavar="DAYS", help="remove quarantined old versions older than "
+                         "this, except each file's newest (default %(default)s)")
+        sub.add_argument("--quarantine-max-gib", metavar="GIB",
+                         default=f"{config_lib.DEFAULT_QUARANTINE_MAX_GIB:g}",
+                         help="keep the quarantine under this size, oldest versions removed "
+                              "first (default %(default)s)")
+
     sync = commands.add_parser("sync", help="sync every source once, then exit")
     add_common(sync)
     add_limits(sync)
+    add_disk(sync)
     watch = commands.add_parser("watch", help="sync every --interval seconds until Ctrl-C")
     add_common(watch)
     add_limits(watch)
+    add_disk(watch)
     # Parsed in cmd_watch by config.parse_interval: the sentence --rsync_interval gets.
     watch.add_argument("--interval", default="30", help="seconds between syncs (default 30)")
     watch.add_argument("--summary-every", type=float, default=300.0, metavar="SECONDS",
@@ -140,7 +151,14 @@ def build_parser():
     add_common(status, with_sources=False)
     status.add_argument("--forget", action="append", default=[], metavar="NAME",
                         help="drop a source you no longer sync (and its runs) from the saved "
-                             "state first; its published files stay in the logdir")
+                             "state first, and its staging folder; its published files "
+                             "stay in the logdir")
+    prune = commands.add_parser("prune", help="free disk in the staging folder now (old "
+                                "quarantine, leftovers, unconfigured sources, long journals)")
+    add_common(prune)
+    add_disk(prune)
+    prune.add_argument("--dry-run", action="store_true", help="show what would go; remove "
+                                                              "nothing")
     push = commands.add_parser("push", help="push a node's logdir into a hub's watched inbox "
                                             "every --interval seconds (the node side)")
     _add_push_arguments(push)
@@ -210,7 +228,7 @@ def _config(args, interval_s=0.0, watch_names=()):
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
                                      interval_s, watch_names, max_parallel=args.max_parallel,
                                      max_per_host=args.max_per_host,
-                                     ssh_sharing=args.ssh_sharing)
+                                     ssh_sharing=args.ssh_sharing, disk=_disk(args))
     if not config.sources and not config.discover and args.config:
         raise config_lib.ConfigError(
             f"The config file '{args.config}' has no [[source]] or "
@@ -229,6 +247,23 @@ def _service(config, on_progress=None):
     state = state_lib.SyncState(config.sources, config.interval_for)
     return service_lib.SyncService(config, state, reload_lib.NoReloader(),
                                    on_progress=on_progress)
+
+
+def _disk(args):
+    return config_lib.parse_disk_limits(args.quarantine_days, args.quarantine_max_gib,
+                                        tensorboard=False)
+
+
+def cmd_prune(args):
+    from tb_rsync_plugin.engine import prune as prune_lib
+    """What `prune.py` frees, now: one line per item with its size, and a total."""
+    config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
+                                     disk=_disk(args))
+    now = time.time()
+    report = prune_lib.clean_tmp(config, now, args.dry_run) + \
+        prune_lib.prune(config, now, args.dry_run)
+    print("\n".join(prune_lib.format_report(report, args.dry_run)))
+    return EXIT_OK
 
 
 def cmd_sync(args):
@@ -403,18 +438,20 @@ def print_rewrites(rewrites):
 
 
 def cmd_status(args):
+    from tb_rsync_plugin.engine import prune as prune_lib
     from tb_rsync_plugin.engine import discovery
     from tb_rsync_plugin.engine import state as state_lib
     from tb_rsync_plugin.publishing import rewrites as rewrites_lib
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
-        found = state_lib.forget_sources(config.state_dir, args.forget)
+        found, report = prune_lib.forget(config, args.forget)
         missing = [name for name in args.forget if name not in found]
         if missing:
             raise config_lib.ConfigError(
                 f"No source named {', '.join(repr(n) for n in missing)} in the saved state of "
                 f"logdir '{config.logdir}'; 'tb-rsync status' lists the ones there.")
-        print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir).")
+        print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir). "
+              f"{prune_lib.format_bytes(report.total_bytes)} freed in the staging folder.")
     snapshot = state_lib.load_snapshot(config.state_dir)
     if snapshot is None:
         print(f"No sync has run for logdir '{config.logdir}' yet "
@@ -478,10 +515,8 @@ def _age(unix_s, now):
 
 
 def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+    from tb_rsync_plugin.engine.prune import format_bytes
+    return format_bytes(n)
 
 
 class ProgressPrinter:
@@ -545,7 +580,7 @@ def cmd_push(args):
 
 
 COMMANDS = {"sync": cmd_sync, "watch": cmd_watch, "status": cmd_status, "push": cmd_push,
-            "sources": cli_discover.cmd_sources}
+            "sources": cli_discover.cmd_sources, "prune": cmd_prune}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,6 +133,38 @@ class Source:
         return self.source.rstrip("/") + "/"
 
 
+# --- Disk limits (engine/prune.py applies them) -------------------------------------------
+DEFAULT_QUARANTINE_DAYS = 30.0
+DEFAULT_QUARANTINE_MAX_GIB = 10.0
+# How the two commands name each limit, for sentences: (TensorBoard flag, tb-rsync flag).
+DISK_FLAGS = {"quarantine_days": ("--rsync_quarantine_days", "--quarantine-days"),
+              "quarantine_max_gib": ("--rsync_quarantine_max_gib", "--quarantine-max-gib")}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskLimits:
+    """How long and how much quarantine is kept (rules in prune.py's docstring)."""
+
+    quarantine_days: float = DEFAULT_QUARANTINE_DAYS
+    quarantine_max_gib: float = DEFAULT_QUARANTINE_MAX_GIB
+
+
+def parse_disk_limits(days, max_gib, tensorboard):
+    """`DiskLimits` from flag values; `tensorboard` picks the flag names sentences use."""
+    values = {}
+    for key, text in (("quarantine_days", days), ("quarantine_max_gib", max_gib)):
+        flag = DISK_FLAGS[key][0 if tensorboard else 1]
+        unit = "days" if key == "quarantine_days" else "GiB"
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (0 <= value < float("inf")):
+            raise ConfigError(f"{flag} must be a number of {unit} >= 0, not '{text}'.")
+        values[key] = value
+    return DiskLimits(**values)
+
+
 @dataclasses.dataclass(frozen=True)
 class SyncConfig:
     """The whole configuration of one logdir: where things go and what feeds it."""
@@ -147,6 +179,7 @@ class SyncConfig:
     # [[discover]] rules; `sources` holds what they found (engine/discovery.py) after the
     # static ones.
     discover: Tuple[discover_rules.DiscoverRule, ...] = ()
+    disk: DiskLimits = DiskLimits()
 
     def source(self, name):
         for source in self.sources:
@@ -179,6 +212,10 @@ class SyncConfig:
 
     def lock_path(self, name):
         return os.path.join(self.staging_root, "locks", name + ".lock")
+
+    def unpublished_path(self, name):
+        """A source's dirty marker: exists from before rsync writes until publishing ends."""
+        return os.path.join(self.staging_root, "locks", name + ".unpublished")
 
     def manifest_path(self, name):
         """Per published event file: record-aligned length and newest event (a hint)."""
@@ -505,7 +542,7 @@ def parse_limit(text, what):
 
 def build_config(logdir, source_pairs=(), config_file=None, staging=None, interval_s=0.0,
                  watch_names=(), max_parallel=DEFAULT_MAX_PARALLEL,
-                 max_per_host=DEFAULT_MAX_PER_HOST, ssh_sharing=True):
+                 max_per_host=DEFAULT_MAX_PER_HOST, ssh_sharing=True, disk=DiskLimits()):
     """Validate everything and return a `SyncConfig`.
 
     `watch_names`: sources to watch, from a flag (the TOML's `watch = true` does the same).
@@ -547,7 +584,7 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
                       max_per_host=max_per_host, ssh_sharing=bool(ssh_sharing),
-                      discover=rules)
+                      discover=rules, disk=disk)
 
 
 def _check_unique(sources, found_by=None):

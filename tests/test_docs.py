@@ -454,6 +454,11 @@ MESSAGES = [
     ("plugin.py", "tb-rsync: re-read %s: %d source(s)."),
     ("plugin.py", "tb-rsync: following the edit of %s failed"),
     ("service.py", "is no longer configured."),
+    ("prune.py", "is being synced by another tb-rsync process; "),
+    ("prune.py", "is not a source name; 'tb-rsync status' lists them."),
+    ("prune.py", "right now."),
+    ("config.py", "must be a number of "),
+    ("cli.py", "freed in the staging folder."),
 ]
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 
+from tb_rsync_plugin.engine import prune as prune_lib
 from tb_rsync_plugin.transports import probe_agent
 from tb_rsync_plugin.transports import probes as probes_lib
 from tb_rsync_plugin.publishing import publish as publish_lib
@@ -214,7 +215,7 @@ class SyncService:
         return self.state.source(name)["appending"]
 
     def _dirty_marker(self, name):
-        return os.path.join(self.config.staging_root, "locks", name + ".unpublished")
+        return self.config.unpublished_path(name)
 
     def _transfer(self, source, progress):
         """rsync into staging; returns the transfer and what an earlier cycle left to retry."""
@@ -392,13 +393,16 @@ class SyncService:
     # --- background threads ------------------------------------------------------------
     def start(self, timers=True):
         """Start scheduling (with `timers`, every timed source syncs now and then on its
-        interval) and the loaded-data monitor (daemon threads)."""
+        interval), the loaded-data monitor and pruning (daemon threads)."""
+        # Before any cycle of ours writes there: leftovers of a killed process.
+        self._log_pruned(lambda: prune_lib.clean_tmp(self.config, self._clock()))
         self.scheduler.start(timers)
         if timers:
             self.probes.start()
         if self.reloader.kind != "none":
             threading.Thread(target=self._loaded_loop, name="tb-rsync-loaded",
                              daemon=True).start()
+        threading.Thread(target=self._prune_loop, name="tb-rsync-prune", daemon=True).start()
         atexit.register(self.stop)
 
     def stop(self):
@@ -413,6 +417,24 @@ class SyncService:
     def stopped(self):
         """An Event set once `stop()` was called (threads of others wait on it)."""
         return self._stop
+
+    def _prune_loop(self):
+        """Keep the staging root within its limits (prune.py): now, then every hour."""
+        while True:
+            self._log_pruned(lambda: prune_lib.prune(self.config, self._clock()))
+            if self._stop.wait(prune_lib.PRUNE_EVERY_S):
+                return
+
+    @staticmethod
+    def _log_pruned(run):
+        try:
+            report = run()
+        except Exception:  # never a reason to stop syncing
+            logger.exception("tb-rsync: pruning the staging folder failed")
+            return
+        if report.removals or report.notes:
+            for line in prune_lib.format_report(report):
+                logger.info("tb-rsync: prune: %s", line)
 
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):

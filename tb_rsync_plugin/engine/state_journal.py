@@ -43,12 +43,33 @@ def append_journal(path, entries):
     with _exclusive(path + ".lock"):
         with open(path, "ab") as f:
             f.write(data)
-            size = f.tell()
-        if size > COMPACT_MIN_BYTES:
-            source, runs = _read_journal(path)
-            live = _journal_bytes(source, runs)
-            if size > COMPACT_FACTOR * len(live):
-                atomic.write_bytes(path, live)
+        _compact(path)
+
+
+def compact(path, dry_run=False):
+    """Compact the journal at `path` if it is long enough; returns the bytes it shrank by
+    (`dry_run`: would shrink by)."""
+    if not os.path.exists(path):
+        return 0
+    if dry_run:  # a read needs no lock (a line being appended is left out)
+        return _compact(path, dry_run)
+    with _exclusive(path + ".lock"):
+        return _compact(path)
+
+
+def _compact(path, dry_run=False):
+    """Rewrite the journal with its live lines once it is `COMPACT_FACTOR` times their size
+    (the caller holds its lock)."""
+    size = os.path.getsize(path)
+    if size <= COMPACT_MIN_BYTES:
+        return 0
+    source, runs = _read_journal(path)
+    live = _journal_bytes(source, runs)
+    if size <= COMPACT_FACTOR * len(live):
+        return 0
+    if not dry_run:
+        atomic.write_bytes(path, live)
+    return size - len(live)
 
 
 def _journal_bytes(source, runs):

@@ -9,13 +9,18 @@ follows the file: for lines another process wrote, it applies the same reload, o
 run "restart needed" with the reason. The journal is also what `tb-rsync status` and the
 Sync tab show as "recent rewrites".
 
-One line is one JSON object; `gen` is the byte offset of the line, unique and increasing,
-so a reader remembers where it stopped and a run remembers which rewrite it last saw.
-Rewrites are rare (a training run restarted under the same file name), so the file stays
-small; nothing is ever removed from it.
+One line is one JSON object; `gen` is the byte offset of the line in the journal as if it
+had never been compacted, unique and increasing, so a reader remembers where it stopped and
+a run remembers which rewrite it last saw. Once the journal is `COMPACT_FACTOR` times the
+size of its newest `KEEP_LINES` lines (and over `COMPACT_MIN_BYTES`), it is rewritten
+(temp + rename) with only those, after a header line `{"first_gen": N}` that gives the gen
+of the line after it: gens survive compaction, and a follower finds its place again.
+Appenders and the compaction hold an `flock` on the journal and check, once they hold it,
+that it is still the file at the path (a compaction renames a new one over it).
 """
 
 import collections
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -28,11 +33,18 @@ import uuid
 from typing import Optional
 
 from tb_rsync_plugin import disk_lines
+from tb_rsync_plugin.publishing import atomic
 from tb_rsync_plugin.publishing import publish
 
 logger = logging.getLogger(__name__)
 
 _TAIL_BYTES = 64 * 1024  # enough for the last few hundred lines
+# Followers read within seconds of an append, and status shows the newest ten: the newest
+# lines are the live ones, kept through a compaction.
+KEEP_LINES = 1000
+COMPACT_FACTOR = 4
+COMPACT_MIN_BYTES = 64 * 1024
+_HEADER_KEY = b'{"first_gen":'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +80,10 @@ class RewriteJournal:
         # This process's own rewrites, for the CLI to print (bounded: TensorBoard never takes).
         self._written = collections.deque(maxlen=1000)
         self._unapplied = []  # others' rewrites noticed, not yet reloaded
+        self._seen = None  # (inode, size) of the journal when last read
         try:
-            self._offset = os.path.getsize(path)
+            with open(path, "rb") as f:
+                self._offset = _logical_end(f)  # the gen the next line will get
         except OSError:
             self._offset = 0
 
@@ -89,21 +103,21 @@ class RewriteJournal:
     def _append(self, name, report, rewrites):
         written = []
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "ab") as f:
-            # Several processes append: the lock keeps each line whole and its offset true.
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        # Several processes append: the lock keeps each line whole and its gen true.
+        with _locked(self.path) as f:
             for action in rewrites:
                 run = publish.run_of(name, action.path)
                 update = report.runs.get(run)
                 entry = Rewrite(
-                    gen=f.seek(0, os.SEEK_END), unix_s=self._clock(), source=name, run=run,
+                    gen=_logical_end(f), unix_s=self._clock(), source=name, run=run,
                     file=f"{name}/{action.path}", kept_at=action.kept_at,
                     newest_wall_time=update.newest_wall_time if update else None,
                     newest_step=update.newest_step if update else None, writer=self.writer)
                 f.write(json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n")
+                f.flush()
                 written.append(entry)
-            f.flush()
             os.fsync(f.fileno())
+            _compact(f, self.path)
         return written
 
     def take_written(self):
@@ -133,14 +147,26 @@ class RewriteJournal:
     def _follow(self):
         """Rewrites other processes appended since the last call (complete lines only)."""
         try:
-            if os.path.getsize(self.path) <= self._offset:
-                return []
+            st = os.stat(self.path)
         except OSError:
+            return []
+        if (st.st_ino, st.st_size) == self._seen:
             return []
         with self._lock:
             try:
                 with open(self.path, "rb") as f:
-                    f.seek(self._offset)
+                    st = os.fstat(f.fileno())
+                    first_gen, header = _header(f)
+                    end_gen = first_gen + st.st_size - header
+                    if self._offset > end_gen:  # replaced by a shorter file: follow it from here
+                        self._offset = end_gen
+                    if self._offset < first_gen:
+                        logger.warning("tb-rsync: rewrites in %s were compacted away before "
+                                       "this process read them; their runs show the new "
+                                       "content after TensorBoard's next reload or a restart.",
+                                       self.path)
+                        self._offset = first_gen
+                    f.seek(header + self._offset - first_gen)
                     data = f.read()
             except FileNotFoundError:
                 return []
@@ -150,6 +176,7 @@ class RewriteJournal:
             end = data.rfind(b"\n") + 1  # a line being written waits for the next call
             entries = _parse(data[:end], self._offset, self.path)
             self._offset += end
+            self._seen = (st.st_ino, header + self._offset - first_gen)
         return [e for e in entries if e.writer != self.writer]
 
 
@@ -157,17 +184,88 @@ def recent(path, limit=10):
     """The newest `limit` rewrites in the journal at `path`, newest first."""
     try:
         with open(path, "rb") as f:
+            first_gen, header = _header(f)
             size = f.seek(0, os.SEEK_END)
-            start = max(0, size - _TAIL_BYTES)
+            start = max(header, size - _TAIL_BYTES)
             f.seek(start)
             data = f.read()
     except FileNotFoundError:
         return []
-    if start:
+    if start > header:
         cut = data.find(b"\n") + 1  # the first line is probably cut
         data, start = data[cut:], start + cut
     data = data[:data.rfind(b"\n") + 1]  # a line being written is not damaged
-    return _parse(data, start, path)[::-1][:limit]
+    return _parse(data, first_gen + start - header, path)[::-1][:limit]
+
+
+def compact(path, dry_run=False):
+    """Compact the journal at `path` if it is long enough; returns the bytes it shrank by
+    (`dry_run`: would shrink by)."""
+    if not os.path.exists(path):
+        return 0
+    with _locked(path) as f:
+        return _compact(f, path, dry_run)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """The journal opened for appending, with its `flock` held; reopened until the file
+    locked is the one at `path` (a compaction may have renamed a new one over it)."""
+    while True:
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(f.fileno()).st_ino:
+                yield f
+                return
+
+
+def _header(f):
+    """(gen of the first line after the header, the header's length in bytes); (0, 0) for
+    a journal never compacted."""
+    f.seek(0)
+    first = f.readline(200)
+    if first.startswith(_HEADER_KEY) and first.endswith(b"\n"):
+        try:
+            value = json.loads(first)["first_gen"]
+        except (ValueError, KeyError, TypeError):
+            value = None
+        if disk_lines.integer(value) and value >= 0:
+            return value, len(first)
+    return 0, 0
+
+
+def _logical_end(f):
+    """The gen a line appended to the open journal `f` now gets."""
+    first_gen, header = _header(f)
+    return first_gen + f.seek(0, os.SEEK_END) - header
+
+
+def _compact(f, path, dry_run=False):
+    """Rewrite the journal (locked, open as `f`) with its newest `KEEP_LINES` lines once it
+    is `COMPACT_FACTOR` times their size; returns the bytes it shrank by."""
+    size = f.seek(0, os.SEEK_END)
+    if size <= COMPACT_MIN_BYTES:
+        return 0
+    first_gen, header = _header(f)
+    f.seek(header)
+    data = f.read()
+    data = data[:data.rfind(b"\n") + 1]  # a line cut by a crash is dropped
+    end = len(data) - 1  # walks back over the newest KEEP_LINES lines
+    for _ in range(KEEP_LINES):
+        end = data.rfind(b"\n", 0, max(end, 0))
+        if end < 0:
+            break
+    live = data[end + 1:]
+    if size <= COMPACT_FACTOR * len(live):
+        return 0
+    head = json.dumps({"first_gen": first_gen + end + 1}).encode() + b"\n"
+    if not dry_run:
+        atomic.write_bytes(path, head + live)
+    return size - len(head) - len(live)
 
 
 _FIELDS = {"unix_s": disk_lines.number, "source": disk_lines.is_source_name,

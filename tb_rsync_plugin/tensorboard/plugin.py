@@ -72,6 +72,15 @@ class RsyncPluginLoader(base_plugin.TBLoader):
             "--rsync_ssh_sharing", default="true", choices=["true", "false"],
             help="Share one ssh login per host between syncs (OpenSSH ControlMaster); "
                  "false: every rsync logs in on its own.")
+        group.add_argument(
+            "--rsync_quarantine_days", default=f"{config_lib.DEFAULT_QUARANTINE_DAYS:g}",
+            metavar="DAYS", help="Remove quarantined old versions of rewritten event files "
+                                 "older than DAYS, except each file's newest (default "
+                                 "%(default)s).")
+        group.add_argument(
+            "--rsync_quarantine_max_gib", default=f"{config_lib.DEFAULT_QUARANTINE_MAX_GIB:g}",
+            metavar="GIB", help="Keep the quarantine under GIB, oldest versions removed first "
+                                "(default %(default)s).")
 
     def fix_flags(self, flags):
         try:
@@ -102,9 +111,13 @@ def _config_from_flags(flags):
               for key, default in (("max_parallel", config_lib.DEFAULT_MAX_PARALLEL),
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     sharing = getattr(flags, "rsync_ssh_sharing", "true") != "false"
+    disk = config_lib.parse_disk_limits(
+        getattr(flags, "rsync_quarantine_days", config_lib.DEFAULT_QUARANTINE_DAYS),
+        getattr(flags, "rsync_quarantine_max_gib", config_lib.DEFAULT_QUARANTINE_MAX_GIB),
+        tensorboard=True)
     return config_lib.build_config(logdir, sources, config_file,
                                    getattr(flags, "rsync_staging", "") or None, interval,
-                                   watch, ssh_sharing=sharing, **limits)
+                                   watch, ssh_sharing=sharing, disk=disk, **limits)
 
 
 class RsyncPlugin(base_plugin.TBPlugin):
