@@ -255,8 +255,8 @@ def _disk(args):
 
 
 def cmd_prune(args):
-    from tb_rsync_plugin.engine import prune as prune_lib
     """What `prune.py` frees, now: one line per item with its size, and a total."""
+    from tb_rsync_plugin.engine import prune as prune_lib
     config = config_lib.build_config(args.logdir, args.source, args.config, args.staging,
                                      disk=_disk(args))
     now = time.time()
