@@ -37,9 +37,10 @@ LATEST = "latest"  # resolved to the newest TensorBoard on the package index at 
 # middle, the newest on the index; each with a Python it supports, together spanning 3.9 to
 # 3.13. Pins give a row what that TensorBoard itself needs to start, which its own metadata
 # does not say: before 2.21 it imports `pkg_resources`, gone in setuptools 82; before 2.17 it
-# uses `np.string_`, gone in numpy 2 (TensorFlow of those releases keeps numpy below 2).
+# uses `np.string_`, gone in numpy 2 (TensorFlow of those releases keeps numpy below 2);
+# before 2.14 it imports `six` without declaring it. README.md says the same to users.
 MATRIX = (
-    ("2.14.1", "3.9", ("setuptools<82", "numpy<2")),
+    ("2.10.1", "3.9", ("six", "numpy<2", "setuptools<82")),
     ("2.17.1", "3.12", ("setuptools<82",)),
     (LATEST, "3.13", ()),
 )
@@ -72,6 +73,7 @@ def main(argv=None):
         except MatrixError as e:
             result = {"tensorboard": tensorboard, "python": python, "ok": False,
                       "summary": f"not run: {e}"}
+        result["pins"] = pins
         result["seconds"] = round(time.monotonic() - started)
         print(f"matrix: TensorBoard {result['tensorboard']} on Python {result['python']}: "
               f"{result['summary']} ({result['seconds']} s)", flush=True)
@@ -82,7 +84,9 @@ def main(argv=None):
         else:
             print("matrix: README.md not rewritten (only some rows ran)")
     failed = [r for r in results if not r["ok"]]
-    print(f"matrix: {len(results) - len(failed)} passed, {len(failed)} failed")
+    print(f"matrix: {len(results) - len(failed)} of {len(results)} rows passed"
+          + "".join(f"; failed: TensorBoard {r['tensorboard']} on Python {r['python']}"
+                    for r in failed))
     return 1 if failed else 0
 
 
@@ -193,11 +197,12 @@ def junit_counts(path):
 
 
 def write_readme_table(results):
-    lines = ["| TensorBoard | Python | tensorboard-data-server | protobuf | numpy | tests |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| TensorBoard | Python | also installed | tensorboard-data-server | protobuf | "
+             "numpy | tests |", "|---|---|---|---|---|---|---|"]
     for r in results:
         v = r.get("versions", {})
-        lines.append(f"| {r['tensorboard']} | {r['python']} | "
+        pins = ", ".join(f"`{pin}`" for pin in r["pins"]) or "-"
+        lines.append(f"| {r['tensorboard']} | {r['python']} | {pins} | "
                      f"{v.get('tensorboard-data-server', '?')} | {v.get('protobuf', '?')} | "
                      f"{v.get('numpy', '?')} | {r['summary']} |")
     with open(README, encoding="utf-8") as f:
