@@ -4,12 +4,12 @@
 For each row of MATRIX: a virtualenv with that Python, that TensorBoard (and whatever
 `tensorboard-data-server` it pins) and this project with its test extras; then the tests
 marked `tb_matrix` (pytest.ini) run in it. Virtualenvs are cached under --cache (default
-~/.cache/tb-rsync-matrix), one per TensorBoard, Python and setup.py content, so a re-run only
-refreshes the project's editable install. The results replace the table between the
-`<!-- tested-versions -->` markers in README.md.
+~/.cache/tb-rsync-matrix), one per TensorBoard, Python, pins and setup.py content, so a
+re-run only refreshes the project's editable install; one unused for a month is removed.
+The results replace the table between the `<!-- tested-versions -->` markers in README.md.
 
     python3 scripts/version-matrix.py            # every row, then README.md
-    python3 scripts/version-matrix.py --row 2.14.1 --no-readme
+    python3 scripts/version-matrix.py --row 2.17.1 --no-readme
 
 Standard library only: it runs with any Python 3.9+, and each row's Python comes from
 pyenv (~/.pyenv/versions/X.Y.*) or PATH.
@@ -78,6 +78,7 @@ def main(argv=None):
         print(f"matrix: TensorBoard {result['tensorboard']} on Python {result['python']}: "
               f"{result['summary']} ({result['seconds']} s)", flush=True)
         results.append(result)
+    prune(args.cache)
     if not args.no_readme:
         if len(rows) == len(MATRIX):
             write_readme_table(results)
@@ -157,6 +158,17 @@ def ensure_venv(cache, tensorboard, interpreter, pins):
     with open(done, "w") as f:
         f.write(tensorboard + "\n")
     return venv
+
+
+def prune(cache, max_age_s=30 * 86400):
+    """Remove virtualenvs no run has used for a month (setup.py edits leave old ones)."""
+    for venv in glob.glob(os.path.join(cache, "tb*-py*-*")):
+        try:
+            used = os.path.getmtime(os.path.join(venv, "last-run.xml"))
+        except OSError:
+            used = os.path.getmtime(venv)
+        if time.time() - used > max_age_s:
+            shutil.rmtree(venv, ignore_errors=True)
 
 
 def pip(venv_python, *args):
