@@ -232,9 +232,9 @@ def test_readme_tested_versions_table_backs_setup_py():
     oldest = min(rows, key=lambda row: version_tuple(row[0]))
     assert version_tuple(oldest[0])[:2] == version_tuple(tb_floor)[:2]
     assert min(version_tuple(row[1])[:2] for row in rows) == version_tuple(python_floor)[:2]
-    newest_python = max(row[1] for row in rows)
+    newest_python = max(version_tuple(row[1])[:2] for row in rows)
     assert f"TensorBoard {tb_floor} or later, on Python {python_floor} to " \
-           f"{'.'.join(newest_python.split('.')[:2])}." in text_of(README)
+           f"{newest_python[0]}.{newest_python[1]}." in text_of(README)
 
 
 def test_readme_demo_command_names_existing_files():
