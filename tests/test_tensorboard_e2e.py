@@ -66,8 +66,10 @@ def test_fast_loader_plain_rsync_goes_stale_plugin_stays_live(tmp_path, tensorbo
     rsync_plain(remote, logdir / "plain")
     status = sync_and_wait(tb, "live")
     assert status["loader"] == "fast"
-    wait_until(lambda: len(steps(tb, "live/run")) == 15, 1 + 10,
-               message="the synced growth to appear within the reload interval plus a margin")
+    # A generous deadline, not a timing claim: a loaded 2-core machine (the version matrix)
+    # once took over 11 s here with TensorBoard 2.10's data server.
+    wait_until(lambda: len(steps(tb, "live/run")) == 15, 60,
+               message="the synced growth to appear")
     assert len(steps(tb, "plain/run")) == 5, "plain rsync -a was expected to leave the run stale"
     run = wait_until(lambda: _run(tb, "live/run", "live"), 15, message="run state 'live'")
     assert run["source_step"] == 14
