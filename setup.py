@@ -28,7 +28,7 @@ setup(
     package_dir={"tb_rsync_plugin.frontend": "frontend"},
     package_data={"tb_rsync_plugin.frontend": frontend_files()},
     install_requires=[
-        "tensorboard>=2.10",
+        "tensorboard>=2.10",  # the oldest row of scripts/version-matrix.py (README)
         "werkzeug>=1.0",
         "protobuf>=3.19",
         "setuptools",

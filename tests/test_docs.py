@@ -6,6 +6,8 @@
   defined, and every `tb-rsync` command line it shows parses with `cli.build_parser()`;
 - the README's test command is exactly what .ci/run extracts and runs, and its demo command
   names files that exist;
+- the README's table of tested versions comes from scripts/version-matrix.py's current rows,
+  all passed, and setup.py's TensorBoard and Python floors are its oldest;
 - the status JSON example in docs/API.md has exactly the keys a real snapshot has;
 - docs/TROUBLESHOOTING.md explains every user-facing message listed in `MESSAGES` below, and
   each of those fragments still exists in the code (so the list cannot silently go stale).
@@ -206,6 +208,38 @@ def test_readme_test_command_is_what_ci_runs():
     assert result.stdout == README_TEST_COMMAND
     assert marked_block("test-command") == f"```\n{README_TEST_COMMAND}\n```\n"
     assert text_of(README).count("<!-- test-command -->") == 1
+
+
+def version_tuple(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_readme_tested_versions_table_backs_setup_py():
+    """scripts/version-matrix.py wrote the table from a run of its current rows, every row
+    passed, and setup.py's floors (and the README's sentence) are its oldest row's."""
+    lines = [line for line in marked_block("tested-versions").splitlines()
+             if line.startswith("|") and not line.startswith("|---")]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
+    assert len(rows) >= 3, "README's tested-versions table is missing; run " \
+                           "scripts/version-matrix.py"
+    for row in rows:
+        assert re.fullmatch(r"\d+ passed", row[-1]), f"a tested-versions row did not pass: {row}"
+    spec = importlib.util.spec_from_file_location("version_matrix",
+                                                  ROOT / "scripts" / "version-matrix.py")
+    matrix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(matrix)
+    pinned = [tb for tb, _, _ in matrix.MATRIX if tb != matrix.LATEST]
+    assert [row[0] for row in rows][:len(pinned)] == pinned, \
+        "the table is not from the script's current rows; run scripts/version-matrix.py"
+    setup = text_of(ROOT / "setup.py")
+    tb_floor = re.search(r'"tensorboard>=([\d.]+)"', setup).group(1)
+    python_floor = re.search(r'python_requires=">=([\d.]+)"', setup).group(1)
+    oldest = min(rows, key=lambda row: version_tuple(row[0]))
+    assert version_tuple(oldest[0])[:2] == version_tuple(tb_floor)[:2]
+    assert min(version_tuple(row[1])[:2] for row in rows) == version_tuple(python_floor)[:2]
+    newest_python = max(version_tuple(row[1])[:2] for row in rows)
+    assert f"TensorBoard {tb_floor} or later, on Python {python_floor} to " \
+           f"{newest_python[0]}.{newest_python[1]}." in text_of(README)
 
 
 def test_readme_demo_command_names_existing_files():

@@ -28,6 +28,7 @@ def run_state(tb):
                 None)
 
 
+@pytest.mark.tb_matrix
 @pytest.mark.parametrize("loader", ["fast", "legacy"])
 def test_rewrite_by_tb_rsync_sync_is_never_live_on_stale_data(tmp_path, tensorboard_server,
                                                                loader):

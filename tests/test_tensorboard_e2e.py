@@ -47,6 +47,7 @@ def sync_and_wait(tb, source=None):
     return tb.get_json("/data/plugin/rsync/status")
 
 
+@pytest.mark.tb_matrix
 def test_fast_loader_plain_rsync_goes_stale_plugin_stays_live(tmp_path, tensorboard_server):
     remote = tmp_path / "remote"
     (remote / "run").mkdir(parents=True)
@@ -65,13 +66,16 @@ def test_fast_loader_plain_rsync_goes_stale_plugin_stays_live(tmp_path, tensorbo
     rsync_plain(remote, logdir / "plain")
     status = sync_and_wait(tb, "live")
     assert status["loader"] == "fast"
-    wait_until(lambda: len(steps(tb, "live/run")) == 15, 1 + 10,
-               message="the synced growth to appear within the reload interval plus a margin")
+    # A generous deadline, not a timing claim: a loaded 2-core machine (the version matrix)
+    # once took over 11 s here with TensorBoard 2.10's data server.
+    wait_until(lambda: len(steps(tb, "live/run")) == 15, 60,
+               message="the synced growth to appear")
     assert len(steps(tb, "plain/run")) == 5, "plain rsync -a was expected to leave the run stale"
     run = wait_until(lambda: _run(tb, "live/run", "live"), 15, message="run state 'live'")
     assert run["source_step"] == 14
 
 
+@pytest.mark.tb_matrix
 def test_legacy_loader_shows_new_points_and_runs_without_reload(tmp_path, tensorboard_server):
     tb, path, _ = start_node(tmp_path, tensorboard_server, range(3),
                              "--load_fast=false", "--reload_interval", "0")
@@ -121,6 +125,7 @@ def test_a_run_with_only_another_plugins_data_counts_as_live(tmp_path, tensorboa
     wait_until(lambda: _run(tb, "node/curves", "live"), 20, message="the run 'live'")
 
 
+@pytest.mark.tb_matrix
 def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
     tb, path, _ = start_node(tmp_path, tensorboard_server, range(10),
                              "--load_fast=false", "--reload_interval", "0")
@@ -135,6 +140,7 @@ def test_legacy_loader_rebuilds_a_rewritten_run(tmp_path, tensorboard_server):
     assert quarantined == [EVENTS]
 
 
+@pytest.mark.tb_matrix
 def test_fast_loader_shows_a_rewritten_run_without_restart(tmp_path, tensorboard_server):
     tb, path, logdir = start_node(tmp_path, tensorboard_server, range(10),
                                   "--reload_interval", "1")

@@ -259,6 +259,7 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     assert page.page_errors == []
 
 
+@pytest.mark.tb_matrix
 def test_sync_tab_fast_loader_waiting_then_live(tmp_path, tensorboard_server, page):
     """With the Rust data server, new data shows at its next reload: "waiting for reload"."""
     pytest.importorskip("tensorboard_data_server")

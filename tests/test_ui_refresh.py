@@ -98,6 +98,7 @@ def write(remote, steps):
     append_scalars(str(remote / "job" / EVENTS), steps, wall_time0=time.time() - 30)
 
 
+@pytest.mark.tb_matrix
 def test_open_charts_follow_syncs_without_a_click(tmp_path, tensorboard_server, page):
     pytest.importorskip("tensorboard_data_server")
     remote, tb = start(tmp_path, tensorboard_server)

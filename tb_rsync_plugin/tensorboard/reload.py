@@ -181,18 +181,49 @@ def _link_once(src, dest):
         return os.path.samefile(src, dest)
 
 
+# What the per-run reload calls on TensorBoard's EventMultiplexer (the last three are private:
+# it has no public way to forget one run). Present in every tested TensorBoard (README).
+MULTIPLEXER_NEEDS = ("Runs", "AddRun", "GetAccumulator", "_accumulators_mutex",
+                     "_accumulators", "_paths")
+
+
 class LegacyReloader(NoReloader):
-    """Reloads affected runs of an `EventMultiplexer` in place."""
+    """Reloads affected runs of an `EventMultiplexer` in place.
+
+    A multiplexer without what that needs (MULTIPLEXER_NEEDS) is left to TensorBoard's own
+    reloads, and the tab says so instead of logging a failure at every publish.
+    """
 
     kind = "legacy"
     note = "Runs are reloaded right after each publish (--load_fast=false)."
     not_live = ("waiting", "Published; TensorBoard is reloading this run.")
 
-    def __init__(self, multiplexer, data_provider):
+    def __init__(self, multiplexer, data_provider, reload_interval_s=0.0):
         self._multiplexer = multiplexer
         self.loaded_wall_times = LoadedTimes(data_provider)
+        self._missing = [name for name in MULTIPLEXER_NEEDS if not hasattr(multiplexer, name)]
+        if self._missing:
+            self.period_s = reload_interval_s
+            lacks = f"(its multiplexer lacks {', '.join(self._missing)})"
+            if reload_interval_s > 0:
+                self.note = (f"This TensorBoard has no per-run reload {lacks}; new data shows "
+                             f"at its next reload (every {reload_interval_s:g} s, "
+                             "--reload_interval).")
+                self.not_live = ("waiting", "Published; this TensorBoard shows it at its next "
+                                            f"reload (every {reload_interval_s:g} s).")
+            else:
+                self.note = (f"This TensorBoard has no per-run reload {lacks} and runs with "
+                             "--reload_interval 0: published data shows only after a restart.")
+                self.not_live = ("restart_needed", "Published; this TensorBoard has no per-run "
+                                 "reload and never reloads: restart it to see this.")
 
     def apply(self, logdir, report, cancel=None):
+        if self._missing:
+            # Its own directory watcher tails the newest file by name and never reopens one.
+            return {run: ("The source rewrote an event file of this run and this TensorBoard "
+                          "has no per-run reload to read it again; restart TensorBoard to see "
+                          "the new content. The old file is in the quarantine folder.")
+                    for run, update in report.runs.items() if update.rewritten}
         for run, update in sorted(report.runs.items()):
             path = os.path.join(logdir, run)
             try:
@@ -246,9 +277,9 @@ def make_reloader(context, holding_dir):
     """Pick the reloader for this TensorBoard: legacy when a multiplexer exists."""
     if context is None:
         return NoReloader()
-    if getattr(context, "multiplexer", None) is not None:
-        return LegacyReloader(context.multiplexer, context.data_provider)
     reload_interval_s = float(getattr(context.flags, "reload_interval", 5) or 0)
+    if getattr(context, "multiplexer", None) is not None:
+        return LegacyReloader(context.multiplexer, context.data_provider, reload_interval_s)
     return FastLoaderReloader(context.data_provider, holding_dir, reload_interval_s)
 
 
