@@ -93,7 +93,7 @@ def test_sync_prints_each_source_when_it_ends(tmp_path, sshd_server, black_hole)
 def test_hung_hosts_never_starve_a_healthy_source(tmp_path, sshd_server, black_hole):
     """Six ssh sources and a daemon source on a host that never answers, one healthy local
     source, two slots: after their first failure the hung sources retry in the slow lane, and
-    the healthy one keeps its interval."""
+    the healthy one keeps syncing at every change its probe sees."""
     make_remote(tmp_path / "remote")
     (tmp_path / "logs").mkdir()
     hung_ssh = (f"ssh -F /dev/null -p {black_hole} -o ConnectTimeout=2 "
@@ -119,6 +119,10 @@ def test_hung_hosts_never_starve_a_healthy_source(tmp_path, sshd_server, black_h
         syncs_seen = set()
 
         def healthy_keeps_syncing():
+            # The healthy folder keeps changing, as a job writing to it: its probe asks for a
+            # sync each time (an unchanged local folder only syncs at its safety interval).
+            with open(tmp_path / "remote" / "growing.txt", "a") as f:
+                f.write("x")
             syncs_seen.add(source("healthy")["last_ok_unix_s"])
             return len(syncs_seen) >= 6
 
