@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from tb_rsync_plugin.engine import source_status
 from tb_rsync_plugin.engine import state as state_lib
 from tb_rsync_plugin.engine import state_journal
 
@@ -101,7 +102,7 @@ def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(t
     state.save(folder)
     change = state.snapshot()["sources"][0]["last_change"]
     assert change["unix_s"] == changed_at and change["runs_updated"] == 7
-    assert change["runs"] == runs[:state_lib.LAST_CHANGE_RUNS]
+    assert change["runs"] == runs[:source_status.LAST_CHANGE_RUNS]
     again = make_state(lambda: now[0])
     again.restore(folder)
     assert again.snapshot()["sources"][0]["last_change"] == change

@@ -15,93 +15,30 @@ each follows the journals of its sources (`follow`): a line newer than what it k
 later sync end, a later publish) is taken in, so a TensorBoard shows what a `tb-rsync sync`
 beside it published. A cycle that ends while its source is out of the configuration (an
 edit of --rsync_config) is still recorded and journalled: adding the source back shows it.
+
+This module is the registry: the lock, what is unsaved, snapshots, saving and following.
+One source's fields are `source_status.SourceStatus`, one run's state rules
+`freshness.RunFreshness`, the journal files `state_journal`.
 """
 
-import collections
 import contextlib
 import dataclasses
 import json
 import math
-import os
 import threading
 import time
-from typing import Optional
 
 from tb_rsync_plugin import __version__, config
 from tb_rsync_plugin.publishing import publish
+from tb_rsync_plugin.engine.freshness import RunFreshness
+from tb_rsync_plugin.engine.source_status import SourceStatus
 # The journal files; `tb-rsync status` reads them through these names.
-from tb_rsync_plugin.engine.state_journal import (append_journal, forget_sources, journal_lines,
-                                           journal_path, load_snapshot)
+from tb_rsync_plugin.engine.state_journal import (JournalFollower, append_journal,
+                                                  forget_sources, journal_path, load_snapshot)
 
 HEARTBEAT_S = 60.0
 PROGRESS_EVERY_S = 0.5
 STATUS_MAX_AGE_S = 1.0
-# Saved for `tb-rsync status`, not restored: the new process makes its own schedule and
-# finds its own sources.
-_SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures", "found_by")
-# Source fields kept across restarts (the rest describe this process's schedule).
-_SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
-                      "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
-                      "failures", "appending", "last_change", "found_by")
-# Run names kept in a source's `last_change` (the status is polled; a fleet has many).
-LAST_CHANGE_RUNS = 5
-_TAIL_BYTES = 256  # what a journal follower re-reads to know its file was not replaced
-# Publishes remembered per run, to tell which one TensorBoard should show by now.
-_HISTORY = 64
-
-
-@dataclasses.dataclass
-class SourceStatus:
-    name: str
-    source: str
-    interval_s: float
-    state: str = "idle"  # idle | queued | syncing | error
-    next_sync_unix_s: Optional[float] = None
-    retrying: bool = False  # next_sync_unix_s is a retry after a failure
-    failures: int = 0  # consecutive failed syncs
-    idle_factor: int = 1  # automatic syncs back off to this many intervals while idle
-    appending: bool = False  # the last successful sync appended to event files (being written)
-    # How changes are noticed (probes.py): "walk", "probe", "listing" or "inotify", and why.
-    probe_mode: str = "listing"
-    probe_detail: str = ""
-    last_start_unix_s: Optional[float] = None
-    last_end_unix_s: Optional[float] = None
-    last_ok_unix_s: Optional[float] = None
-    progress: Optional[dict] = None
-    last_result: Optional[dict] = None
-    # The newest sync that published something (the last one often published nothing):
-    # {unix_s, files_published, bytes_published, runs_updated, runs (the first few)}.
-    last_change: Optional[dict] = None
-    error: Optional[dict] = None
-    warnings: list = dataclasses.field(default_factory=list)
-    # The [[discover]] rule that found it (None: configured), and whether its host left the
-    # rule's answer (its last sync is pending).
-    found_by: Optional[str] = None
-    leaving: bool = False
-
-
-@dataclasses.dataclass
-class RunFreshness:
-    run: str
-    source: str
-    source_wall_time: Optional[float] = None
-    source_step: Optional[int] = None
-    published_unix_s: Optional[float] = None
-    loaded_wall_time: Optional[float] = None
-    rewritten_unix_s: Optional[float] = None
-    restart_reason: Optional[str] = None
-    # The newest rewrite of one of its files: {unix_s, file, kept_at, by}.
-    rewrite: Optional[dict] = None
-    # Journal generation of the newest rewrite another process published, and of the newest
-    # one this process made TensorBoard read again: "live" only when they match.
-    rewrite_gen: int = -1
-    applied_gen: int = -1
-    # (published_unix_s, newest wall time, newest step) of recent publishes, oldest first.
-    history: collections.deque = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=_HISTORY))
-    # Event files of this run that could not be published: {staged path: sentence}. An
-    # entry stays until that file publishes cleanly, whatever the run's other files do.
-    file_errors: dict = dataclasses.field(default_factory=dict)
 
 
 class SyncState:
@@ -128,8 +65,7 @@ class SyncState:
         self._runs = {}  # of configured and retired sources; only the former are shown
         # Sources removed from the configuration whose last cycle is not journalled yet.
         self._retired = {}
-        # Journals followed: source -> (inode, bytes read); a compaction makes a new inode.
-        self._read_to = {}
+        self._journals = JournalFollower()  # where each followed journal was read to
         self._follow_lock = threading.Lock()  # one reader of the journals at a time
         # Set by the service from its reloader: which loader, a note for the whole tab, and
         # the (state, detail) of a published run TensorBoard does not show yet.
@@ -188,7 +124,7 @@ class SyncState:
                     and not any(self._runs[r].source == name for r in self._unsaved_runs
                                 if r in self._runs):
                 del self._retired[name]
-                self._read_to.pop(name, None)
+                self._journals.forget(name)
                 self._runs = {run: fresh for run, fresh in self._runs.items()
                               if fresh.source != name}
 
@@ -303,50 +239,13 @@ class SyncState:
             status = self._status(name)
             if status is None:
                 return
-            before = _saved_fields(status)
             status.state = self._end_state(name, "idle")
-            status.progress = None
-            status.error = None
-            status.failures = 0
-            status.last_end_unix_s = status.last_ok_unix_s = now
-            status.appending = any(a.action in ("append", "wait") and
-                                   config.is_event_file(a.path) for a in report.actions)
             self._ended.add(name)
-            status.warnings = list(transfer.warnings)
-            status.last_result = {
-                "bytes_received": transfer.bytes_received,
-                "bytes_published": report.bytes_published,
-                "files_transferred": transfer.files_transferred,
-                "files_published": report.files_published,
-                "runs_updated": len(report.runs),
-                "duration_s": round(now - (status.last_start_unix_s or now), 3),
-            }
-            if status.last_result["files_published"] or report.runs:
-                status.last_change = {
-                    "unix_s": now,
-                    "files_published": status.last_result["files_published"],
-                    "bytes_published": report.bytes_published,
-                    "runs_updated": len(report.runs),
-                    "runs": sorted(report.runs)[:LAST_CHANGE_RUNS],
-                }
+            if status.succeeded(transfer, report, now):
+                self._unsaved_sources.add(name)
             for run, update in report.runs.items():
-                fresh = self._runs.setdefault(run, RunFreshness(run, name))
-                if update.newest_wall_time is not None:
-                    fresh.source_wall_time = max(fresh.source_wall_time or 0.0,
-                                                 update.newest_wall_time)
-                if update.newest_step is not None:
-                    fresh.source_step = max(fresh.source_step or 0, update.newest_step)
-                    if update.rewritten:
-                        fresh.source_step = update.newest_step
-                fresh.published_unix_s = now
-                if update.rewritten:
-                    fresh.rewritten_unix_s = now
-                    fresh.source_wall_time = update.newest_wall_time
-                    # What TensorBoard served before is no proof it serves the new content.
-                    fresh.loaded_wall_time = None
-                    fresh.history.clear()
-                fresh.history.append((now, fresh.source_wall_time, fresh.source_step))
-                fresh.restart_reason = reload_notes.get(run)
+                self._runs.setdefault(run, RunFreshness(run, name)).published(
+                    update, now, reload_notes.get(run))
                 self._unsaved_runs.add(run)
             for action in report.actions:
                 if action.action == "rewrite":
@@ -356,9 +255,6 @@ class SyncState:
                                      "kept_at": action.kept_at, "by": "this process"}
                     self._unsaved_runs.add(fresh.run)
             self._record_file_errors(name, report)
-            if report.runs or report.actions or \
-                    _meaningful(before) != _meaningful(_saved_fields(status)):
-                self._unsaved_sources.add(name)
 
     def note_rewrites(self, rewrites):
         """Rewrites another process published (`rewrites.Rewrite`): not live until reloaded.
@@ -373,17 +269,8 @@ class SyncState:
                 if entry.source not in self._sources:
                     continue
                 noted.append(entry)
-                fresh = self._runs.setdefault(entry.run, RunFreshness(entry.run, entry.source))
-                fresh.rewrite = {"unix_s": entry.unix_s, "file": entry.file,
-                                 "kept_at": entry.kept_at, "by": "another process"}
-                fresh.rewritten_unix_s = fresh.published_unix_s = entry.unix_s
-                fresh.rewrite_gen = max(fresh.rewrite_gen, entry.gen)
-                fresh.source_wall_time, fresh.source_step = \
-                    entry.newest_wall_time, entry.newest_step
-                fresh.loaded_wall_time = None
-                fresh.history.clear()
-                fresh.history.append((entry.unix_s, entry.newest_wall_time, entry.newest_step))
-                fresh.restart_reason = None
+                self._runs.setdefault(entry.run, RunFreshness(entry.run, entry.source)) \
+                    .rewritten_elsewhere(entry)
         return noted
 
     def rewrites_applied(self, rewrites, reload_notes):
@@ -420,11 +307,7 @@ class SyncState:
             if status is None:
                 return
             status.state = self._end_state(name, "error")
-            status.progress = None
-            status.failures += 1
-            status.last_end_unix_s = self._clock()
-            status.error = {"message": message, "details": details,
-                            "unix_s": status.last_end_unix_s}
+            status.failed(message, details, self._clock())
             # Journalled each time (with its retry time): failures back off, so this is rare.
             self._unsaved_sources.add(name)
 
@@ -494,54 +377,7 @@ class SyncState:
         }
 
     def _run_json(self, fresh):
-        state, detail, behind_s = self._run_state(fresh)
-        return {
-            "run": fresh.run,
-            "source": fresh.source,
-            "source_wall_time": fresh.source_wall_time,
-            "source_step": fresh.source_step,
-            "published_unix_s": fresh.published_unix_s,
-            "loaded_wall_time": fresh.loaded_wall_time,
-            "state": state,
-            "state_detail": detail,
-            "behind_s": behind_s,
-            "rewritten_unix_s": fresh.rewritten_unix_s,
-            "rewrite": fresh.rewrite,
-            "file_errors": dict(fresh.file_errors),
-        }
-
-    def _run_state(self, fresh):
-        """(state, detail, seconds TensorBoard is behind the newest published event or None).
-
-        "live" while TensorBoard shows every event published more than `grace_s` ago: under
-        steady writing it is always a reload or so behind, and that is still live (with "N s
-        behind" beside it), not a badge flipping at every sync. A rewrite another process
-        published is never live before this process made TensorBoard read the run again:
-        the old content's newest wall time may equal the new one's.
-        """
-        if fresh.file_errors:
-            return "error", fresh.file_errors[min(fresh.file_errors)], None
-        if fresh.restart_reason:
-            return "restart_needed", fresh.restart_reason, None
-        if self.loader == "none":
-            return self.not_live + (None,)
-        if fresh.rewrite_gen > fresh.applied_gen:
-            return ("waiting", "Another process rewrote an event file of this run; "
-                               "TensorBoard is reading it again.", None)
-        if fresh.source_wall_time is None:
-            return "waiting", "Published; no events with a time yet.", None
-        loaded = fresh.loaded_wall_time
-        if loaded is None:
-            return self.not_live + (None,)
-        behind_s = max(0.0, fresh.source_wall_time - loaded)
-        if behind_s <= 1e-3:
-            return "live", "TensorBoard shows the newest published event.", 0.0
-        due = [wall for unix_s, wall, _ in fresh.history
-               if unix_s <= self._clock() - self._grace_s and wall is not None]
-        if not due or loaded >= max(due) - 1e-3:
-            return ("live", f"TensorBoard is {behind_s:.0f} s behind the newest published "
-                            "event; it shows it at its next reload.", behind_s)
-        return self.not_live + (behind_s,)
+        return fresh.to_json(self.loader, self.not_live, self._clock() - self._grace_s)
 
     # --- persistence -------------------------------------------------------------------
     def save(self, state_dir):
@@ -556,7 +392,7 @@ class SyncState:
                 heartbeat = name in self._ended and \
                     now - self._saved_at.get(name, 0.0) >= HEARTBEAT_S
                 if name in self._unsaved_sources or heartbeat:
-                    lines.setdefault(name, []).append({"source": _saved_fields(status)})
+                    lines.setdefault(name, []).append({"source": status.saved_fields()})
             for run in sorted(self._unsaved_runs):
                 fresh = self._runs.get(run)
                 if fresh is not None:
@@ -584,7 +420,7 @@ class SyncState:
         """Load what earlier processes journalled about `names` (all sources when None)."""
         with self._follow_lock:
             for name in self._sources if names is None else names:
-                self._read_to.pop(name, None)  # read the journal from its start
+                self._journals.forget(name)  # read the journal from its start
         self.follow(state_dir, names)
 
     def follow(self, state_dir, names=None):
@@ -599,7 +435,7 @@ class SyncState:
             with self._lock:
                 wanted = [n for n in self._sources if names is None or n in names]
             for name in wanted:
-                lines = self._new_lines(journal_path(state_dir, name), name)
+                lines = self._journals.new_lines(journal_path(state_dir, name), name)
                 if not lines:
                     continue
                 with self._changing():
@@ -611,53 +447,10 @@ class SyncState:
                         else:
                             self._fold_run(name, saved)
 
-    def _new_lines(self, path, name):
-        """The whole lines appended to `path` since the last read (holding `_follow_lock`).
-
-        A compaction writes a new file. Its inode number may be the one this process read
-        last (freed by an earlier compaction, then reused), so the bytes just before the
-        offset read to must also still be the ones read there; else it is read from the start.
-        """
-        inode, offset, tail = self._read_to.get(name, (None, 0, b""))
-        try:
-            st = os.stat(path)
-            if st.st_ino == inode and st.st_size == offset:
-                return []
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_ino == inode and st.st_size >= offset:
-                    f.seek(offset - len(tail))
-                    if f.read(len(tail)) != tail:
-                        offset = 0
-                else:
-                    offset = 0  # a new journal, or compacted: fold it from the start
-                f.seek(offset)
-                data = f.read()
-        except OSError:
-            return []  # no journal yet, or unreadable: nothing to fold
-        end = data.rfind(b"\n") + 1  # a line being appended waits for the next call
-        if end:
-            tail = data[max(0, end - _TAIL_BYTES):end]
-        elif offset == 0:
-            tail = b""
-        self._read_to[name] = (st.st_ino, offset + end, tail)
-        return journal_lines(data[:end], path, name)
-
     def _fold_source(self, status, saved):
-        end = saved["last_end_unix_s"]
-        if end is None or (status.last_end_unix_s is not None and
-                           end < status.last_end_unix_s):
-            return
-        syncing = status.state == "syncing"
-        for key in _SAVED_SOURCE_KEYS:
-            # The schedule is this process's own; a start it is syncing from, too.
-            if key not in _SCHEDULE_KEYS and not (syncing and key == "last_start_unix_s"):
-                setattr(status, key, saved[key])
-        status.warnings = list(saved["warnings"] or [])
-        status.appending = bool(saved["appending"])
-        if status.state not in ("queued", "syncing"):
-            status.state = "error" if status.error else "idle"
-        self._saved_at[status.name] = max(self._saved_at.get(status.name, 0.0), end)
+        if status.fold(saved):
+            end = saved["last_end_unix_s"]
+            self._saved_at[status.name] = max(self._saved_at.get(status.name, 0.0), end)
 
     def _fold_run(self, name, saved):
         fresh = self._runs.get(saved["run"])
@@ -667,35 +460,4 @@ class SyncState:
             return
         if fresh is None:
             fresh = self._runs[saved["run"]] = RunFreshness(saved["run"], name)
-        rewritten = saved["rewritten_unix_s"]
-        if rewritten is not None and rewritten != fresh.rewritten_unix_s:
-            # New content: what TensorBoard served before is no proof it serves this.
-            fresh.loaded_wall_time = None
-            fresh.history.clear()
-        fresh.source_wall_time, fresh.source_step = \
-            saved["source_wall_time"], saved["source_step"]
-        fresh.published_unix_s, fresh.rewritten_unix_s = published, rewritten
-        rewrite, known = saved["rewrite"], fresh.rewrite or {}
-        if rewrite is not None and \
-                (known.get("file"), known.get("unix_s")) != (rewrite["file"], rewrite["unix_s"]):
-            fresh.rewrite = dict(rewrite, by="another process")
-        fresh.file_errors = dict(saved["file_errors"] or {})
-        point = (published, fresh.source_wall_time, fresh.source_step)
-        if published is not None and (not fresh.history or fresh.history[-1] != point):
-            fresh.history.append(point)
-
-
-def _saved_fields(status):
-    fields = {key: getattr(status, key) for key in _SAVED_SOURCE_KEYS}
-    fields.update(name=status.name, source=status.source, interval_s=status.interval_s,
-                  state="error" if status.error else "idle")
-    return fields
-
-
-def _meaningful(fields):
-    """What makes a source line worth journalling when the sync published nothing: its
-    error, warnings and whether it is being appended to (times and the result of an empty
-    sync wait for the heartbeat)."""
-    error = fields.get("error") or {}
-    return (error.get("message"), error.get("details"), fields.get("warnings"),
-            fields.get("appending"))
+        fresh.fold(saved)

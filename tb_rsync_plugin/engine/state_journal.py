@@ -4,8 +4,8 @@ One JSON object a line: `{"source": {...}}` (the source's saved fields) or `{"ru
 (a run as in the status JSON). Processes append under an `flock` on `<name>.jsonl.lock`; a
 journal grown to `COMPACT_FACTOR` times its live size is rewritten (atomically, so a new
 inode) with only the last line of its source and of each run. Every line read back is
-checked (`disk_lines`): a damaged one is skipped. `state.SyncState` writes and follows
-these; `tb-rsync status` reads them with `load_snapshot`.
+checked (`disk_lines`): a damaged one is skipped. `state.SyncState` writes these and
+follows them (`JournalFollower`); `tb-rsync status` reads them with `load_snapshot`.
 """
 
 import contextlib
@@ -18,6 +18,7 @@ from tb_rsync_plugin import disk_lines
 
 COMPACT_FACTOR = 4  # compact a journal once it is this many times its live size
 COMPACT_MIN_BYTES = 64 * 1024
+_TAIL_BYTES = 256  # what a journal follower re-reads to know its file was not replaced
 
 
 def journal_path(state_dir, name):
@@ -132,6 +133,51 @@ def journal_lines(data, path, name):
                                  for key in fields}))
     return lines
 
+
+class JournalFollower:
+    """Where each source's journal was read to, so each read takes only the new lines.
+
+    Not thread-safe: its owner reads one journal at a time.
+    """
+
+    def __init__(self):
+        self._read_to = {}  # source -> (inode, bytes read, the bytes just before that)
+
+    def forget(self, name):
+        """Read `name`'s journal from its start next time."""
+        self._read_to.pop(name, None)
+
+    def new_lines(self, path, name):
+        """`journal_lines` of the whole lines appended to `path` since the last read.
+
+        A compaction writes a new file. Its inode number may be the one this process read
+        last (freed by an earlier compaction, then reused), so the bytes just before the
+        offset read to must also still be the ones read there; else it is read from the start.
+        """
+        inode, offset, tail = self._read_to.get(name, (None, 0, b""))
+        try:
+            st = os.stat(path)
+            if st.st_ino == inode and st.st_size == offset:
+                return []
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino == inode and st.st_size >= offset:
+                    f.seek(offset - len(tail))
+                    if f.read(len(tail)) != tail:
+                        offset = 0
+                else:
+                    offset = 0  # a new journal, or compacted: fold it from the start
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return []  # no journal yet, or unreadable: nothing to fold
+        end = data.rfind(b"\n") + 1  # a line being appended waits for the next call
+        if end:
+            tail = data[max(0, end - _TAIL_BYTES):end]
+        elif offset == 0:
+            tail = b""
+        self._read_to[name] = (st.st_ino, offset + end, tail)
+        return journal_lines(data[:end], path, name)
 
 
 def _usable(entry, name):
