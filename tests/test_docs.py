@@ -434,17 +434,17 @@ MESSAGES = [
     ("publish.py", "TensorBoard would load its "),
     ("publish.py", "does not exist; sync the source before publishing."),
     ("service.py", "symlink(s) at the source were not published "),
-    ("publish.py", "lies in a symlinked folder at the source; symlinks are never followed"),
+    ("report.py", "lies in a symlinked folder at the source; symlinks are never followed"),
     ("publish.py", "is outside the staging folder; it is not published"),
-    ("publish.py", "tb-rsync never writes outside it."),
-    ("publish.py", "in the logdir is a file where the source has a "),
-    ("publish.py", "in the logdir is a symlink; tb-rsync never writes "),
-    ("publish.py", "is a folder in the logdir where the source "),
-    ("publish.py", "in the logdir is not a regular file; move it "),
-    ("publish.py", "fix the file or folder in the logdir and sync again."),
-    ("publish.py", "could not be fetched whole again; the published copy "),
-    ("publish.py", "the next sync rescans the "),
-    ("publish.py", "writes outside the logdir, so replace the symlink with a folder."),
+    ("file_publisher.py", "tb-rsync never writes outside it."),
+    ("file_publisher.py", "in the logdir is a file where the source has a "),
+    ("file_publisher.py", "in the logdir is a symlink; tb-rsync never writes "),
+    ("file_publisher.py", "is a folder in the logdir where the source "),
+    ("file_publisher.py", "in the logdir is not a regular file; move it "),
+    ("file_publisher.py", "fix the file or folder in the logdir and sync again."),
+    ("file_publisher.py", "could not be fetched whole again; the published copy "),
+    ("file_publisher.py", "the next sync rescans the "),
+    ("file_publisher.py", "writes outside the logdir, so replace the symlink with a folder."),
     ("atomic.py", "is full; free space and sync again."),
     ("atomic.py", "is used up; free space or raise the quota "),
     ("atomic.py", "would grow past the largest file allowed"),
@@ -527,14 +527,14 @@ def test_readme_links_troubleshooting():
 def test_api_doc_status_example_has_the_real_keys():
     """docs/API.md's `GET status` example lists every field a real snapshot has, no more."""
     from tb_rsync_plugin import config
-    from tb_rsync_plugin.publishing import publish
+    from tb_rsync_plugin.publishing import report as report_lib
     from tb_rsync_plugin.transports import rsync
     from tb_rsync_plugin.engine import state
     text = (ROOT / "docs" / "API.md").read_text()
     example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
     real = state.SyncState([config.Source("train", "/src/")], lambda source: 30.0)
-    report = publish.PublishReport(actions=(), needs_restage=(), errors=(),
-                                   runs={"train/a": publish.RunUpdate("train/a", 1.0, 1)})
+    report = report_lib.PublishReport(actions=(), needs_restage=(), errors=(),
+                                      runs={"train/a": report_lib.RunUpdate("train/a", 1.0, 1)})
     real.finish("train", rsync.TransferResult(), report, {})
     snapshot = real.snapshot()
     assert set(example) == set(snapshot)

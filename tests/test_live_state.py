@@ -7,7 +7,8 @@ behind than one reload period allows.
 """
 
 from tb_rsync_plugin import config
-from tb_rsync_plugin.publishing import publish, rewrites
+from tb_rsync_plugin.publishing import report as report_lib
+from tb_rsync_plugin.publishing import rewrites
 from tb_rsync_plugin.transports import rsync
 from tb_rsync_plugin.engine import state as state_lib
 
@@ -33,10 +34,10 @@ def make_state(clock):
 
 def publish_newest(state, wall_time, step, rewritten=False):
     transfer = rsync.TransferResult((), (), 0, 0, (), 0.0)
-    actions = (publish.FileAction("job/events.out.tfevents.1", "rewrite", 10,
-                                  kept_at="/q/job/events.out.tfevents.1"),) if rewritten else ()
-    report = publish.PublishReport(
-        actions, {RUN: publish.RunUpdate(RUN, wall_time, step, rewritten)}, (), ())
+    actions = (report_lib.FileAction("job/events.out.tfevents.1", "rewrite", 10,
+                                     kept_at="/q/job/events.out.tfevents.1"),) if rewritten else ()
+    report = report_lib.PublishReport(
+        actions, {RUN: report_lib.RunUpdate(RUN, wall_time, step, rewritten)}, (), ())
     state.begin("node")
     state.finish("node", transfer, report, {})
 
@@ -89,9 +90,9 @@ def test_rewrite_elsewhere_is_not_live_until_reloaded(tmp_path):
 
     path = str(tmp_path / "rewrites.jsonl")
     ours, theirs = rewrites.RewriteJournal(path, clock), rewrites.RewriteJournal(path, clock)
-    report = publish.PublishReport(
-        (publish.FileAction("job/events.out.tfevents.1", "rewrite", 10, kept_at="/q/x"),),
-        {RUN: publish.RunUpdate(RUN, clock.now, 9, True)}, (), ())
+    report = report_lib.PublishReport(
+        (report_lib.FileAction("job/events.out.tfevents.1", "rewrite", 10, kept_at="/q/x"),),
+        {RUN: report_lib.RunUpdate(RUN, clock.now, 9, True)}, (), ())
     written = theirs.record("node", report)
     assert [(w.run, w.file, w.kept_at, w.newest_step) for w in written] == \
         [(RUN, "node/job/events.out.tfevents.1", "/q/x", 9)]
@@ -123,9 +124,9 @@ def test_reload_failure_after_a_rewrite_elsewhere_says_restart_needed(tmp_path):
     publish_newest(state, clock.now, 19)
     path = str(tmp_path / "rewrites.jsonl")
     ours, theirs = rewrites.RewriteJournal(path, clock), rewrites.RewriteJournal(path, clock)
-    theirs.record("node", publish.PublishReport(
-        (publish.FileAction("job/e.tfevents.1", "rewrite", 10, kept_at="/q/y"),),
-        {RUN: publish.RunUpdate(RUN, clock.now, 9, True)}, (), ()))
+    theirs.record("node", report_lib.PublishReport(
+        (report_lib.FileAction("job/e.tfevents.1", "rewrite", 10, kept_at="/q/y"),),
+        {RUN: report_lib.RunUpdate(RUN, clock.now, 9, True)}, (), ()))
     ours.notice(state)
     state.rewrites_applied(ours.take_unapplied(), {RUN: "restart TensorBoard"})
     assert run(state)["state"] == "restart_needed"

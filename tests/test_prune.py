@@ -13,7 +13,7 @@ from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.engine import prune
 from tb_rsync_plugin.engine import state as state_lib
 from tb_rsync_plugin.errors import ConfigError, SyncError
-from tb_rsync_plugin.publishing import publish, rewrites
+from tb_rsync_plugin.publishing import report as report_lib, rewrites
 from tests.events import append_scalars, event_file_name
 from tests.test_cli import tb_rsync
 
@@ -243,19 +243,19 @@ def test_tmp_leftovers_go_at_start_but_not_while_a_source_is_syncing(tmp_path):
 
 
 def rewrite_report(first, count):
-    actions = tuple(publish.FileAction(f"job/events.out.tfevents.{i}", "rewrite", 10,
-                                       kept_at=f"/q/{i}") for i in range(first, first + count))
-    return publish.PublishReport(actions, {"node/job": publish.RunUpdate(
+    actions = tuple(report_lib.FileAction(f"job/events.out.tfevents.{i}", "rewrite", 10,
+                                          kept_at=f"/q/{i}") for i in range(first, first + count))
+    return report_lib.PublishReport(actions, {"node/job": report_lib.RunUpdate(
         "node/job", 1.0, first + count, True)}, (), ())
 
 
 WRITER = """
 import sys
-from tb_rsync_plugin.publishing import publish, rewrites
+from tb_rsync_plugin.publishing import report as report_lib, rewrites
 first, count = int(sys.argv[2]), int(sys.argv[3])
-actions = tuple(publish.FileAction(f"job/events.out.tfevents.{i}", "rewrite", 10,
-                                   kept_at=f"/q/{i}") for i in range(first, first + count))
-report = publish.PublishReport(actions, {"node/job": publish.RunUpdate(
+actions = tuple(report_lib.FileAction(f"job/events.out.tfevents.{i}", "rewrite", 10,
+                                      kept_at=f"/q/{i}") for i in range(first, first + count))
+report = report_lib.PublishReport(actions, {"node/job": report_lib.RunUpdate(
     "node/job", 1.0, first + count, True)}, (), ())
 for entry in rewrites.RewriteJournal(sys.argv[1]).record("node", report):
     print(entry.gen, entry.kept_at)

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing import data_provider as tb_data_provid
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
 
-from tb_rsync_plugin.publishing.publish import PublishReport, RunUpdate
+from tb_rsync_plugin.publishing.report import PublishReport, RunUpdate
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tests.events import append_scalars, event_file_name, text_bytes
 

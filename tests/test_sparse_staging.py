@@ -16,7 +16,7 @@ from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.transports import rsync as rsync_lib
 from tb_rsync_plugin.engine import service as service_lib
 from tb_rsync_plugin.engine import state as state_lib
-from tb_rsync_plugin.publishing import publish as publish_lib
+from tb_rsync_plugin.publishing import file_publisher
 from tb_rsync_plugin.publishing.publish import publish
 from tests.events import big_event_bytes, event_bytes, file_version_event, loaded_events
 
@@ -171,7 +171,7 @@ def test_an_older_copy_from_another_staging_root_never_sends_the_file_back(engin
 
     report = publish_only(other)  # B's copy holds 96
     check_published_only_grew()
-    assert [(a.action, a.detail) for a in report.actions] == [("wait", publish_lib._BEHIND)]
+    assert [(a.action, a.detail) for a in report.actions] == [("wait", file_publisher._BEHIND)]
     engine.check_converged()
 
     engine.grow(records(128, 32))

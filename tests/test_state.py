@@ -39,9 +39,9 @@ def make_state(clock):
 
 
 def report_for(runs, wall_time=1.0):
-    from tb_rsync_plugin.publishing import publish
-    return publish.PublishReport(actions=(), needs_restage=(), errors=(), runs={
-        run: publish.RunUpdate(run, wall_time, int(wall_time)) for run in runs})
+    from tb_rsync_plugin.publishing import report as report_lib
+    return report_lib.PublishReport(actions=(), needs_restage=(), errors=(), runs={
+        run: report_lib.RunUpdate(run, wall_time, int(wall_time)) for run in runs})
 
 
 def test_journal_gets_only_what_changed_and_a_heartbeat(tmp_path):

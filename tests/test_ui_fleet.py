@@ -13,7 +13,7 @@ import re
 import pytest
 
 from tb_rsync_plugin import config
-from tb_rsync_plugin.publishing import publish
+from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.transports import rsync
 from tb_rsync_plugin.engine import state as state_lib
 from tests.test_frontend_views import (NOW, fake_plugin, make_status, run_fixture,  # noqa: F401
@@ -35,17 +35,18 @@ def fleet_status():
     state.loader, state.loader_note = "legacy", "Runs are reloaded right after each publish."
     state.logdir = "/home/me/logs"
     for i, name in enumerate(names[:-1]):
-        runs = {f"{name}/exp{j:03d}": publish.RunUpdate(f"{name}/exp{j:03d}",
-                                                        NOW - 600 - i * 60 - j, 10 * j)
+        runs = {f"{name}/exp{j:03d}": report_lib.RunUpdate(f"{name}/exp{j:03d}",
+                                                           NOW - 600 - i * 60 - j, 10 * j)
                 for j in range(RUNS_PER_SOURCE)}
-        actions = tuple(publish.FileAction(f"exp{j:03d}/events.out.tfevents.1", "append", 4096)
+        actions = tuple(report_lib.FileAction(f"exp{j:03d}/events.out.tfevents.1", "append",
+                                              4096)
                         for j in range(RUNS_PER_SOURCE))
-        report = publish.PublishReport(actions=actions, runs=runs, needs_restage=(), errors=())
+        report = report_lib.PublishReport(actions=actions, runs=runs, needs_restage=(), errors=())
         state.begin(name)
         state.finish(name, rsync.TransferResult(bytes_received=409600,
                                                 files_transferred=RUNS_PER_SOURCE), report, {})
     clock[0] = NOW - 20
-    empty = publish.PublishReport(actions=(), runs={}, needs_restage=(), errors=())
+    empty = report_lib.PublishReport(actions=(), runs={}, needs_restage=(), errors=())
     for name in names[:-1]:
         state.begin(name)
         state.finish(name, rsync.TransferResult(), empty, {})

@@ -51,7 +51,7 @@ TMP_MIN_AGE_S = 60.0
 # What our transfers write into tmp/: rsync's temporaries (config.FOREIGN_TEMP_PATTERNS'
 # first), rsync.py's `--files-from` lists and rclone.py's whole-fetch folders.
 _TMP_PATTERNS = (config_lib.FOREIGN_TEMP_PATTERNS[0], ".tb-rsync-*", ".tb-rclone-*")
-_STAMP_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)(?:-(\d+))?$")  # publish._quarantine_path
+_STAMP_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)(?:-(\d+))?$")  # file_publisher's _quarantine_path
 
 
 @dataclasses.dataclass(frozen=True)

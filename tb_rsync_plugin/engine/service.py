@@ -23,6 +23,7 @@ from tb_rsync_plugin.engine import prune as prune_lib
 from tb_rsync_plugin.transports import probe_agent
 from tb_rsync_plugin.transports import probes as probes_lib
 from tb_rsync_plugin.publishing import publish as publish_lib
+from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
 from tb_rsync_plugin.transports import rsync as rsync_lib
@@ -44,7 +45,7 @@ class CycleOutcome:
 
     name: str
     transfer: rsync_lib.TransferResult
-    report: publish_lib.PublishReport
+    report: report_lib.PublishReport
 
     @property
     def changed(self):
@@ -478,7 +479,7 @@ def _explain_problems(source, staging_dir, transfer, report):
     errors = tuple((path, message.replace(staged_prefix, source.source_dir))
                    for path, message in report.errors)
     links = [a.path for a in report.actions
-             if a.action == "skip" and publish_lib.SYMLINK_NOT_FOLLOWED in a.detail]
+             if a.action == "skip" and report_lib.SYMLINK_NOT_FOLLOWED in a.detail]
     warnings = transfer.warnings + tuple(message for _, message in errors)
     if links:
         shown = ", ".join(f"'{path}'" for path in links[:3]) + (" ..." if len(links) > 3 else "")

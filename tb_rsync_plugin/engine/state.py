@@ -29,7 +29,7 @@ import threading
 import time
 
 from tb_rsync_plugin import __version__, config
-from tb_rsync_plugin.publishing import publish
+from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.engine.freshness import RunFreshness
 from tb_rsync_plugin.engine.source_status import SourceStatus
 # The journal files; `tb-rsync status` reads them through these names.
@@ -249,7 +249,7 @@ class SyncState:
                 self._unsaved_runs.add(run)
             for action in report.actions:
                 if action.action == "rewrite":
-                    run = publish.run_of(name, action.path)
+                    run = report_lib.run_of(name, action.path)
                     fresh = self._runs.setdefault(run, RunFreshness(run, name))
                     fresh.rewrite = {"unix_s": now, "file": f"{name}/{action.path}",
                                      "kept_at": action.kept_at, "by": "this process"}
@@ -292,12 +292,12 @@ class SyncState:
         """
         errors = {rel: message for rel, message in report.errors if config.is_event_file(rel)}
         for action in report.actions:
-            if action.action in publish.PUBLISHED_ACTIONS and action.path not in errors:
-                fresh = self._runs.get(publish.run_of(name, action.path))
+            if action.action in report_lib.PUBLISHED_ACTIONS and action.path not in errors:
+                fresh = self._runs.get(report_lib.run_of(name, action.path))
                 if fresh is not None and fresh.file_errors.pop(action.path, None):
                     self._unsaved_runs.add(fresh.run)
         for rel, message in errors.items():
-            run = publish.run_of(name, rel)
+            run = report_lib.run_of(name, rel)
             self._runs.setdefault(run, RunFreshness(run, name)).file_errors[rel] = message
             self._unsaved_runs.add(run)
 

@@ -34,7 +34,7 @@ from typing import Optional
 
 from tb_rsync_plugin import disk_lines
 from tb_rsync_plugin.publishing import atomic
-from tb_rsync_plugin.publishing import publish
+from tb_rsync_plugin.publishing import report as report_lib
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class RewriteJournal:
         # Several processes append: the lock keeps each line whole and its gen true.
         with _locked(self.path) as f:
             for action in rewrites:
-                run = publish.run_of(name, action.path)
+                run = report_lib.run_of(name, action.path)
                 update = report.runs.get(run)
                 entry = Rewrite(
                     gen=_logical_end(f), unix_s=self._clock(), source=name, run=run,
@@ -316,9 +316,9 @@ def catch_up(journal, reloader, logdir, hold, state, cancel):
     for entry in entries:
         by_source.setdefault(entry.source, []).append(entry)
     for name, items in sorted(by_source.items()):
-        runs = {e.run: publish.RunUpdate(e.run, e.newest_wall_time, e.newest_step, True,
-                                         (e.file,)) for e in items}
-        report = publish.PublishReport((), runs, (), ())
+        runs = {e.run: report_lib.RunUpdate(e.run, e.newest_wall_time, e.newest_step, True,
+                                            (e.file,)) for e in items}
+        report = report_lib.PublishReport((), runs, (), ())
         try:
             with hold(name):
                 notes = reloader.apply(logdir, report, cancel=cancel)
