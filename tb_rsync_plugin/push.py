@@ -33,7 +33,7 @@ from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin.config import is_event_file
 from tb_rsync_plugin.engine.scheduler import retry_delay_s
 from tb_rsync_plugin.errors import ConfigError, TransferError
-from tb_rsync_plugin.transports.rsync import RsyncRun
+from tb_rsync_plugin.transports.rsync_run import RsyncRun
 from tb_rsync_plugin.transports.ssh import SshConnections
 
 _NAME = "push"  # the Source's name; messages are reworded to name the logdir instead
@@ -47,7 +47,7 @@ def push_tree(rsync_path, target, logdir, temp_dir, rsh=None, cancel=None):
     the listed event files the append pass did not take.
 
     Returns:
-      rsync.TransferResult (`bytes_received` counts the bytes sent).
+      transfer.TransferResult (`bytes_received` counts the bytes sent).
     Raises:
       TransferError: one sentence (worded for a sync: `Pusher` rewords it).
     """

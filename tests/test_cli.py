@@ -390,7 +390,7 @@ def test_plain_progress_lines_only_for_syncs_that_take_a_while():
     """Off a terminal a sync prints a progress line once it has run 5 s, then every 5 s;
     the next sync starts its own timer (a 0.1 s sync after a long one printed a line)."""
     from tb_rsync_plugin.cli import ProgressPrinter
-    from tb_rsync_plugin.transports.rsync import Progress
+    from tb_rsync_plugin.transports.transfer import Progress
     out = io.StringIO()  # not a terminal
     now = [0.0]
     printer = ProgressPrinter(out, clock=lambda: now[0])

@@ -315,8 +315,8 @@ MESSAGES = [
     ("config.py", "only applies to local folders (an inbox that nodes push "),
     ("config.py", "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)"),
     ("config.py", "no source has that name (configured: "),
-    ("rsync.py", "rsync is not installed in the container; install it in the image "),
-    ("rsync.py", "the 'rsh' command could not be "),
+    ("rsync_errors.py", "rsync is not installed in the container; install it in the image "),
+    ("rsync_errors.py", "the 'rsh' command could not be "),
     ("remote_shell.py", "tb-rsync: the remote shell '"),
     ("inbox.py", "does not exist yet; "),
     ("inbox.py", "asking for a sync of watched source %r failed"),
@@ -343,17 +343,18 @@ MESSAGES = [
     ("cli.py", "Run 'tb-rsync sync' first."),
     ("cli.py", "interrupted"),
     ("cli.py", "error: this is a bug in tb-rsync; please report it with the traceback above."),
-    ("rsync.py", "cannot create the {what} folder"),
-    ("rsync.py", "install rsync or fix the path."),
-    ("rsync.py", "could not write its file list into "),
+    ("transfer.py", "cannot create the {what} folder"),
+    ("rsync_run.py", "install rsync or fix the path."),
+    ("rsync_errors.py", "could not write its file list into "),
     ("reload.py", "is in the way; "),
     ("service.py", "with different staging folders must not sync one source "),
     ("process.py", "was cancelled."),
     ("process.py", "the source is slow or unreachable "),
-    ("rsync.py", "file(s) vanished "),
-    ("rsync.py", "the source and were skipped (first: "),
-    ("rsync.py", "the source is a file, not a directory; name the folder that holds the runs"),
-    ("rsync.py", "rsync was killed by signal "),
+    ("rsync_run.py", "file(s) vanished "),
+    ("rsync_run.py", "the source and were skipped (first: "),
+    ("rsync_errors.py",
+     "the source is a file, not a directory; name the folder that holds the runs"),
+    ("rsync_errors.py", "rsync was killed by signal "),
     ("ssh.py", "the host key of the server is unknown or changed; "),
     ("ssh.py", "the host key of the server changed; "),
     ("ssh.py", "ssh could not log in non-interactively; set up a key or agent "),
@@ -376,23 +377,23 @@ MESSAGES = [
     ("ssh.py", "for shared ssh connections is not a private "),
     ("ssh.py", "(--rsync_ssh_sharing false, tb-rsync --no-ssh-sharing)."),
     ("config.py", "'ssh_sharing' must be true or false (no quotes), "),
-    ("rsync.py", "the rsync daemon has no such module; check the module name "),
-    ("rsync.py", "the rsync daemon refused the login; tb-rsync cannot type a "),
-    ("rsync.py", "the disk holding the staging folder is full; free space "),
-    ("rsync.py", "the disk quota of the staging folder is exceeded; free space"),
-    ("rsync.py", "rsync is not installed on the remote host; install it there"),
-    ("rsync.py", "the connection stalled (no data for too long); "),
-    ("rsync.py", "the connection closed unexpectedly; check that "),
-    ("rsync.py", "there is no such directory at the source; check the path"),
-    ("rsync.py", "permission was denied reading the source or writing the staging folder"),
-    ("rsync.py", "rsync rejected its arguments"),
-    ("rsync.py", "the rsync versions are incompatible"),
-    ("rsync.py", "the rsync daemon refused the session"),
-    ("rsync.py", "the connection to the source failed"),
-    ("rsync.py", "rsync was killed"),
-    ("rsync.py", "the rsync daemon did not answer in time"),
-    ("rsync.py", "ssh failed"),
-    ("rsync.py", "rsync failed with exit code"),
+    ("rsync_errors.py", "the rsync daemon has no such module; check the module name "),
+    ("rsync_errors.py", "the rsync daemon refused the login; tb-rsync cannot type a "),
+    ("rsync_errors.py", "the disk holding the staging folder is full; free space "),
+    ("rsync_errors.py", "the disk quota of the staging folder is exceeded; free space"),
+    ("rsync_errors.py", "rsync is not installed on the remote host; install it there"),
+    ("rsync_errors.py", "the connection stalled (no data for too long); "),
+    ("rsync_errors.py", "the connection closed unexpectedly; check that "),
+    ("rsync_errors.py", "there is no such directory at the source; check the path"),
+    ("rsync_errors.py", "permission was denied reading the source or writing the staging folder"),
+    ("rsync_errors.py", "rsync rejected its arguments"),
+    ("rsync_errors.py", "the rsync versions are incompatible"),
+    ("rsync_errors.py", "the rsync daemon refused the session"),
+    ("rsync_errors.py", "the connection to the source failed"),
+    ("rsync_errors.py", "rsync was killed"),
+    ("rsync_errors.py", "the rsync daemon did not answer in time"),
+    ("rsync_errors.py", "ssh failed"),
+    ("rsync_errors.py", "rsync failed with exit code"),
     ("service.py", "is already being synced; wait for it to finish."),
     ("config.py", "rclone is not installed or not on PATH, and rclone: sources need it"),
     ("config.py", "names no rclone remote; write it "),
@@ -528,14 +529,14 @@ def test_api_doc_status_example_has_the_real_keys():
     """docs/API.md's `GET status` example lists every field a real snapshot has, no more."""
     from tb_rsync_plugin import config
     from tb_rsync_plugin.publishing import report as report_lib
-    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.transports import transfer
     from tb_rsync_plugin.engine import state
     text = (ROOT / "docs" / "API.md").read_text()
     example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
     real = state.SyncState([config.Source("train", "/src/")], lambda source: 30.0)
     report = report_lib.PublishReport(actions=(), needs_restage=(), errors=(),
                                       runs={"train/a": report_lib.RunUpdate("train/a", 1.0, 1)})
-    real.finish("train", rsync.TransferResult(), report, {})
+    real.finish("train", transfer.TransferResult(), report, {})
     snapshot = real.snapshot()
     assert set(example) == set(snapshot)
     assert set(example["sources"][0]) == set(snapshot["sources"][0])

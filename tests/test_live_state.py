@@ -9,7 +9,7 @@ behind than one reload period allows.
 from tb_rsync_plugin import config
 from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.publishing import rewrites
-from tb_rsync_plugin.transports import rsync
+from tb_rsync_plugin.transports import transfer as transfer_lib
 from tb_rsync_plugin.engine import state as state_lib
 
 RUN = "node/job"
@@ -33,7 +33,7 @@ def make_state(clock):
 
 
 def publish_newest(state, wall_time, step, rewritten=False):
-    transfer = rsync.TransferResult((), (), 0, 0, (), 0.0)
+    transfer = transfer_lib.TransferResult((), (), 0, 0, (), 0.0)
     actions = (report_lib.FileAction("job/events.out.tfevents.1", "rewrite", 10,
                                      kept_at="/q/job/events.out.tfevents.1"),) if rewritten else ()
     report = report_lib.PublishReport(

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -13,7 +14,9 @@ import pytest
 
 from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.transports.rsync import Progress, decode_name, restage_files, run_rsync
+from tb_rsync_plugin.transports.rsync import restage_files, run_rsync
+from tb_rsync_plugin.transports.rsync_run import decode_name
+from tb_rsync_plugin.transports.transfer import Progress
 from tb_rsync_plugin.transports.ssh import ssh_command
 from tests.events import append_scalars, event_file_name, scalar_bytes
 
@@ -667,7 +670,6 @@ def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
 def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
     """A full disk under the temp folder (injected: this machine has no small filesystem to
     fill) is a sentence that says so, not an internal error."""
-    from tb_rsync_plugin.transports import rsync as rsync_lib
     src, _, _ = dirs
     write(src / "run1" / EVENTS, scalar_bytes(range(3), header=True))
     sync(dirs)
@@ -676,7 +678,7 @@ def test_a_file_list_that_cannot_be_written_is_a_sentence(dirs, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rsync_lib.tempfile, "mkstemp", full)
+    monkeypatch.setattr(tempfile, "mkstemp", full)
     with pytest.raises(TransferError) as info:
         sync(dirs)
     assert "could not write its file list into" in str(info.value)

@@ -45,20 +45,20 @@ def report_for(runs, wall_time=1.0):
 
 
 def test_journal_gets_only_what_changed_and_a_heartbeat(tmp_path):
-    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.transports import transfer
     now = [1000.0]
     state = make_state(lambda: now[0])
     folder = str(tmp_path / "state")
-    state.finish("n", rsync.TransferResult(changed=("a/x",)), report_for(["n/a", "n/b"]), {})
+    state.finish("n", transfer.TransferResult(changed=("a/x",)), report_for(["n/a", "n/b"]), {})
     assert state.save(folder) == 3  # the source and two runs
     for _ in range(5):
         now[0] += 1
-        state.finish("n", rsync.TransferResult(duration_s=0.2), report_for([]), {})
+        state.finish("n", transfer.TransferResult(duration_s=0.2), report_for([]), {})
         assert state.save(folder) == 0, "an unchanged sync writes nothing"
-    state.finish("n", rsync.TransferResult(changed=("a/x",)), report_for(["n/a"], 2.0), {})
+    state.finish("n", transfer.TransferResult(changed=("a/x",)), report_for(["n/a"], 2.0), {})
     assert state.save(folder) == 2
     now[0] += state_lib.HEARTBEAT_S
-    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    state.finish("n", transfer.TransferResult(), report_for([]), {})
     assert state.save(folder) == 1, "a heartbeat once a minute keeps 'last sync' current"
     saved = state_lib.load_snapshot(folder)
     assert saved["sources"][0]["last_end_unix_s"] == now[0]
@@ -66,13 +66,13 @@ def test_journal_gets_only_what_changed_and_a_heartbeat(tmp_path):
 
 
 def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
-    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.transports import transfer
     now = [1000.0]
     state = make_state(lambda: now[0])
     folder = str(tmp_path / "state")
     runs = [f"n/run{i}" for i in range(50)]
     for step in range(1, 60):
-        state.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, float(step)),
+        state.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs, float(step)),
                      {})
         state.save(folder)
     path = state_lib.journal_path(folder, "n")
@@ -88,17 +88,17 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
 
 def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(tmp_path):
     """The latest sync often moves nothing: `last_change` keeps the one that did."""
-    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.transports import transfer
     now = [1000.0]
     state = make_state(lambda: now[0])
     folder = str(tmp_path / "state")
-    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    state.finish("n", transfer.TransferResult(), report_for([]), {})
     assert state.snapshot()["sources"][0]["last_change"] is None
     runs = [f"n/run{i}" for i in range(7)]
-    state.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs), {})
+    state.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs), {})
     changed_at = now[0]
     now[0] += 30
-    state.finish("n", rsync.TransferResult(), report_for([]), {})
+    state.finish("n", transfer.TransferResult(), report_for([]), {})
     state.save(folder)
     change = state.snapshot()["sources"][0]["last_change"]
     assert change["unix_s"] == changed_at and change["runs_updated"] == 7
@@ -111,20 +111,20 @@ def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(t
 def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
     """What a `tb-rsync sync` journals reaches a TensorBoard's state; a compaction (a new
     file) is read from its start, and lines older than what the reader knows change nothing."""
-    from tb_rsync_plugin.transports import rsync
+    from tb_rsync_plugin.transports import transfer
     now = [1000.0]
     writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
     folder = str(tmp_path / "state")
     path = state_lib.journal_path(folder, "n")
     runs = [f"n/run{i}" for i in range(50)]
-    writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, 1.0), {})
+    writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs, 1.0), {})
     writer.save(folder)
     reader.follow(folder)
     assert {r["source_step"] for r in reader.snapshot()["runs"]} == {1}
     compactions, size = 0, os.path.getsize(path)
     for step in range(2, 60):
         now[0] += 1
-        writer.finish("n", rsync.TransferResult(changed=("x",)), report_for(runs, float(step)),
+        writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs, float(step)),
                       {})
         writer.save(folder)
         compactions += os.path.getsize(path) < size

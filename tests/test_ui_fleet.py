@@ -14,7 +14,7 @@ import pytest
 
 from tb_rsync_plugin import config
 from tb_rsync_plugin.publishing import report as report_lib
-from tb_rsync_plugin.transports import rsync
+from tb_rsync_plugin.transports import transfer
 from tb_rsync_plugin.engine import state as state_lib
 from tests.test_frontend_views import (NOW, fake_plugin, make_status, run_fixture,  # noqa: F401
                                        server, source_fixture)
@@ -43,13 +43,13 @@ def fleet_status():
                         for j in range(RUNS_PER_SOURCE))
         report = report_lib.PublishReport(actions=actions, runs=runs, needs_restage=(), errors=())
         state.begin(name)
-        state.finish(name, rsync.TransferResult(bytes_received=409600,
-                                                files_transferred=RUNS_PER_SOURCE), report, {})
+        state.finish(name, transfer.TransferResult(bytes_received=409600,
+                                                   files_transferred=RUNS_PER_SOURCE), report, {})
     clock[0] = NOW - 20
     empty = report_lib.PublishReport(actions=(), runs={}, needs_restage=(), errors=())
     for name in names[:-1]:
         state.begin(name)
-        state.finish(name, rsync.TransferResult(), empty, {})
+        state.finish(name, transfer.TransferResult(), empty, {})
         state.set_schedule(name, 30.0)
     state.begin(FAILING)
     state.fail(FAILING, f"Sync of '{FAILING}' failed: the host is unreachable.",

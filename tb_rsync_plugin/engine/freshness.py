@@ -37,7 +37,7 @@ class RunFreshness:
     file_errors: dict = dataclasses.field(default_factory=dict)
 
     def published(self, update, now, reload_note):
-        """This process published `update` (`publish.RunUpdate`) at `now`."""
+        """This process published `update` (`report.RunUpdate`) at `now`."""
         if update.newest_wall_time is not None:
             self.source_wall_time = max(self.source_wall_time or 0.0, update.newest_wall_time)
         if update.newest_step is not None:

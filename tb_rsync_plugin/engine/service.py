@@ -26,7 +26,7 @@ from tb_rsync_plugin.publishing import publish as publish_lib
 from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
-from tb_rsync_plugin.transports import rsync as rsync_lib
+from tb_rsync_plugin.transports import transfer as transfer_lib
 from tb_rsync_plugin.engine import scheduler as scheduler_lib
 from tb_rsync_plugin.transports import ssh as ssh_lib
 from tb_rsync_plugin.transports import transport
@@ -44,7 +44,7 @@ class CycleOutcome:
     """What one successful cycle did; `changed` is False when it published nothing."""
 
     name: str
-    transfer: rsync_lib.TransferResult
+    transfer: transfer_lib.TransferResult
     report: report_lib.PublishReport
 
     @property
@@ -60,7 +60,7 @@ class SyncService:
       state: the `SyncState` every cycle reports into.
       reloader: from `reload.make_reloader`; tells TensorBoard about published runs.
       clock: Unix seconds; injected for tests.
-      on_progress: called with (name, `rsync.Progress`) from every cycle (the CLI's line).
+      on_progress: called with (name, `transfer.Progress`) from every cycle (the CLI's line).
     """
 
     def __init__(self, config, state, reloader, clock=time.time, on_progress=None):
@@ -194,7 +194,7 @@ class SyncService:
     def _reload(self, report, progress, bytes_done):
         """Tell TensorBoard; a failure here never turns a good publish into a failed sync."""
         if any(update.rewritten for update in report.runs.values()):
-            progress(rsync_lib.Progress(bytes_done, 100, 0.0, "reloading"))
+            progress(transfer_lib.Progress(bytes_done, 100, 0.0, "reloading"))
         try:
             return self.reloader.apply(self.config.logdir, report, cancel=self._stop)
         except Exception:

@@ -50,7 +50,7 @@ class SourceStatus:
     leaving: bool = False
 
     def succeeded(self, transfer, report, now):
-        """A cycle ended well at `now` (`rsync.TransferResult`, `publish.PublishReport`).
+        """A cycle ended well at `now` (`transfer.TransferResult`, `report.PublishReport`).
 
         Returns True if its journal line is due (see `meaningful`)."""
         before = self.saved_fields()

@@ -49,7 +49,8 @@ from tb_rsync_plugin.transports import process as process_lib
 from tb_rsync_plugin.transports import rclone_listing as listing
 from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
-from tb_rsync_plugin.transports.rsync import VANISHED_TAIL, Progress, TransferResult, make_folders
+from tb_rsync_plugin.transports.transfer import (VANISHED_TAIL, Progress, TransferResult,
+                                                 make_folders)
 
 MAX_PARALLEL_READS = 4
 _LISTS_HASHES = {}  # (rclone, config, remote, flags) -> whether listing hashes is cheap

@@ -42,7 +42,7 @@ def main(argv):
     try:
         os.execvp(args[0], args)
     except OSError as e:
-        # rsync would only say "connection unexpectedly closed"; rsync._DIAGNOSES reads this.
+        # rsync would only say "connection unexpectedly closed"; rsync_errors.DIAGNOSES reads this.
         sys.stderr.write(f"tb-rsync: the remote shell '{args[0]}' could not be started "
                          f"({e.strerror}).\n")
         return 127

@@ -2,7 +2,7 @@
 daemon) or rclone (object storage, `rclone:REMOTE:PATH`).
 
 The service calls `fetch` and `refetch` and never asks which one runs: both return an
-`rsync.TransferResult` and fail with `TransferError` (or `ConfigError` when the program is
+`transfer.TransferResult` and fail with `TransferError` (or `ConfigError` when the program is
 not installed) sentences.
 """
 
