@@ -146,14 +146,14 @@ def test_publishing_goes_on_where_the_logdir_cannot_be_locked(tmp_path, monkeypa
     this sandbox); the sync must publish as it did before that lock existed."""
     new_service, config = make_service(tmp_path)
     append_scalars(str(tmp_path / "remote" / "run" / event_file_name()), range(3))
-    real_flock = service_lib.fcntl.flock
+    real_flock = fcntl.flock
 
     def flock(fd, op):
         if isinstance(fd, int) and os.path.isdir(f"/proc/self/fd/{fd}"):
             raise OSError(errno.EBADF, "Bad file descriptor")
         return real_flock(fd, op)
 
-    monkeypatch.setattr(service_lib.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     service = new_service()
     try:
         service.run_cycle("n")

@@ -5,14 +5,13 @@ cycles run is the scheduler's business (scheduler.py): the service owns one, han
 `cycle`, and exposes its `request` / `wait` to the plugin and the CLI. A thread asks
 TensorBoard, every `LOADED_REFRESH_S`, what it has loaded.
 
-Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging root; an
-`flock` per source keeps them from syncing the same source at once.
+Two processes (a TensorBoard and a `tb-rsync watch`, say) may share a staging root, or
+publish one source from two staging roots: a cycle holds the source's locks (locks.py).
 """
 
 import atexit
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
 from tb_rsync_plugin.transports import transfer as transfer_lib
+from tb_rsync_plugin.engine import locks as locks_lib
 from tb_rsync_plugin.engine import scheduler as scheduler_lib
 from tb_rsync_plugin.transports import ssh as ssh_lib
 from tb_rsync_plugin.transports import transport
@@ -35,7 +35,6 @@ from tb_rsync_plugin.errors import SyncError
 logger = logging.getLogger(__name__)
 
 LOADED_REFRESH_S = 2.0
-LOCK_WAIT_S = 600.0
 STOP_WAIT_S = 10.0  # rsync gets TERM, then KILL after a grace period
 
 
@@ -71,7 +70,7 @@ class SyncService:
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._ssh = ssh_lib.SshConnections(enabled=config.ssh_sharing)  # closed by stop()
-        self._publish_lock_warned = False
+        self._locks = locks_lib.SourceLocks(self._stop)
         self.scheduler = scheduler_lib.Scheduler(
             self.cycle, state, config.max_parallel, on_end=[self._after_cycle])
         self.scheduler.set_sources(config.sources, config.interval_for, config.host_limit_for)
@@ -162,7 +161,7 @@ class SyncService:
                 listener(name, p)
 
         try:
-            with self._source_lock(name):
+            with self._locks.source(self.config, name):
                 # What another process published up to now (it held this lock): this cycle
                 # starts from it, and the tab shows it even if this cycle changes nothing.
                 self.state.follow(self.config.state_dir, [name])
@@ -171,7 +170,7 @@ class SyncService:
                 # the published folder is locked too, before publishing into it: else both
                 # would append the same new records. Also held while a fast-loader reload
                 # parks this source's files.
-                with self._publish_lock(name):
+                with self._locks.publish(self.config, name):
                     transfer, report = self._publish(source, transfer, retry, progress)
                     self.journal.record(name, report)
                     notes = self._reload(report, progress, transfer.bytes_received)
@@ -304,52 +303,6 @@ class SyncService:
                 os.unlink(dirty_marker)
         return _explain_problems(source, staging_dir, transfer, report)
 
-    @contextlib.contextmanager
-    def _source_lock(self, name):
-        """An exclusive `flock` on the source, shared with other tb-rsync processes."""
-        with self._open_source_lock(name) as f:
-            self._flock(f.fileno(), name, f.name)
-            yield
-
-    def _open_source_lock(self, name):
-        path = self.config.lock_path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "a")
-
-    @contextlib.contextmanager
-    def _publish_lock(self, name):
-        """An exclusive `flock` on `LOGDIR/NAME` itself (nothing is written for it)."""
-        path = os.path.join(self.config.logdir, name)
-        try:
-            try:
-                os.mkdir(path)  # publishing creates it anyway
-            except FileExistsError:
-                pass
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # a symlink: publish() judges it
-        except OSError:
-            yield  # unusable: publish() refuses it with a sentence
-            return
-        try:
-            try:
-                self._flock(fd, name, path)
-            except OSError as e:
-                # NFS emulates flock with write locks (EBADF on a directory), Lustre without
-                # -o flock has none (ENOSYS): publish as before this lock existed.
-                if not self._publish_lock_warned:
-                    self._publish_lock_warned = True
-                    logger.warning("tb-rsync: cannot lock '%s' (%s); two tb-rsync processes "
-                                   "with different staging folders must not sync one source "
-                                   "at once.", path, e.strerror or e)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    @contextlib.contextmanager
-    def _hold_source(self, name):
-        """Both locks of a cycle, for reloading runs another process rewrote."""
-        with self._source_lock(name), self._publish_lock(name):
-            yield
-
     def _restore_parked(self, name):
         """Put back files a killed process left parked for a fast-loader reload.
 
@@ -359,25 +312,9 @@ class SyncService:
         held = os.path.join(self.config.holding_dir, name)
         if not os.path.isdir(held):
             return
-        with self._open_source_lock(name) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            reload_lib.restore_held_runs(held, os.path.join(self.config.logdir, name))
-
-    def _flock(self, fd, name, path):
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    raise SyncError(
-                        f"Source '{name}' is being synced by another tb-rsync process "
-                        f"(lock '{path}'); wait for it or stop that process.") from None
-                self._stop.wait(0.2)
+        with self._locks.source_unless_busy(self.config, name) as free:
+            if free:
+                reload_lib.restore_held_runs(held, os.path.join(self.config.logdir, name))
 
     def _after_cycle(self, end):
         """Journal the cycle; then take in what another process journalled meanwhile (it
@@ -440,7 +377,8 @@ class SyncService:
     def _loaded_loop(self):
         while not self._stop.wait(LOADED_REFRESH_S):
             rewrites_lib.catch_up(self.journal, self.reloader, self.config.logdir,
-                                  self._hold_source, self.state, self._stop)
+                                  lambda name: self._locks.both(self.config, name),
+                                  self.state, self._stop)
             self.state.follow(self.config.state_dir)  # what other processes synced
             runs = self.state.runs()
             if runs:
