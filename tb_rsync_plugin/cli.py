@@ -19,6 +19,7 @@ import traceback
 from tb_rsync_plugin import __version__
 from tb_rsync_plugin import cli_discover
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 from tb_rsync_plugin.errors import SyncError
 
 # The engine is imported by the subcommands that run it, not here: `tb-rsync --version`,
@@ -250,8 +251,8 @@ def _service(config, on_progress=None):
 
 
 def _disk(args):
-    return config_lib.parse_disk_limits(args.quarantine_days, args.quarantine_max_gib,
-                                        tensorboard=False)
+    return config_file_lib.parse_disk_limits(args.quarantine_days, args.quarantine_max_gib,
+                                             tensorboard=False)
 
 
 def cmd_prune(args):

@@ -9,6 +9,7 @@ import dataclasses
 import sys
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 
 # engine/discovery.py is imported by the functions that run rules: `tb-rsync --version` and
 # the parser need none of it (the CLI's start-up).
@@ -32,7 +33,7 @@ def cmd_sources(args):
     if args.logdir:
         config = config_lib.build_config(args.logdir, (), args.config, args.staging)
     else:
-        config = config_lib.file_config(args.config)
+        config = config_file_lib.file_config(args.config)
     config, statuses = discovery.discover_once(config)
     found_by = _found_by(statuses)
     for source in config.sources:

@@ -2,17 +2,17 @@
 
 Everything here is validated once, up front, so later stages can trust their input: a
 `SyncConfig` that exists is usable. Errors are `ConfigError` sentences that say what to fix.
+This module holds the values (`Source`, `SyncConfig`, `DiskLimits`), the checks they share
+and `build_config`, which puts them together; what the user writes (a TOML file's tables,
+`NAME=SOURCE` pairs, the disk-limit flags) is read and checked in config_file.py.
 """
 
 import dataclasses
 import fnmatch
 import hashlib
-import math
 import os
 import re
-import shlex
 import shutil
-import sys
 from typing import Optional, Tuple
 
 from tb_rsync_plugin import discover_rules
@@ -24,9 +24,6 @@ _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
 STAGING_FLAGS = "(--rsync_staging in TensorBoard, --staging for tb-rsync)"
 WATCH_FLAGS = "(--rsync_watch in TensorBoard, --watch-source for tb-rsync watch)"
 RSH_HOST = "{host}"  # where an `rsh` command wants rsync's HOST word (remote_shell.py)
-_SOURCE_KEYS = {"name", "source", "ssh", "rsh", "bwlimit", "include", "exclude", "interval",
-                "timeout", "watch", "max_per_host", "ssh_sharing", "rclone_config",
-                "rclone_flags", "compress"}
 RCLONE_PREFIX = "rclone:"
 DEFAULT_MAX_PARALLEL = 8
 # Each cycle runs up to three rsyncs at once: 3 x 3 stays under sshd's MaxStartups and
@@ -136,9 +133,6 @@ class Source:
 # --- Disk limits (engine/prune.py applies them) -------------------------------------------
 DEFAULT_QUARANTINE_DAYS = 30.0
 DEFAULT_QUARANTINE_MAX_GIB = 10.0
-# How the two commands name each limit, for sentences: (TensorBoard flag, tb-rsync flag).
-DISK_FLAGS = {"quarantine_days": ("--rsync_quarantine_days", "--quarantine-days"),
-              "quarantine_max_gib": ("--rsync_quarantine_max_gib", "--quarantine-max-gib")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,22 +141,6 @@ class DiskLimits:
 
     quarantine_days: float = DEFAULT_QUARANTINE_DAYS
     quarantine_max_gib: float = DEFAULT_QUARANTINE_MAX_GIB
-
-
-def parse_disk_limits(days, max_gib, tensorboard):
-    """`DiskLimits` from flag values; `tensorboard` picks the flag names sentences use."""
-    values = {}
-    for key, text in (("quarantine_days", days), ("quarantine_max_gib", max_gib)):
-        flag = DISK_FLAGS[key][0 if tensorboard else 1]
-        unit = "days" if key == "quarantine_days" else "GiB"
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if not (0 <= value < float("inf")):
-            raise ConfigError(f"{flag} must be a number of {unit} >= 0, not '{text}'.")
-        values[key] = value
-    return DiskLimits(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,209 +249,18 @@ def default_staging_root(logdir):
     return os.path.join(cache, "tb-rsync", f"{label}-{digest}")
 
 
-def parse_source_pair(pair):
-    """`NAME=SOURCE` from a flag into a `Source`."""
-    name, sep, source = pair.partition("=")
-    if not sep or not name.strip() or not source.strip():
-        raise ConfigError(
-            f"Source '{pair}' is not NAME=SOURCE; write it like "
-            "'train=user@host:/logs/train/'."
-        )
-    return _make_source({"name": name.strip(), "source": source.strip()}, f"source '{pair}'")
-
-
-def load_config_file(path):
-    """`[[source]]` tables from a TOML file into `Source`s."""
-    return _read_config_file(path)[0]
-
-
-def _read_config_file(path):
-    """A TOML file's `[[source]]` tables and `[[discover]]` rules -> (sources, rules)."""
-    # Imported here: only a config file needs a TOML parser (the CLI's start-up).
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python < 3.11 only
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"Config file '{path}' does not exist; check the path.") from None
-    except OSError as e:
-        raise ConfigError(f"Config file '{path}' cannot be read ({e.strerror}); check that it "
-                          "is a file this user may read.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"Config file '{path}' is not valid TOML: {e}.") from None
-    unknown = set(data) - {"source", "discover"}
-    if unknown:
-        raise ConfigError(
-            f"Config file '{path}' has unknown top-level key(s) {sorted(unknown)}; "
-            "only [[source]] and [[discover]] tables are allowed."
-        )
-    tables = data.get("source", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(f"Config file '{path}': write each source as a [[source]] table.")
-    sources = [_make_source(t, f"config file '{path}', source #{i + 1}")
-               for i, t in enumerate(tables)]
-    rules = discover_rules.parse_rules(data.get("discover", []), f"config file '{path}'",
-                                       _SOURCE_KEYS, _make_source)
-    return sources, rules
-
-
-def _make_source(table, where):
-    unknown = set(table) - _SOURCE_KEYS
-    if unknown:
-        import difflib  # only for this sentence
-        guesses = [f"'{match[0]}' instead of '{key}'" for key in sorted(unknown)
-                   for match in [difflib.get_close_matches(key, sorted(_SOURCE_KEYS), 1)]
-                   if match]
-        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
-        raise ConfigError(
-            f"In {where}: unknown key(s) {sorted(unknown)}{hint}; allowed keys are "
-            f"{sorted(_SOURCE_KEYS)}."
-        )
-    for key in ("name", "source"):
-        if not isinstance(table.get(key), str) or not table[key].strip():
-            raise ConfigError(f"In {where}: '{key}' must be a non-empty string.")
-    name = table["name"].strip()
-    if not is_source_name(name):
-        raise ConfigError(
-            f"In {where}: name '{name}' is not a plain folder name; use letters, digits, "
-            "spaces or '-', without '/', '..' or a leading dot."
-        )
-    size = len(name.encode("utf-8", "surrogateescape"))
-    if size > MAX_NAME_BYTES:
-        raise ConfigError(
-            f"In {where}: name is {size} bytes long in UTF-8; a source name may have at most "
-            f"{MAX_NAME_BYTES} bytes (a folder name's 255, less room for tb-rsync's own "
-            "files), so shorten it."
-        )
-    ssh = table.get("ssh")
-    if ssh is not None:
-        if not isinstance(ssh, str) or not ssh.strip():
-            raise ConfigError(f"In {where}: 'ssh' must be a command such as \"ssh -p 2222\".")
-        try:
-            words = shlex.split(ssh)
-        except ValueError as e:
-            raise ConfigError(f"In {where}: 'ssh' cannot be parsed ({e}); balance its quotes, "
-                              "for example \"ssh -o 'ProxyCommand=...'\".") from None
-        if not words:
-            raise ConfigError(f"In {where}: 'ssh' is empty; write a command such as "
-                              "\"ssh -p 2222\" or leave the key out.")
-    rsh = _remote_shell(table, where)
-    watch = table.get("watch", False)
-    if not isinstance(watch, bool):
-        raise ConfigError(f"In {where}: 'watch' must be true or false, not {watch!r}.")
-    patterns = {}
-    for key in ("include", "exclude"):
-        value = table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
-            raise ConfigError(f"In {where}: '{key}' must be a list of rsync patterns.")
-        patterns[key] = tuple(value)
-    bwlimit = _number(table, "bwlimit", where, integer=True)
-    max_per_host = _number(table, "max_per_host", where, integer=True)
-    if max_per_host == 0:
-        raise ConfigError(f"In {where}: 'max_per_host' must be at least 1.")
-    interval = _number(table, "interval", where)
-    timeout = _number(table, "timeout", where)
-    rclone_config, rclone_flags = _rclone_options(table, where)
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"In {where}: 'timeout' must be more than 0 seconds.")
-    sharing = table.get("ssh_sharing", True)
-    if not isinstance(sharing, bool):
-        raise ConfigError(f"In {where}: 'ssh_sharing' must be true or false (no quotes), "
-                          f"not {sharing!r}.")
-    source = Source(
-        name=name,
-        source=table["source"].strip(),
-        ssh=ssh.strip() if ssh else None,
-        bwlimit_kib=bwlimit,
-        include=patterns["include"],
-        exclude=patterns["exclude"],
-        interval_s=None if interval is None else float(interval),
-        timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
-        max_per_host=max_per_host,
-        rsh=rsh,
-        watch=watch,
-        ssh_sharing=sharing,
-        rclone_config=rclone_config,
-        rclone_flags=rclone_flags,
-        compress=_compress(table, where),
-    )
-    if source.compress:
-        check_compress(source, f"In {where}: 'compress'")
-    if source.rsh:
-        _check_rsh(source, where)
-    if source.watch:
-        _check_watch(source, f"In {where}: 'watch'")
-    if source.is_rclone and not source.rclone_remote.strip():
-        raise ConfigError(f"In {where}: '{source.source}' names no rclone remote; write it "
-                          "like 'rclone:s3:my-bucket/runs/' (see 'rclone listremotes').")
-    if (rclone_config or rclone_flags) and not source.is_rclone:
-        raise ConfigError(f"In {where}: 'rclone_config' and 'rclone_flags' only apply to "
-                          f"rclone sources, and '{source.source}' is not one; remove them or "
-                          "write the source as 'rclone:REMOTE:PATH'.")
-    if source.ssh and not source.is_remote_shell:
-        # Silently unused otherwise: the user would wonder why their -p or -J did nothing.
-        kind = _kind_of(source)
-        raise ConfigError(f"In {where}: 'ssh' only applies to host:dir sources, and "
-                          f"'{source.source}' is {kind}; remove 'ssh' or write the source "
-                          "as HOST:DIR.")
-    return source
-
-
-def _remote_shell(table, where):
-    rsh = table.get("rsh")
-    if rsh is None:
-        return None
-    if not isinstance(rsh, str) or not rsh.strip():
-        raise ConfigError(f"In {where}: 'rsh' must be a command such as "
-                          f"\"kubectl exec -i {RSH_HOST} --\".")
-    try:
-        shlex.split(rsh)
-    except ValueError as e:
-        raise ConfigError(f"In {where}: 'rsh' cannot be parsed ({e}); balance its "
-                          "quotes.") from None
-    if table.get("ssh") is not None:
-        raise ConfigError(f"In {where}: 'rsh' and 'ssh' cannot be used together ('rsh' "
-                          "replaces ssh as the remote shell); remove one of them.")
-    return rsh.strip()
-
-
-def _kind_of(source):
+def kind_of(source):
     """What a source is, for sentences that refuse an option it cannot use."""
     return ("an rsync daemon" if source.is_daemon else "an rclone remote" if source.is_rclone
             else "a local folder" if source.is_local else "a HOST:DIR source")
 
 
-def _check_rsh(source, where):
-    if not source.is_remote_shell:
-        kind = _kind_of(source)
-        raise ConfigError(f"In {where}: 'rsh' only applies to HOST:DIR sources (HOST being "
-                          f"the pod or container), and '{source.source}' is {kind}; remove "
-                          "'rsh' or write the source as POD:DIR.")
-    if "@" in source.source.split(":", 1)[0]:
-        # rsync would pass `-l USER` to the remote shell, which kubectl and docker take
-        # for something else.
-        raise ConfigError(f"In {where}: with 'rsh', write the source as POD:DIR without "
-                          f"'USER@' ('{source.source}'); put a user into the 'rsh' command "
-                          "itself (docker exec -u USER).")
-
-
-def _check_watch(source, what):
+def check_watch(source, what):
     if not source.is_local:
-        kind = _kind_of(source)
+        kind = kind_of(source)
         raise ConfigError(f"{what} only applies to local folders (an inbox that nodes push "
                           f"into), and source '{source.name}' ('{source.source}') is {kind}; "
                           "sync it on an interval instead.")
-
-
-def _compress(table, where):
-    compress = table.get("compress", False)
-    if not isinstance(compress, bool):
-        raise ConfigError(f"In {where}: 'compress' must be true or false (no quotes), not "
-                          f"{compress!r}.")
-    return compress
 
 
 def check_compress(source, what):
@@ -481,39 +268,7 @@ def check_compress(source, what):
     own two processes, and rclone has no such option."""
     if source.is_local or source.is_rclone:
         raise ConfigError(f"{what} only applies to HOST:DIR and rsync daemon sources, and "
-                          f"'{source.source}' is {_kind_of(source)}; remove it.")
-
-
-def _rclone_options(table, where):
-    """`rclone_config` (a file that must exist) and `rclone_flags` (a list of single words,
-    handed to rclone as they are: no shell ever sees them)."""
-    path = table.get("rclone_config")
-    if path is not None:
-        if not isinstance(path, str) or not path.strip():
-            raise ConfigError(f"In {where}: 'rclone_config' must be the path of an rclone "
-                              "config file.")
-        path = os.path.abspath(os.path.expanduser(path.strip()))
-        if not os.path.isfile(path):
-            raise ConfigError(f"In {where}: rclone config file '{path}' does not exist; "
-                              "check 'rclone_config' (rclone config file prints rclone's own).")
-    flags = table.get("rclone_flags", [])
-    if not isinstance(flags, list) or not all(
-            isinstance(f, str) and f.startswith("-") and f.strip() == f for f in flags):
-        raise ConfigError(f"In {where}: 'rclone_flags' must be a list of rclone flags, each "
-                          "with its value in the same string, like [\"--s3-chunk-size=64M\"].")
-    return path, tuple(flags)
-
-
-def _number(table, key, where, integer=False):
-    value = table.get(key)
-    if value is None:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 \
-            or not math.isfinite(value):
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(f"In {where}: '{key}' must be {kind} >= 0, not {value!r}.")
-    return value
+                          f"'{source.source}' is {kind_of(source)}; remove it.")
 
 
 def parse_interval(text, what="--rsync_interval", zero_ok=True):
@@ -563,12 +318,15 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
     if not os.path.isdir(logdir):
         raise ConfigError(f"Logdir '{logdir}' does not exist; create it (mkdir -p '{logdir}') "
                           "or fix --logdir.")
-    sources = [parse_source_pair(p) for p in source_pairs]
+    # config_file.py builds on this module (`Source`): imported here, so that neither
+    # needs the other while it loads.
+    from tb_rsync_plugin import config_file as config_file_lib
+    sources = [config_file_lib.parse_source_pair(p) for p in source_pairs]
     rules = ()
     if config_file:
-        more, rules = _read_config_file(os.path.expanduser(config_file))
+        more, rules = config_file_lib.read_config_file(os.path.expanduser(config_file))
         sources.extend(more)
-    _check_unique(sources)
+    check_unique(sources)
     sources = _watched(sources, watch_names)
     staging_root = os.path.abspath(os.path.expanduser(staging)) if staging \
         else default_staging_root(logdir)
@@ -580,14 +338,14 @@ def build_config(logdir, source_pairs=(), config_file=None, staging=None, interv
         )
     for source in sources:
         if source.is_local:
-            _refuse_overlap(source, logdir, staging_root)
+            refuse_overlap(source, logdir, staging_root)
     return SyncConfig(logdir=logdir, staging_root=staging_root, sources=tuple(sources),
                       interval_s=float(interval_s), max_parallel=max_parallel,
                       max_per_host=max_per_host, ssh_sharing=bool(ssh_sharing),
                       discover=rules, disk=disk)
 
 
-def _check_unique(sources, found_by=None):
+def check_unique(sources, found_by=None):
     seen = set()
     for source in sources:
         if source.name in seen:
@@ -595,27 +353,6 @@ def _check_unique(sources, found_by=None):
             raise ConfigError(f"Source name '{source.name}' "
                               f"is used twice; give each source its own name.{hint}")
         seen.add(source.name)
-
-
-# --- [[discover]]: what a rule found, validated like a [[source]] table ---------------
-def discovered_sources(config, tables, found_by):
-    """`Source`s from the tables a rule made (`DiscoverRule.table`), checked against the
-    static sources: a name used twice or a local folder overlapping the logdir is a
-    `ConfigError` naming the rule, and the rule's answer is then not used."""
-    where = f"discovery rule {found_by}"
-    found = [_make_source(table, where) for table in tables]
-    _check_unique(list(config.sources) + found, found_by)
-    for source in found:
-        if source.is_local and config.logdir:
-            _refuse_overlap(source, config.logdir, config.staging_root)
-    return found
-
-
-def file_config(config_file):
-    """A config file's sources and rules alone, without a logdir (`tb-rsync sources`)."""
-    sources, rules = _read_config_file(os.path.expanduser(config_file))
-    _check_unique(sources)
-    return SyncConfig(logdir="", staging_root="", sources=tuple(sources), discover=rules)
 
 
 def _watched(sources, watch_names):
@@ -627,12 +364,12 @@ def _watched(sources, watch_names):
             raise ConfigError(f"Cannot watch '{name}': no source has that name (configured: "
                               f"{configured}); the watch flag {WATCH_FLAGS} takes a "
                               "source NAME.")
-        _check_watch(by_name[name], f"Watching source '{name}' {WATCH_FLAGS}")
+        check_watch(by_name[name], f"Watching source '{name}' {WATCH_FLAGS}")
         by_name[name] = dataclasses.replace(by_name[name], watch=True)
     return [by_name[source.name] for source in sources]
 
 
-def _refuse_overlap(source, logdir, staging_root):
+def refuse_overlap(source, logdir, staging_root):
     """A local source must be apart from the logdir and the staging root (equal, holding one
     or inside one are all refused): a source holding the logdir publishes it into itself,
     one level deeper each sync; one holding the staging root publishes tb-rsync's own state,

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 from tb_rsync_plugin.engine import prune
 from tb_rsync_plugin.engine import state as state_lib
 from tb_rsync_plugin.errors import ConfigError, SyncError
@@ -346,10 +347,10 @@ def test_status_forget_reclaims_a_sources_staging_at_once(tmp_path):
 
 
 def test_disk_limit_flags_say_what_to_fix():
-    assert config_lib.parse_disk_limits("7", "0.5", tensorboard=True) == \
+    assert config_file_lib.parse_disk_limits("7", "0.5", tensorboard=True) == \
         config_lib.DiskLimits(7.0, 0.5)
     with pytest.raises(ConfigError, match=r"^--rsync_quarantine_max_gib must be a number of "
                                           r"GiB >= 0, not 'lots'\.$"):
-        config_lib.parse_disk_limits("7", "lots", tensorboard=True)
+        config_file_lib.parse_disk_limits("7", "lots", tensorboard=True)
     with pytest.raises(ConfigError, match="^--quarantine-days must be"):
-        config_lib.parse_disk_limits("inf", "1", tensorboard=False)
+        config_file_lib.parse_disk_limits("inf", "1", tensorboard=False)

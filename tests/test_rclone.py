@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 from tb_rsync_plugin.transports import rclone as rclone_lib
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.transports import rsync as rsync_lib
@@ -307,7 +308,7 @@ def test_rclone_config_bwlimit_and_flags_reach_rclone(tmp_path, s3_server, monke
     toml.write_text(f'[[source]]\nname = "n"\nsource = "rclone:team:{bucket}/runs/"\n'
                     f'rclone_config = "{conf}"\nbwlimit = 50000\n'
                     f'rclone_flags = ["--s3-list-chunk=500"]\n')
-    (source,) = config_lib.load_config_file(str(toml))
+    (source,) = config_file_lib.load_config_file(str(toml))
     rclone, calls = rclone_wrapper(tmp_path)
     assert sync(tmp_path, source, rclone).changed == (f"a/{EVENTS}",)
     assert calls() == ["backend", "lsjson", "copy"]  # backend features: cheap hashes?
@@ -356,7 +357,7 @@ def test_rclone_options_are_checked(tmp_path, table, message):
                                      "[" + ", ".join(f'"{v}"' for v in value) + "]"))
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError) as info:
-        config_lib.load_config_file(str(path))
+        config_file_lib.load_config_file(str(path))
     assert message in str(info.value)
 
 
@@ -364,15 +365,15 @@ def test_an_rclone_source_is_neither_local_nor_ssh_nor_a_daemon(tmp_path):
     conf = tmp_path / "rclone.conf"
     conf.write_text("")
     for text in ["rclone:s3:bucket/runs/", "rclone::s3,provider=Other:bucket/", "rclone:/data/"]:
-        source = config_lib.parse_source_pair(f"n={text}")
+        source = config_file_lib.parse_source_pair(f"n={text}")
         assert source.is_rclone and not (source.is_local or source.is_remote_shell
                                          or source.is_daemon)
     path = tmp_path / "sources.toml"
     path.write_text(f'[[source]]\nname = "n"\nsource = "rclone:s3:b/"\nbwlimit = 100\n'
                     f'rclone_config = "{conf}"\nrclone_flags = ["--fast-list"]\n')
-    (source,) = config_lib.load_config_file(str(path))
+    (source,) = config_file_lib.load_config_file(str(path))
     assert (source.rclone_config, source.rclone_flags) == (str(conf), ("--fast-list",))
-    assert not config_lib.parse_source_pair("n=s3:bucket/").is_rclone  # an ssh host:dir
+    assert not config_file_lib.parse_source_pair("n=s3:bucket/").is_rclone  # an ssh host:dir
 
 
 @pytest.mark.parametrize("loader", ["--load_fast=false", "--load_fast=true"])

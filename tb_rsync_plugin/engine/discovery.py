@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Optional
 
-from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 from tb_rsync_plugin import discover_rules
 from tb_rsync_plugin.errors import ConfigError, SyncError
 from tb_rsync_plugin.publishing import atomic
@@ -127,7 +127,8 @@ def sources_of(config, rule, answer, others=()):
     """The `Source`s `rule` makes of `answer`, validated (`ConfigError`) against the
     static sources and `others` (what the other rules found)."""
     checked = dataclasses.replace(config, sources=tuple(config.sources) + tuple(others))
-    return config_lib.discovered_sources(checked, [rule.table(v) for v in answer], rule.label)
+    return config_file_lib.discovered_sources(checked, [rule.table(v) for v in answer],
+                                              rule.label)
 
 
 def discover_once(config, cancel=None, clock=time.time):

@@ -16,6 +16,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_rsync_plugin import config as config_lib
+from tb_rsync_plugin import config_file as config_file_lib
 from tb_rsync_plugin.engine import discovery as discovery_lib
 from tb_rsync_plugin.engine import inbox
 from tb_rsync_plugin.engine import metrics as metrics_lib
@@ -111,7 +112,7 @@ def _config_from_flags(flags):
               for key, default in (("max_parallel", config_lib.DEFAULT_MAX_PARALLEL),
                                    ("max_per_host", config_lib.DEFAULT_MAX_PER_HOST))}
     sharing = getattr(flags, "rsync_ssh_sharing", "true") != "false"
-    disk = config_lib.parse_disk_limits(
+    disk = config_file_lib.parse_disk_limits(
         getattr(flags, "rsync_quarantine_days", config_lib.DEFAULT_QUARANTINE_DAYS),
         getattr(flags, "rsync_quarantine_max_gib", config_lib.DEFAULT_QUARANTINE_MAX_GIB),
         tensorboard=True)
