@@ -389,7 +389,7 @@ def test_a_corrupt_file_keeps_its_run_in_error_while_another_file_grows(tmp_path
 def test_plain_progress_lines_only_for_syncs_that_take_a_while():
     """Off a terminal a sync prints a progress line once it has run 5 s, then every 5 s;
     the next sync starts its own timer (a 0.1 s sync after a long one printed a line)."""
-    from tb_rsync_plugin.cli import ProgressPrinter
+    from tb_rsync_plugin.cli_output import ProgressPrinter
     from tb_rsync_plugin.transports.transfer import Progress
     out = io.StringIO()  # not a terminal
     now = [0.0]
@@ -415,16 +415,16 @@ def test_plain_progress_lines_only_for_syncs_that_take_a_while():
 def test_watch_ends_each_syncs_progress_timer(tmp_path):
     """The CLI's cycle reporter ends each sync's timer: a sync that reports progress long
     after the previous one started prints no line of its own (real rsync, real scheduler)."""
-    from tb_rsync_plugin import cli
+    from tb_rsync_plugin import cli, cli_output
     remote, logdir = make_remote(tmp_path)
     out, now, seen = io.StringIO(), [0.0], []
-    printer = cli.ProgressPrinter(out, clock=lambda: now[0])
+    printer = cli_output.ProgressPrinter(out, clock=lambda: now[0])
     args = cli.build_parser().parse_args(["watch", "--logdir", str(logdir), "--source",
                                           f"n1={remote}/", "--staging",
                                           str(tmp_path / "staging")])
     service = cli._service(cli._config(args, 30.0), on_progress=lambda name, p: (
         seen.append(p), printer.update(name, p)))
-    service.scheduler.add_listener(cli.CycleReporter(service, printer, True).on_end)
+    service.scheduler.add_listener(cli_output.CycleReporter(service, printer, True).on_end)
     service.start(timers=False)
     try:
         for at in (0.0, 100.0):  # two syncs, each appending to the event file
@@ -480,7 +480,7 @@ def test_status_forgets_a_source_nobody_syncs_any_more(tmp_path):
 
 def test_status_says_when_a_failing_source_is_retried(tmp_path):
     """What a `watch` or TensorBoard journalled about a failing source, as `status` prints it."""
-    from tb_rsync_plugin import cli, config
+    from tb_rsync_plugin import cli_output, config
     from tb_rsync_plugin.engine import state
     now = [1000.0]
     synced = state.SyncState([config.Source("gpu7", "gpu7:/logs/")], lambda s: 5.0,
@@ -488,6 +488,6 @@ def test_status_says_when_a_failing_source_is_retried(tmp_path):
     synced.fail("gpu7", "Sync of 'gpu7' from 'gpu7:/logs/' failed: the host is unreachable.")
     synced.set_schedule("gpu7", 40.0, retry=True)
     synced.save(str(tmp_path / "state"))
-    text = cli.format_status(state.load_snapshot(str(tmp_path / "state")), now[0] + 10)
+    text = cli_output.format_status(state.load_snapshot(str(tmp_path / "state")), now[0] + 10)
     assert text.splitlines()[0] == \
         "source gpu7 (gpu7:/logs/): error, retrying in 30 s, last sync 10 s ago"

@@ -14,7 +14,7 @@ import time
 import pytest
 from tensorboard.compat.proto import event_pb2
 
-from tb_rsync_plugin import cli
+from tb_rsync_plugin import cli, cli_output
 from tb_rsync_plugin import config as config_lib
 from tb_rsync_plugin import discover_rules
 from tb_rsync_plugin.engine import discovery
@@ -306,7 +306,7 @@ def test_slurm_job_found_synced_and_left_after_scancel(tmp_path, slurm_cluster, 
     finally:
         out, err = stop_tb_rsync(proc)
     assert proc.returncode == 130, err
-    status = cli.format_status(
+    status = cli_output.format_status(
         {"sources": [], "runs": [],
          "discover": discovery.load_rules(str(tmp_path / "staging" / "state"))}, time.time())
     assert "discovery #1 slurm: --name tbtrain: ran " in status and "0 source(s)" in status
