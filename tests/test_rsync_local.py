@@ -375,8 +375,15 @@ def test_event_file_growing_during_the_sync_is_appended_not_restaged(dirs, tmp_p
     assert (staging / "run" / EVENTS).read_bytes() == event.read_bytes()
 
 
+def after_an_earlier_sync(staging):
+    """Staging holds something, as after a first sync: the listing comes first (a first
+    sync into an empty staging folder is one rsync, without a listing)."""
+    (staging / "synced-before").mkdir(parents=True)
+
+
 def test_a_sync_that_finds_nothing_runs_one_rsync_and_writes_nothing(dirs, tmp_path):
-    """One walk of the source, no transfer process, no callback that marks staging dirty."""
+    """One walk of the source, no transfer process, no callback that marks staging dirty.
+    A first sync (empty staging) is one rsync as well: no listing, nothing to compare."""
     src, staging, temp = dirs
     append_scalars(src / EVENTS, range(10))
     write(src / "cfg.json", b"{}")
@@ -384,8 +391,9 @@ def test_a_sync_that_finds_nothing_runs_one_rsync_and_writes_nothing(dirs, tmp_p
     marks = []
     run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
               before_write=lambda: marks.append(1))
-    assert sorted((tmp_path / "kinds").read_text().split()) == ["events", "list", "other"]
+    assert (tmp_path / "kinds").read_text().split() == ["other"]
     assert marks == [1]
+    assert (staging / EVENTS).read_bytes() == (src / EVENTS).read_bytes()
     (tmp_path / "kinds").unlink()
 
     result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
@@ -516,6 +524,7 @@ def test_append_pass_honours_the_filters(dirs):
 def test_append_pass_error_is_one_sentence(dirs, tmp_path):
     """The listing succeeds, the append pass fails: its error is raised, worded as before."""
     src, staging, temp = dirs
+    after_an_earlier_sync(staging)
     append_scalars(src / EVENTS, range(10))
     wrapper = rsync_wrapper(tmp_path, (
         "if kind == 'events':\n"
@@ -534,6 +543,7 @@ def test_append_pass_error_is_one_sentence(dirs, tmp_path):
 
 def test_listing_error_stops_the_sync_before_any_transfer(dirs, tmp_path):
     src, staging, temp = dirs
+    after_an_earlier_sync(staging)
     write(src / EVENTS, b"e")
     wrapper = rsync_wrapper(tmp_path, (
         "if kind == 'list':\n"
@@ -550,6 +560,7 @@ def test_listing_error_stops_the_sync_before_any_transfer(dirs, tmp_path):
 def test_daemon_max_connections_runs_the_refused_process_again(dirs, tmp_path):
     """A daemon allowing one connection refuses the second process; it is run again alone."""
     src, staging, temp = dirs
+    after_an_earlier_sync(staging)
     append_scalars(src / EVENTS, range(10))
     write(src / "cfg.json", b"{}")
     tries = tmp_path / "tries"
@@ -571,6 +582,7 @@ def test_daemon_max_connections_runs_the_refused_process_again(dirs, tmp_path):
 
 def test_file_reported_vanished_by_both_processes_is_one_warning(dirs, tmp_path):
     src, staging, temp = dirs
+    after_an_earlier_sync(staging)
     write(src / EVENTS, b"e")
     wrapper = rsync_wrapper(tmp_path, (
         "rc = rsync()\n"
@@ -591,6 +603,7 @@ def test_a_listed_file_gone_before_its_transfer_vanished_rather_than_unreadable(
     exits 23 with `link_stat ... No such file or directory`; that file vanished, it was not
     unreadable, and the rest is synced."""
     src, staging, temp = dirs
+    after_an_earlier_sync(staging)
     write(src / "model.ckpt", b"v1")
     write(src / "notes.txt", b"n")
     wrapper = rsync_wrapper(tmp_path, (

@@ -1,8 +1,9 @@
 """rsync into the staging tree: which rsync processes a sync needs (rsync_run.py runs them,
 process.py starts them, ssh.py gives their --rsh, rsync_errors.py words their failures).
 
-Event files and everything else need opposite handling. A sync of an idle source is one
-walk of the source, and more processes only when that walk found something to move:
+Event files and everything else need opposite handling. A first sync (nothing staged
+yet) is one rsync of the filtered tree. Otherwise a sync of an idle source is one walk of the
+source, and more processes only when that walk found something to move:
 
 1. A listing: ``rsync --dry-run`` over the filtered tree itemizes every file whose size or
    mtime differs from its staged copy. When nothing changed this is the whole sync (one
@@ -73,7 +74,16 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     Raises:
       TransferError: one sentence naming the source; `details` holds the command and stderr.
     """
+    first_sync = _empty(staging_dir)
     run = RsyncRun(rsync_path, source, staging_dir, temp_dir, on_progress, cancel, rsh)
+    if first_sync:
+        # Nothing staged to compare with: no listing, one rsync copies the filtered tree (one
+        # process, and over ssh one session, instead of up to three: BENCHMARKS.md B6). New
+        # event files need no --append; every file lands through --temp-dir.
+        if before_write is not None:
+            before_write()
+        whole = run.start("files", ["--prune-empty-dirs"] + run.filters())
+        return run.result(run.settle([whole]), restaged_phase="restage")
     if expect_growth:
         # An active source: its event files most likely grew, so the append pass runs beside
         # the listing (two walks, one round of wall time).
@@ -134,6 +144,17 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
     jobs = run.settle(jobs)
     return dataclasses.replace(run.result(first + jobs, restaged_phase="restage"),
                                same_size=tuple(sorted(same_size)))
+
+def _empty(folder):
+    """True when `folder` is missing or holds nothing: a source's first sync."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # the transfer says what is wrong with it
+
 
 def restage_files(rsync_path, source, staging_dir, temp_dir, paths, on_progress=None,
                   cancel=None, rsh=None):
