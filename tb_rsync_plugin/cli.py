@@ -344,7 +344,7 @@ def _wait_interruptibly(service):
 def cmd_status(args):
     from tb_rsync_plugin.engine import prune as prune_lib
     from tb_rsync_plugin.engine import discovery
-    from tb_rsync_plugin.engine import state as state_lib
+    from tb_rsync_plugin.engine import state_journal
     from tb_rsync_plugin.publishing import rewrites as rewrites_lib
     config = config_lib.build_config(args.logdir, staging=args.staging)
     if args.forget:
@@ -356,7 +356,7 @@ def cmd_status(args):
                 f"logdir '{config.logdir}'; 'tb-rsync status' lists the ones there.")
         print(f"tb-rsync: forgot {', '.join(found)} (published files stay in the logdir). "
               f"{prune_lib.format_bytes(report.total_bytes)} freed in the staging folder.")
-    snapshot = state_lib.load_snapshot(config.state_dir)
+    snapshot = state_journal.load_snapshot(config.state_dir)
     if snapshot is None:
         print(f"No sync has run for logdir '{config.logdir}' yet "
               f"(no state in '{config.staging_root}'). Run 'tb-rsync sync' first.")

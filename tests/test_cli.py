@@ -481,13 +481,14 @@ def test_status_forgets_a_source_nobody_syncs_any_more(tmp_path):
 def test_status_says_when_a_failing_source_is_retried(tmp_path):
     """What a `watch` or TensorBoard journalled about a failing source, as `status` prints it."""
     from tb_rsync_plugin import cli_output, config
-    from tb_rsync_plugin.engine import state
+    from tb_rsync_plugin.engine import state, state_journal
     now = [1000.0]
     synced = state.SyncState([config.Source("gpu7", "gpu7:/logs/")], lambda s: 5.0,
                              clock=lambda: now[0])
     synced.fail("gpu7", "Sync of 'gpu7' from 'gpu7:/logs/' failed: the host is unreachable.")
     synced.set_schedule("gpu7", 40.0, retry=True)
     synced.save(str(tmp_path / "state"))
-    text = cli_output.format_status(state.load_snapshot(str(tmp_path / "state")), now[0] + 10)
+    text = cli_output.format_status(state_journal.load_snapshot(str(tmp_path / "state")),
+                                    now[0] + 10)
     assert text.splitlines()[0] == \
         "source gpu7 (gpu7:/logs/): error, retrying in 30 s, last sync 10 s ago"

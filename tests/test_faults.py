@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from tb_rsync_plugin.engine import state as state_lib
+from tb_rsync_plugin.engine import state_journal
 from tests.events import big_event_bytes, file_version_event, make_event, scalar_bytes
 from tests.fixtures_tensorboard import TensorBoardProcess, wait_until
 from tests.invariants import LogdirChecker, Sandbox, SourceFiles, frame
@@ -174,7 +174,7 @@ def converge(case, sandbox, config, when):
 
 
 def load_status(sandbox):
-    return state_lib.load_snapshot(os.path.join(sandbox.staging, "state"))
+    return state_journal.load_snapshot(os.path.join(sandbox.staging, "state"))
 
 
 # --- process trees ----------------------------------------------------------------------

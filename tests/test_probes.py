@@ -6,6 +6,7 @@ command runs only `rsync --server` (no probe at all, like an rrsync key). Node-s
 processes are found as descendants of that test's own sshd.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,14 +94,27 @@ class Recorder:
             return self.changes.count(name)
 
 
-def start_probes(tmp_path, sources, interval_s=0.5):
+@contextlib.contextmanager
+def watching(tmp_path, sources, interval_s=0.5):
+    """Running `Probes` for `sources` -> (probes, what they reported); stopped after."""
     recorder = Recorder()
     connections = SshConnections(control_dir=str(tmp_path / "ctl"))
     probes = probes_lib.Probes(connections, recorder.changed, recorder.mode,
                                lambda source: interval_s)
     probes.set_sources(sources)
     probes.start()
-    return probes, connections, recorder
+    try:
+        yield probes, recorder
+    finally:
+        probes.stop()
+        connections.close()
+
+
+def remote_source(tmp_path, server, name="n1", folder="remote"):
+    """A `host:dir` source on the test's sshd, its folder holding one event file."""
+    root = tmp_path / folder
+    write(root / "run" / event_file_name())
+    return root, config_lib.Source(name, f"127.0.0.1:{root}/", ssh=server.ssh_command)
 
 
 def write(path, data=b"x"):
@@ -151,8 +165,7 @@ def test_a_probe_session_reports_changes_under_hostile_names(tmp_path, node):
         roots[f"n{i}"] = root
         sources.append(config_lib.Source(f"n{i}", f"127.0.0.1:{root}/",
                                          ssh=server.ssh_command))
-    probes, connections, seen = start_probes(tmp_path, sources)
-    try:
+    with watching(tmp_path, sources) as (probes, seen):
         wait_until(lambda: all(probes.probed(s.name) for s in sources), 60,
                    message="every source watched by the probe")
         assert all(kind in seen.modes[s.name][1] for s in sources), seen.modes
@@ -164,36 +177,24 @@ def test_a_probe_session_reports_changes_under_hostile_names(tmp_path, node):
             wait_until(lambda: seen.count(name) > before, 30, message=f"a change of {name}")
         assert not list(tmp_path.rglob("PWNED")) and not os.path.exists("PWNED")
         assert len(agents(sshd)) == 1, agents(sshd)  # one session for the host
-    finally:
-        probes.stop()
-        connections.close()
     wait_until(lambda: not agents(sshd), 30, message="the node's probe to end")
 
 
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 def test_a_host_that_runs_no_probe_is_listed_and_says_why(tmp_path, node):
     _, server, _ = node
-    root = tmp_path / "remote"
-    write(root / "run" / event_file_name())
-    source = config_lib.Source("n1", f"127.0.0.1:{root}/", ssh=server.ssh_command)
-    probes, connections, seen = start_probes(tmp_path, [source])
-    try:
+    root, source = remote_source(tmp_path, server)
+    with watching(tmp_path, [source]) as (probes, seen):
         wait_until(lambda: "forced command" in seen.modes["n1"][1], 60,
                    message="the probe's failure in the mode")
         assert seen.modes["n1"][0] == probes_lib.LISTING
         assert not probes.probed("n1")
-    finally:
-        probes.stop()
-        connections.close()
 
 
 def test_a_killed_probe_restarts_and_its_sources_are_listed_meanwhile(tmp_path, node):
     sshd, server, _ = node
-    root = tmp_path / "remote"
-    write(root / "run" / event_file_name())
-    source = config_lib.Source("n1", f"127.0.0.1:{root}/", ssh=server.ssh_command)
-    probes, connections, seen = start_probes(tmp_path, [source])
-    try:
+    root, source = remote_source(tmp_path, server)
+    with watching(tmp_path, [source]) as (probes, seen):
         wait_until(lambda: probes.probed("n1"), 60, message="the probe")
         (pid, _), = wait_until(lambda: agents(sshd), 30, message="the node's probe")
         os.kill(pid, signal.SIGKILL)
@@ -203,9 +204,6 @@ def test_a_killed_probe_restarts_and_its_sources_are_listed_meanwhile(tmp_path, 
         before = seen.count("n1")
         write(root / "run" / "more")
         wait_until(lambda: seen.count("n1") > before, 30, message="a change after the restart")
-    finally:
-        probes.stop()
-        connections.close()
 
 
 def make_service(tmp_path, source_spec, interval_s, ssh=None):
@@ -287,8 +285,7 @@ def test_a_source_edited_while_probed_is_watched_at_its_new_folder(tmp_path, nod
     for root in (first, second):
         write(root / "run" / event_file_name())
     source = config_lib.Source("n1", f"127.0.0.1:{first}/", ssh=server.ssh_command)
-    probes, connections, seen = start_probes(tmp_path, [source])
-    try:
+    with watching(tmp_path, [source]) as (probes, seen):
         wait_until(lambda: probes.probed("n1") and seen.count("n1"), 60, message="the probe")
         # n1 moves to another folder; a new source n2 takes the first one: same session.
         probes.set_sources([config_lib.Source("n1", f"127.0.0.1:{second}/",
@@ -300,18 +297,12 @@ def test_a_source_edited_while_probed_is_watched_at_its_new_folder(tmp_path, nod
             before = seen.count(name)
             write(root / "run" / "more")
             wait_until(lambda: seen.count(name) > before, 30, message=f"a change of {name}")
-    finally:
-        probes.stop()
-        connections.close()
 
 
 def test_a_killed_shared_master_takes_the_probe_down_and_it_comes_back(tmp_path, node):
     _, server, _ = node
-    root = tmp_path / "remote"
-    write(root / "run" / event_file_name())
-    source = config_lib.Source("n1", f"127.0.0.1:{root}/", ssh=server.ssh_command)
-    probes, connections, seen = start_probes(tmp_path, [source])
-    try:
+    root, source = remote_source(tmp_path, server)
+    with watching(tmp_path, [source]) as (probes, seen):
         wait_until(lambda: probes.probed("n1"), 60, message="the probe")
         (socket_path,) = list((tmp_path / "ctl").iterdir())
         check = subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "check", "x"],
@@ -323,6 +314,3 @@ def test_a_killed_shared_master_takes_the_probe_down_and_it_comes_back(tmp_path,
         before = seen.count("n1")
         write(root / "run" / "more")
         wait_until(lambda: seen.count("n1") > before, 30, message="a change after the restart")
-    finally:
-        probes.stop()
-        connections.close()

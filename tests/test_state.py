@@ -29,7 +29,7 @@ def test_concurrent_savers_keep_each_others_last_update(tmp_path):
     savers = [subprocess.Popen([sys.executable, "-c", SAVER, name, path, str(SAVES)])
               for name in names]
     assert [p.wait(timeout=120) for p in savers] == [0] * len(savers)
-    saved = {s["name"]: s["error"]["message"] for s in state_lib.load_snapshot(path)["sources"]}
+    saved = {s["name"]: s["error"]["message"] for s in state_journal.load_snapshot(path)["sources"]}
     assert saved == {name: f"save {SAVES - 1}" for name in names}
 
 
@@ -60,7 +60,7 @@ def test_journal_gets_only_what_changed_and_a_heartbeat(tmp_path):
     now[0] += state_lib.HEARTBEAT_S
     state.finish("n", transfer.TransferResult(), report_for([]), {})
     assert state.save(folder) == 1, "a heartbeat once a minute keeps 'last sync' current"
-    saved = state_lib.load_snapshot(folder)
+    saved = state_journal.load_snapshot(folder)
     assert saved["sources"][0]["last_end_unix_s"] == now[0]
     assert {r["run"]: r["source_wall_time"] for r in saved["runs"]} == {"n/a": 2.0, "n/b": 1.0}
 
@@ -75,7 +75,7 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
         state.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs, float(step)),
                      {})
         state.save(folder)
-    path = state_lib.journal_path(folder, "n")
+    path = state_journal.journal_path(folder, "n")
     live = len(state_journal._journal_bytes(*state_journal._read_journal(path)))
     assert os.path.getsize(path) <= state_journal.COMPACT_FACTOR * live + 64 * 1024
     with open(path, "ab") as f:
@@ -115,7 +115,7 @@ def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
     now = [1000.0]
     writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
     folder = str(tmp_path / "state")
-    path = state_lib.journal_path(folder, "n")
+    path = state_journal.journal_path(folder, "n")
     runs = [f"n/run{i}" for i in range(50)]
     writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(runs, 1.0), {})
     writer.save(folder)

@@ -32,9 +32,7 @@ from tb_rsync_plugin import __version__, config
 from tb_rsync_plugin.publishing import report as report_lib
 from tb_rsync_plugin.engine.freshness import RunFreshness
 from tb_rsync_plugin.engine.source_status import SourceStatus
-# The journal files; `tb-rsync status` reads them through these names.
-from tb_rsync_plugin.engine.state_journal import (JournalFollower, append_journal,
-                                                  forget_sources, journal_path, load_snapshot)
+from tb_rsync_plugin.engine.state_journal import JournalFollower, append_journal, journal_path
 
 HEARTBEAT_S = 60.0
 PROGRESS_EVERY_S = 0.5

@@ -117,12 +117,17 @@ def first_records_once(ssh, source, paths):
     except (OSError, ValueError):
         return None
     finally:
-        process_lib.kill_group(proc)
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        _end(proc)
+
+
+def _end(proc):
+    """Stop a probe session's ssh (its group) and close our ends of its pipes now."""
+    process_lib.kill_group(proc)
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
 def _watched(agent):
@@ -231,12 +236,7 @@ class HostProbe:
                 self._agent, self._proc = None, None
                 for pending in self._pending.values():
                     pending[0].set()
-            process_lib.kill_group(proc)
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            _end(proc)
 
     def _converse(self, proc, members, program):
         lines = _LineReader(proc.stdout.fileno())
