@@ -281,8 +281,8 @@ class Demo:
         print(f"tb-rsync demo in {where}")
         print(f"  {len(RUNS)} simulated training runs on {', '.join(NODES)} (remote/): "
               "a new point every ~0.7 s")
-        print(f"  the plugin rsyncs them every {SYNC_INTERVAL_S} s into logs/ and appends "
-              "new records in place")
+        print(f"  the plugin looks for changes every {SYNC_INTERVAL_S} s, rsyncs what changed "
+              "into logs/ and appends new records in place")
         print("Starting TensorBoard (takes a few seconds)...", flush=True)
 
     def explain_urls(self, main_url, plain_url):
