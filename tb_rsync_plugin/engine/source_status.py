@@ -49,6 +49,18 @@ class SourceStatus:
     found_by: Optional[str] = None
     leaving: bool = False
 
+    def to_json(self):
+        """The status as JSON-ready values: what `dataclasses.asdict` gives, without its deep
+        copy (the status of a fleet is rebuilt every second or so; asdict took 22 ms for
+        1,000 sources, docs/BENCHMARKS.md B11). Its dicts are only ever replaced, never
+        changed in place, so one level of copying keeps a snapshot from changing."""
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        out["warnings"] = list(self.warnings)
+        for key in ("progress", "last_result", "last_change", "error"):
+            if out[key] is not None:
+                out[key] = dict(out[key])
+        return out
+
     def succeeded(self, transfer, report, now):
         """A cycle ended well at `now` (`transfer.TransferResult`, `report.PublishReport`).
 
@@ -120,3 +132,6 @@ def _meaningful(fields):
     error = fields.get("error") or {}
     return (error.get("message"), error.get("details"), fields.get("warnings"),
             fields.get("appending"))
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(SourceStatus))

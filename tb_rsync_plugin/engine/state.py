@@ -315,7 +315,7 @@ class SyncState:
             status = self._status(name)
             if status is None:
                 raise KeyError(name)
-            return dataclasses.asdict(status)
+            return status.to_json()
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
@@ -370,7 +370,7 @@ class SyncState:
             "config_error": self.config_error,
             "discover": self.discover,
             "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
-            "sources": [dataclasses.asdict(s) for s in self._sources.values()],
+            "sources": [s.to_json() for s in self._sources.values()],
             "runs": runs,
         }
 
