@@ -44,9 +44,9 @@ def cmd_sources(args):
 
 def discover_now(config):
     """Ask every rule once (`tb-rsync sync`) -> (config with what they found, statuses)."""
-    from tb_rsync_plugin.engine import discovery
     if not config.discover:
         return config, []
+    from tb_rsync_plugin.engine import discovery
     config, statuses = discovery.discover_once(config)
     report_failures(statuses)
     return config, statuses
