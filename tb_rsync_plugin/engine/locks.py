@@ -35,17 +35,6 @@ class SourceLocks:
             yield
 
     @contextlib.contextmanager
-    def source_unless_busy(self, config, name):
-        """The source's lock if nobody holds it now (yields True), else no wait (False)."""
-        with _open_source_lock(config, name) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-
-    @contextlib.contextmanager
     def publish(self, config, name):
         """An exclusive `flock` on `LOGDIR/NAME` itself (nothing is written for it)."""
         path = os.path.join(config.logdir, name)
@@ -91,6 +80,19 @@ class SourceLocks:
                         f"Source '{name}' is being synced by another tb-rsync process "
                         f"(lock '{path}'); wait for it or stop that process.") from None
                 self._stop.wait(0.2)
+
+
+@contextlib.contextmanager
+def source_unless_busy(config, name):
+    """The source's lock if nobody holds it now (yields True), else no wait (False): for
+    putting back parked files and for pruning, which must never wait on a running cycle."""
+    with _open_source_lock(config, name) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _open_source_lock(config, name):

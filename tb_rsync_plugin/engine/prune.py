@@ -29,7 +29,6 @@ Sizes are allocated bytes, as `du` counts them (staged event files are sparse).
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import fnmatch
 import logging
 import os
@@ -37,7 +36,7 @@ import re
 import shutil
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin.engine import state_journal
+from tb_rsync_plugin.engine import locks, state_journal
 from tb_rsync_plugin.errors import ConfigError, SyncError
 from tb_rsync_plugin.publishing import rewrites as rewrites_lib
 
@@ -315,14 +314,9 @@ def _held(config, names, dry_run=False):
     one is not held)."""
     with contextlib.ExitStack() as stack:
         for name in names:
-            path = config.lock_path(name)
-            if dry_run and not os.path.exists(path):
+            if dry_run and not os.path.exists(config.lock_path(name)):
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            f = stack.enter_context(open(path, "a"))
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not stack.enter_context(locks.source_unless_busy(config, name)):
                 stack.close()
                 yield name
                 return

@@ -312,7 +312,7 @@ class SyncService:
         held = os.path.join(self.config.holding_dir, name)
         if not os.path.isdir(held):
             return
-        with self._locks.source_unless_busy(self.config, name) as free:
+        with locks_lib.source_unless_busy(self.config, name) as free:
             if free:
                 reload_lib.restore_held_runs(held, os.path.join(self.config.logdir, name))
 
