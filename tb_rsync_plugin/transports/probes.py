@@ -115,8 +115,8 @@ class Probes:
     def probed(self, name):
         """True while a working probe watches `name` (the scheduler's slow safety interval
         then replaces its listing interval)."""
-        mode = self._modes.get(name, (LISTING, ""))[0]
-        return mode == WALK or (mode == PROBE and self._modes[name][1].startswith("Watched"))
+        # PROBE is only ever set while a session watches it (`_host_state`).
+        return self._modes.get(name, (LISTING, ""))[0] in (WALK, PROBE)
 
     def mode(self, name):
         return self._modes.get(name, (LISTING, ""))
