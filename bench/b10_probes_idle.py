@@ -127,10 +127,7 @@ def report(results, sources, runs, interval_s, window_s, limit_flags, seed):
              else "missed"],
             ["write to served, worst <= 4.0 s", common.fmt_s(worst),
              "met" if worst <= 4.0 else "missed"]])]
-    if results["errors"]:
-        lines += ["", "Sources in error at the end (count, message):", ""]
-        lines += [f"- {n} x `{text}`" for text, n in sorted(results["errors"].items(),
-                                                             key=lambda kv: -kv[1])[:3]]
+    lines += fleet_lib.errors_text(results["errors"])
     return "\n".join(lines)
 
 

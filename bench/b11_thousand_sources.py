@@ -109,10 +109,7 @@ def report(results, sources, interval_s, limit_flags, seed):
              f"{over_plain:.1%}", "met" if over_plain <= 0.10 else "missed"],
             ["write to published, median <= 7 s", common.fmt_s(common.median(times)),
              "met" if not missing and common.median(times) <= 7.0 else "missed"]])]
-    if results["errors"]:
-        lines += ["", "Sources in error at the end (count, message):", ""]
-        lines += [f"- {n} x `{text}`" for text, n in sorted(results["errors"].items(),
-                                                             key=lambda kv: -kv[1])[:3]]
+    lines += fleet_lib.errors_text(results["errors"])
     return "\n".join(lines)
 
 

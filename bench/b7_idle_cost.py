@@ -113,10 +113,8 @@ def report(results, sources, remote, runs, interval_s, window_s, limit_flags):
                   f"{2 * interval_logins:.0f} at {interval_s:g} s; goal: about one per host "
                   "per ControlPersist window)",
                   f"{fleet['logins'] / max(remote, 1) * 3600 / fleet['window_s']:.0f}", ""]])]
-    if fleet["errors"]:
-        lines += ["", "Sources in error at the end of the window (count, message):", ""]
-        lines += [f"- {n} x `{text}`" for text, n in sorted(fleet["errors"].items(),
-                                                             key=lambda kv: -kv[1])[:3]]
+    lines += fleet_lib.errors_text(
+        fleet["errors"], "Sources in error at the end of the window (count, message):")
     return "\n".join(lines)
 
 

@@ -145,18 +145,14 @@ class Fleet:
         """A TensorBoard syncing every source each `interval_s`, ready to answer."""
         flags = ["--rsync_config", self.config, "--rsync_interval", str(interval_s),
                  "--rsync_staging", staging, *limit_flags, *extra]
-        tb = TensorBoardProcess(logdir, flags, os.path.join(self.root, log_name),
-                                executable=common.tensorboard_argv())
-        try:
-            tb.wait_ready(120)
-        except BaseException:
-            tb.stop()
-            raise
-        return tb
+        return self._ready_tensorboard(logdir, flags, log_name)
 
     def plain_tensorboard(self, logdir, log_name, extra=()):
         """A TensorBoard without sources on `logdir`, ready to answer."""
-        tb = TensorBoardProcess(logdir, list(extra), os.path.join(self.root, log_name),
+        return self._ready_tensorboard(logdir, list(extra), log_name)
+
+    def _ready_tensorboard(self, logdir, flags, log_name):
+        tb = TensorBoardProcess(logdir, flags, os.path.join(self.root, log_name),
                                 executable=common.tensorboard_argv())
         try:
             tb.wait_ready(120)
@@ -269,6 +265,14 @@ def sizes(args, local, remote, runs):
 def error_kind(message):
     """An error message without names and paths (quoted), so equal causes count together."""
     return re.sub(r"'[^']*'", "'…'", (message.splitlines() or [""])[0])[:200]
+
+
+def errors_text(kinds, heading="Sources in error at the end (count, message):"):
+    """Report lines for `error_kinds`' counts: the three most common, or none."""
+    if not kinds:
+        return []
+    return ["", heading, ""] + [f"- {n} x `{text}`" for text, n in
+                                sorted(kinds.items(), key=lambda kv: -kv[1])[:3]]
 
 
 def error_kinds(snapshot):
