@@ -373,17 +373,22 @@ def test_tb_rsync_sync_logs_in_once_and_leaves_no_socket(sshd_server, cli_run, f
     wait_until(lambda: not masters(runtime), "ended (the master)")
 
 
+def first_syncs_ended(watch, count):
+    """Read `watch`'s output until each of its `count` sources printed its first result."""
+    synced = 0
+    while synced < count:
+        line = watch.stdout.readline()
+        assert line, "tb-rsync watch ended"
+        synced += line.startswith("node")
+
+
 def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_server, cli_run):
     command, env, runtime = cli_run
     before = logins(sshd_server)
     watch = subprocess.Popen(command("watch", "--interval", "3600"), stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        synced = 0
-        while synced < 3:  # one result line per source, after its first sync
-            line = watch.stdout.readline()
-            assert line, "tb-rsync watch ended"
-            synced += line.startswith("node")
+        first_syncs_ended(watch, 3)
     finally:
         watch.send_signal(signal.SIGKILL)
         watch.wait()
@@ -401,11 +406,7 @@ def test_sigterm_on_tb_rsync_watch_stops_its_master(sshd_server, cli_run):
     command, env, runtime = cli_run
     watch = start_tb_rsync(*command("watch", "--interval", "3600")[3:], env=env)
     try:
-        synced = 0
-        while synced < 3:  # one result line per source, after its first sync
-            line = watch.stdout.readline()
-            assert line, "tb-rsync watch ended"
-            synced += line.startswith("node")
+        first_syncs_ended(watch, 3)
         assert len(list(runtime.glob("tb-rsync/*"))) == 1 and masters(runtime)
     finally:
         out, err = stop_tb_rsync(watch, signal.SIGTERM)

@@ -99,6 +99,19 @@ def write(remote, steps):
 
 
 @pytest.mark.tb_matrix
+def reload_data_ticked(page, tb):
+    """Whether TensorBoard's Settings -> Reload data is on in a new page of this browser."""
+    later = page.context.new_page()
+    try:
+        later.goto(tb.url + "/#timeseries")
+        later.locator("settings-button button").click()
+        reload_box = later.get_by_role("checkbox", name="Reload data")
+        reload_box.wait_for(timeout=20000)
+        return reload_box.is_checked()
+    finally:
+        later.close()
+
+
 def test_open_charts_follow_syncs_without_a_click(tmp_path, tensorboard_server, page):
     pytest.importorskip("tensorboard_data_server")
     remote, tb = start(tmp_path, tensorboard_server)
@@ -169,19 +182,8 @@ def test_refresh_on_turns_on_tensorboards_own_reload_for_later_pages(tmp_path,
     frame.locator("[data-role=reload-data-note]").wait_for(timeout=30000)
     assert "reload by themselves every 30 s" in \
         frame.locator("[data-role=reload-data-note]").text_content()
-    later = page.context.new_page()
-    later.goto(tb.url + "/#timeseries")
-    later.locator("settings-button button").click()
-    reload_box = later.get_by_role("checkbox", name="Reload data")
-    reload_box.wait_for(timeout=20000)
-    assert reload_box.is_checked()
-    later.close()
+    assert reload_data_ticked(page, tb)
     # Off again: TensorBoard's setting is put back as it was (off in a fresh profile).
     frame.locator("[data-role=refresh-toggle]").uncheck()
-    later = page.context.new_page()
-    later.goto(tb.url + "/#timeseries")
-    later.locator("settings-button button").click()
-    reload_box = later.get_by_role("checkbox", name="Reload data")
-    reload_box.wait_for(timeout=20000)
-    assert not reload_box.is_checked()
+    assert not reload_data_ticked(page, tb)
     assert page.page_errors == []
