@@ -94,10 +94,7 @@ def first_records_once(ssh, source, paths):
     cannot run the python3 probe."""
     program = _program()
     try:
-        proc = subprocess.Popen(
-            [*process_lib.die_with_parent(), *ssh.session_args(source),
-             remote_command(len(program))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = _open_session(ssh, source, program)
     except OSError:
         return None
     try:
@@ -118,6 +115,15 @@ def first_records_once(ssh, source, paths):
         return None
     finally:
         _end(proc)
+
+
+def _open_session(ssh, source, program):
+    """An ssh session to `source`'s host that starts a probe agent for `program` (whose
+    bytes the caller then sends), in its own session and tied to our life."""
+    return subprocess.Popen(
+        [*process_lib.die_with_parent(), *ssh.session_args(source),
+         remote_command(len(program))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _end(proc):
@@ -163,8 +169,7 @@ class HostProbe:
 
     def set_sources(self, members):
         with self._lock:
-            old = [(s, i) for s, i in self._members]
-            self._members = list(members)
+            old, self._members = self._members, list(members)
             agent = self._agent
         if old != members and agent == "python3":
             self._send_watch()
@@ -221,10 +226,7 @@ class HostProbe:
         try:
             self._ssh.prepare(source, cancel=self._stop)
             program = _program()
-            args = self._ssh.session_args(source) + [remote_command(len(program))]
-            proc = subprocess.Popen(
-                [*process_lib.die_with_parent(), *args], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = _open_session(self._ssh, source, program)
         except Exception as e:  # TransferError sentences, a missing ssh
             return str(e).rstrip(".") or type(e).__name__
         with self._lock:
