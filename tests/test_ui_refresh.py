@@ -98,7 +98,6 @@ def write(remote, steps):
     append_scalars(str(remote / "job" / EVENTS), steps, wall_time0=time.time() - 30)
 
 
-@pytest.mark.tb_matrix
 def reload_data_ticked(page, tb):
     """Whether TensorBoard's Settings -> Reload data is on in a new page of this browser."""
     later = page.context.new_page()
@@ -112,6 +111,7 @@ def reload_data_ticked(page, tb):
         later.close()
 
 
+@pytest.mark.tb_matrix
 def test_open_charts_follow_syncs_without_a_click(tmp_path, tensorboard_server, page):
     pytest.importorskip("tensorboard_data_server")
     remote, tb = start(tmp_path, tensorboard_server)
