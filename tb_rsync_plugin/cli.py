@@ -272,16 +272,21 @@ def cmd_sync(args):
     cli_discover.record(service, rules)
     report = CycleReporter(service, progress, quiet_when_unchanged=False)
     service.scheduler.add_listener(report.on_end)
+    finished = False
     try:
         service.start(timers=False)
         service.request()
         _wait_interruptibly(service)
         report.raise_bug()
+        finished = True
         failed = report.failing or any(rule.error for rule in rules)
         return EXIT_OK if not failed else EXIT_FAILED
     finally:
         with _stop_signals.held():
-            service.stop()  # on a stop signal too: cancels rsync children, stops ssh logins
+            # A finished sync leaves its shared ssh logins up for ControlPersist (5 min), so
+            # the next `tb-rsync sync` (cron every minute) logs in zero times, not once. On a
+            # stop signal they go with it, as rsync children do.
+            service.stop(keep_logins=finished)
 
 
 def cmd_watch(args):

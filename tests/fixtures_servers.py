@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -137,6 +138,43 @@ def start_sshd_or_skip(folder, password_only=False, extra_config=()):
     if not os.path.exists(SSHD) or shutil.which("ssh") is None:
         pytest.skip("openssh-server/client are not installed")
     return start_sshd(folder, password_only, extra_config)
+
+
+def exit_masters(folder):
+    """Tell every ssh master with a socket under `folder` to exit."""
+    for path in pathlib.Path(folder).glob("**/*"):
+        if path.is_socket():
+            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O",
+                            "exit", "x"], capture_output=True, timeout=10)
+
+
+def remove_with_masters(folder):
+    """`exit_masters`, then remove `folder`."""
+    exit_masters(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ssh_runtime_dir():
+    """The session's own $XDG_RUNTIME_DIR, where tb-rsync puts its ssh control sockets (a
+    short path: a unix socket's has 108 bytes at most), for every process the tests start."""
+    folder = tempfile.mkdtemp(prefix="tbs-", dir="/tmp")
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = folder
+    yield pathlib.Path(folder)
+    if old is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = old
+    remove_with_masters(folder)
+
+
+@pytest.fixture(autouse=True)
+def no_master_outlives_its_test(ssh_runtime_dir):
+    """A finished `tb-rsync sync` leaves its shared login up for the next one (ControlPersist):
+    end those after each test, so no test rides another's login or counts it."""
+    yield
+    exit_masters(ssh_runtime_dir)
 
 
 @pytest.fixture(scope="session")

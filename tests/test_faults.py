@@ -698,9 +698,13 @@ def test_source_rewrites_files_while_syncing(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("over", ["local", "ssh"])
-def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path, request, over):
+@pytest.mark.parametrize("after", ["growth", "an idle sync"])
+def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path, request, over,
+                                                                    after):
     """Closed by the first-record check (FAULTS.md #8): the probe reads the source's first
-    record (in-process for a folder, through the node's python3 over ssh)."""
+    record (in-process for a folder, through the node's python3 over ssh). After growth the
+    sync appends beside its listing; after an idle sync it lists first, then appends: the
+    check's session opens at a different point of the sync."""
     sandbox = Sandbox(tmp_path)
     source = SourceFiles(sandbox.src, sandbox.work)
     config = write_config(sandbox)
@@ -712,6 +716,8 @@ def test_rewrite_with_same_record_sizes_grown_before_the_next_sync(tmp_path, req
     rel = "events.out.tfevents.1700000000.node.8.0"
     source.append(rel, scalar_bytes(range(10), header=True, wall_time0=1e9))
     assert_ok(*run_sync(sandbox, config))
+    if after == "an idle sync":
+        assert_ok(*run_sync(sandbox, config))
     # A restarted run reuses the name: new wall times, the same record sizes, and more.
     source.rewrite(rel, scalar_bytes(range(20), header=True, wall_time0=2e9))
     assert_ok(*run_sync(sandbox, config))

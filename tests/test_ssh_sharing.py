@@ -30,7 +30,7 @@ from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.transports.rsync import run_rsync
 from tb_rsync_plugin.transports.ssh import SshConnections, ssh_command
 from tests.events import append_scalars, event_file_name
-from tests.fixtures_servers import start_sshd_or_skip, stop
+from tests.fixtures_servers import remove_with_masters, start_sshd_or_skip, stop
 from tests.processes import processes_mentioning, start_tb_rsync, stop_tb_rsync
 
 RSYNC = shutil.which("rsync")
@@ -60,15 +60,6 @@ def control_dir():
     folder = Path(tempfile.mkdtemp(prefix="tbr-", dir="/tmp")) / "ctl"
     yield folder
     remove_with_masters(folder.parent)
-
-
-def remove_with_masters(folder):
-    """Tell every master with a socket under `folder` to exit, then remove `folder`."""
-    for path in folder.glob("**/*"):
-        if path.is_socket():
-            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O",
-                            "exit", "x"], capture_output=True, timeout=10)
-    shutil.rmtree(folder)
 
 
 def logins(server):
@@ -359,16 +350,40 @@ def cli_run(tmp_path, sshd_server):
     remove_with_masters(runtime)
 
 
-@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 3)],
+@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 9)],
                          ids=["shared", "--no-ssh-sharing"])
-def test_tb_rsync_sync_logs_in_once_and_leaves_no_socket(sshd_server, cli_run, flags,
-                                                         expected_logins):
+def test_tb_rsync_sync_from_cron_logs_in_once(sshd_server, cli_run, flags, expected_logins):
+    """A finished sync leaves its shared login up (ControlPersist): the next sync rides it."""
     command, env, runtime = cli_run
     before = logins(sshd_server)
-    result = subprocess.run(command("sync", *flags), capture_output=True, text=True,
-                            timeout=120, env=env)
-    assert result.returncode == 0, result.stderr
-    assert logins(sshd_server) - before == expected_logins  # a first sync: 1 rsync a source
+    for _ in range(2):
+        result = subprocess.run(command("sync", *flags), capture_output=True, text=True,
+                                timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+    # Sharing: one login for both syncs. Without: one per rsync (a first sync is one rsync a
+    # source; the next, after a sync that brought event data, lists and appends side by side).
+    assert logins(sshd_server) - before == expected_logins
+    sockets = list(runtime.glob("tb-rsync/*"))
+    assert len(sockets) == (1 if not flags else 0)
+    assert bool(masters(runtime)) is (not flags)
+
+
+def test_a_stopped_tb_rsync_sync_stops_its_master(tmp_path, sshd_server, cli_run):
+    """Ctrl-C or SIGTERM during a sync: the shared login goes with it, as rsync does."""
+    command, env, runtime = cli_run
+    stalling = tmp_path / "stalling-ssh"  # logs in as ssh does; its rsync sessions never start
+    stalling.write_text('#!/bin/sh\ncase "$*" in *"rsync --server"*) exec sleep 3600;; esac\n'
+                        'exec ssh "$@"\n')
+    stalling.chmod(0o755)
+    config = tmp_path / "sources.toml"
+    config.write_text(config.read_text().replace("ssh = 'ssh ", f"ssh = '{stalling} "))
+    sync = start_tb_rsync(*command("sync")[3:], env=env)
+    try:
+        wait_until(lambda: list(runtime.glob("tb-rsync/*")) and masters(runtime),
+                   "up (the master)")
+    finally:
+        out, err = stop_tb_rsync(sync, signal.SIGTERM)
+    assert sync.returncode == 143, err
     assert not list(runtime.glob("tb-rsync/*"))
     wait_until(lambda: not masters(runtime), "ended (the master)")
 
@@ -392,12 +407,13 @@ def test_after_kill_9_of_tb_rsync_watch_the_next_run_rides_its_master(sshd_serve
     finally:
         watch.send_signal(signal.SIGKILL)
         watch.wait()
-    assert len(list(runtime.glob("tb-rsync/*"))) == 1
+    (socket,) = runtime.glob("tb-rsync/*")
+    master = master_pid(socket)
     result = subprocess.run(command("sync"), capture_output=True, text=True, timeout=120,
                             env=env)
     assert result.returncode == 0, result.stderr
     assert logins(sshd_server) - before == 1
-    assert not list(runtime.glob("tb-rsync/*"))
+    assert master_pid(socket) == master
 
 
 def test_sigterm_on_tb_rsync_watch_stops_its_master(sshd_server, cli_run):

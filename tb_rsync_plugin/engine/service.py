@@ -226,24 +226,38 @@ class SyncService:
         # next publish walk the whole staging tree. A sync that changes nothing writes none.
         dirty_marker = self._dirty_marker(name)
         retry = _read_retry(dirty_marker)
+        query = None  # the first-record check's session, where no probe session answers
 
         def mark_unpublished():
             if retry is None:
                 with open(dirty_marker, "w"):
                     pass
 
-        # One login for all rsyncs of the host; a sync whose shared login died under it runs
-        # again once over a fresh one.
-        transfer = self._ssh.run(source, lambda rsh: transport.fetch(
-            source, staging_dir, cfg.temp_dir, on_progress=progress, cancel=self._stop,
-            before_write=mark_unpublished, rsh=rsh, expect_growth=self._appending(name)),
-            cancel=self._stop)
+        def before_write():
+            """Staging is about to change: mark it unpublished, and open the first-record
+            check's session now, so that it has started by the time the transfer ends."""
+            nonlocal query
+            if query is None:
+                query = self.probes.first_record_query(source)
+            mark_unpublished()
+
+        try:
+            # One login for all rsyncs of the host; a sync whose shared login died under it
+            # runs again once over a fresh one.
+            transfer = self._ssh.run(source, lambda rsh: transport.fetch(
+                source, staging_dir, cfg.temp_dir, on_progress=progress, cancel=self._stop,
+                before_write=before_write, rsh=rsh, expect_growth=self._appending(name)),
+                cancel=self._stop)
+            restarted = self._restarted(source, transfer, query)
+        finally:
+            if query is not None:
+                query.close()
         # Changed at the source without changing size (a corrupt record fixed in place, a
         # same-length rewrite): --append skips those. And grown files whose first record is
         # not the source's any more: a restarted run reused the name, and --append spliced
         # its new records onto the old ones. Both are fetched whole; the publisher compares
         # them with what it published (append, or rewrite: quarantine and republish).
-        whole = sorted(set(transfer.same_size) | set(self._restarted(source, transfer)))
+        whole = sorted(set(transfer.same_size) | set(restarted))
         if whole:
             mark_unpublished()
             again = self._ssh.run(source, lambda rsh: transport.refetch(
@@ -252,16 +266,16 @@ class SyncService:
             transfer = _merge_transfers(transfer, again)
         return transfer, retry
 
-    def _restarted(self, source, transfer):
+    def _restarted(self, source, transfer, query):
         """Grown event files whose first record (the writer's start) differs at the source.
 
         The probe reads the source's first records (in-process for local folders, through
-        the node's probe session over ssh); where none can (a daemon, rclone, a host without
-        python3), this check is skipped: docs/FAULTS.md says what then still holds.
+        the node's probe session or `query` over ssh); where none can (a daemon, rclone, a
+        host without python3), this check is skipped: docs/FAULTS.md says what then holds.
         """
         if not transfer.grown:
             return ()
-        theirs = self.probes.first_records(source, transfer.grown)
+        theirs = self.probes.first_records(source, transfer.grown, query)
         if not theirs:
             return ()
         # Compared with the published copy: the staged one may have had its published
@@ -343,13 +357,18 @@ class SyncService:
         threading.Thread(target=self._prune_loop, name="tb-rsync-prune", daemon=True).start()
         atexit.register(self.stop)
 
-    def stop(self):
+    def stop(self, keep_logins=False):
         """Cancel running rsyncs (their process groups are killed), stop threads, and
-        stop the shared ssh logins."""
+        stop the shared ssh logins, unless `keep_logins`: then they end by themselves
+        (ControlPersist) and the next process rides them (a `tb-rsync sync` from cron).
+        Only the first call acts (the one at exit, registered by `start`, then does not)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.probes.stop()
         self.scheduler.stop(STOP_WAIT_S)
-        self._ssh.close()
+        if not keep_logins:
+            self._ssh.close()
 
     @property
     def stopped(self):

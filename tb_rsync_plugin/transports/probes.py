@@ -121,9 +121,22 @@ class Probes:
     def mode(self, name):
         return self._modes.get(name, (LISTING, ""))
 
-    def first_records(self, source, paths):
-        """{path: digest of its first record} for event files of `source`, from the node's
-        probe session when one runs; None when no probe can say (see FAULTS.md)."""
+    def first_record_query(self, source):
+        """A session for `first_records` of `source`, opened now (before its transfer) and
+        asked after it, where no live probe session on its host will answer (`tb-rsync
+        sync`); None where none is needed or none can run. The caller closes it."""
+        if not source.is_remote_shell or source.rsh:
+            return None
+        with self._lock:
+            host = self._hosts.get(_group_key(source))
+        if host is not None and host.answers_first_records:
+            return None
+        return ssh_probe.FirstRecordQuery(self._ssh, source)
+
+    def first_records(self, source, paths, query=None):
+        """{path: digest of its first record} for event files of `source`: read in-process,
+        or from the node's probe session, or through `query` (`first_record_query`); None
+        when no probe can say (see FAULTS.md)."""
         if source.is_local:
             root = os.path.abspath(os.path.expanduser(source.source_dir))
             return probe_agent.first_record_digests(root, paths)
@@ -131,7 +144,9 @@ class Probes:
             host = self._hosts.get(_group_key(source))
         digests = None if host is None else host.first_records(source, paths)
         if digests is None and source.is_remote_shell and not source.rsh:
-            digests = ssh_probe.first_records_once(self._ssh, source, paths)  # `tb-rsync sync`
+            # The host's session went down since the transfer started: one session now.
+            query = query or ssh_probe.FirstRecordQuery(self._ssh, source)
+            digests = query.ask(paths)
         return digests
 
     def _host_state(self, name, watched, detail):

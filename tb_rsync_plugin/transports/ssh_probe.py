@@ -88,33 +88,51 @@ def remote_root(source):
     return path.rstrip("/") or ("/" if path.startswith("/") else ".")
 
 
-def first_records_once(ssh, source, paths):
-    """`Probes.first_records` through a session of its own, for a process without a probe
-    session on the host (`tb-rsync sync`, or while the probe restarts); None if the host
-    cannot run the python3 probe."""
-    program = _program()
-    try:
-        proc = _open_session(ssh, source, program)
-    except OSError:
-        return None
-    try:
-        lines, never = _LineReader(proc.stdout.fileno()), threading.Event()
-        deadline = time.monotonic() + FIRST_WAIT_S
-        request = json.dumps({"first": [1, remote_root(source), list(paths)]}).encode()
-        while True:
-            line = lines.next(max(0.0, deadline - time.monotonic()), never)
-            if line is None or line == b"tb-rsync-probe sh":
-                return None
-            if line == b"tb-rsync-probe python3":
-                proc.stdin.write(program + request + b"\n")
-                proc.stdin.close()  # the agent answers, then ends at this EOF
-            elif line.startswith(b'{"first"'):
-                digests = json.loads(line).get("digests")
-                return digests if isinstance(digests, dict) else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        _end(proc)
+class FirstRecordQuery:
+    """`Probes.first_records` through a short session of its own, for a process without a
+    probe session on the host (`tb-rsync sync`, or while the probe restarts).
+
+    Opened when a sync is about to write into staging and asked once the transfer is done:
+    the node's login shell and python3 start while rsync moves the bytes, so the check adds
+    no round of session start-up to the sync (docs/BENCHMARKS.md, B1 over ssh). `ask`
+    returns None where the host cannot run the python3 probe.
+    """
+
+    def __init__(self, ssh, source):
+        self._source, self._program = source, _program()
+        try:
+            self._proc = _open_session(ssh, source, self._program)
+        except OSError:
+            self._proc = None
+
+    def ask(self, paths):
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            lines, never = _LineReader(proc.stdout.fileno()), threading.Event()
+            deadline = time.monotonic() + FIRST_WAIT_S
+            request = json.dumps({"first": [1, remote_root(self._source), list(paths)]})
+            while True:
+                line = lines.next(max(0.0, deadline - time.monotonic()), never)
+                if line is None or line == b"tb-rsync-probe sh":
+                    return None
+                if line == b"tb-rsync-probe python3":
+                    proc.stdin.write(self._program + request.encode() + b"\n")
+                    proc.stdin.close()  # the agent answers, then ends at this EOF
+                elif line.startswith(b'{"first"'):
+                    digests = json.loads(line).get("digests")
+                    return digests if isinstance(digests, dict) else None
+        except (OSError, ValueError):
+            return None
+        finally:
+            self.close()
+
+    def close(self):
+        """End the session (asked or not): the agent waiting for its program exits."""
+        if self._proc is not None:
+            _end(self._proc)
+            self._proc = None
 
 
 def _open_session(ssh, source, program):
@@ -187,6 +205,12 @@ class HostProbe:
     def stop(self):
         self._stop.set()
         self._kill()
+
+    @property
+    def answers_first_records(self):
+        """Whether `first_records` can be asked now (a python3 session is up)."""
+        with self._lock:
+            return self._agent == "python3"
 
     def first_records(self, source, paths):
         with self._lock:
