@@ -14,6 +14,7 @@ same as appending it to an empty one.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import struct
@@ -59,6 +60,12 @@ class ScanResult:
 def masked_crc32c(data):
     """TFRecord's masked CRC32C: rotated and offset so CRCs of CRCs stay well-spread."""
     return _mask(google_crc32c.value(data))
+
+
+@functools.lru_cache(maxsize=4096)
+def _length_crc(length):
+    """The masked CRC of a record's length field: records of a file repeat a few lengths."""
+    return masked_crc32c(struct.pack("<Q", length))
 
 
 def _mask(crc):
@@ -117,7 +124,7 @@ class _Scanner:
                 truncated = avail > 0
                 break
             length, length_crc = _LENGTH.unpack_from(self.buf, self.pos)
-            if masked_crc32c(self.buf[self.pos:self.pos + 8]) != length_crc:
+            if _length_crc(length) != length_crc:
                 raise self._corrupt("bad length checksum")
             total = HEADER_BYTES + length + FOOTER_BYTES
             if avail < total:
@@ -216,6 +223,23 @@ def event_wall_time_and_step(data, complete=True):
     Unparsable bytes give `(None, None)`: the record still counts. With `complete=False`,
     `data` is only the head of a huge record: what was found is kept.
     """
+    # What every writer emits for a summary event: wall_time (tag 0x09), step (0x10), then
+    # the summary (0x2a). Read directly, that is half the cost of a scan of small records
+    # (scalars); anything else takes the general walk below, with the same answers.
+    n = len(data)
+    if n > 12 and data[0] == 0x09 and data[9] == 0x10:
+        step, i = _varint_or_none(data, 10)
+        if step is not None and i < n and data[i] == 0x2A:
+            size, body = _varint_or_none(data, i + 1)
+            if size is not None and (body + size <= n or not complete):
+                wall = _F64.unpack_from(data, 1)[0]
+                return (wall if math.isfinite(wall) else None,
+                        step - (1 << 64) if step >= 1 << 63 else step)
+    return _walk_event_fields(data, complete)
+
+
+def _walk_event_fields(data, complete):
+    """`event_wall_time_and_step` for any field order: the wire format tag by tag."""
     wall = step = None
     has_summary = False
     i, n = 0, len(data)
@@ -262,3 +286,11 @@ def _varint(data, i):
         shift += 7
         if shift > 63:
             raise ValueError("varint too long")
+
+
+def _varint_or_none(data, i):
+    """`_varint`, or (None, i) where the bytes end or the varint is too long."""
+    try:
+        return _varint(data, i)
+    except (IndexError, ValueError):
+        return None, i
