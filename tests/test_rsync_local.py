@@ -388,19 +388,24 @@ def test_a_sync_that_finds_nothing_runs_one_rsync_and_writes_nothing(dirs, tmp_p
     append_scalars(src / EVENTS, range(10))
     write(src / "cfg.json", b"{}")
     wrapper = rsync_wrapper(tmp_path, "sys.exit(rsync())\n")
-    marks = []
+    marks = []  # what before_write was told: may staged event files be appended to?
     run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
-              before_write=lambda: marks.append(1))
+              before_write=marks.append)
     assert (tmp_path / "kinds").read_text().split() == ["other"]
-    assert marks == [1]
+    assert marks == [False]  # nothing was staged
     assert (staging / EVENTS).read_bytes() == (src / EVENTS).read_bytes()
     (tmp_path / "kinds").unlink()
 
     result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
-                       before_write=lambda: marks.append(2))
+                       before_write=marks.append)
 
-    assert result.changed == () and marks == [1]
+    assert result.changed == () and marks == [False]
     assert (tmp_path / "kinds").read_text().split() == ["list"]
+
+    append_scalars(src / EVENTS, range(10, 12))
+    result = run_rsync(wrapper, Source("train", str(src)), str(staging), str(temp),
+                       before_write=marks.append)
+    assert result.grown == (EVENTS,) and marks == [False, True]
 
 
 @pytest.mark.parametrize("order", ["list-then-grow-then-append", "append-then-grow-then-list"])

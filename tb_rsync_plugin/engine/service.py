@@ -233,11 +233,12 @@ class SyncService:
                 with open(dirty_marker, "w"):
                     pass
 
-        def before_write():
-            """Staging is about to change: mark it unpublished, and open the first-record
-            check's session now, so that it has started by the time the transfer ends."""
+        def before_write(grows):
+            """Staging is about to change: mark it unpublished; if staged event files may
+            grow, open the first-record check's session now, so that it has started by the
+            time the transfer ends."""
             nonlocal query
-            if query is None:
+            if grows and query is None:
                 query = self.probes.first_record_query(source)
             mark_unpublished()
 

@@ -91,7 +91,7 @@ def run_rclone(rclone_path, source, staging_dir, temp_dir, on_progress=None, can
             whole.append(obj)
             restaged.add(obj.rel)
     if (tails or whole) and before_write is not None:
-        before_write()
+        before_write(bool(tails))
     run.read_tails(tails)
     run.fetch_whole(whole, restaged)
     return run.result()

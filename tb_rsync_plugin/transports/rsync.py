@@ -63,9 +63,9 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
       temp_dir: rsync's --temp-dir, outside the staging tree on the same filesystem.
       on_progress: called with `Progress` from rsync's reader threads (never concurrently).
       cancel: a `threading.Event`; when set, rsync is stopped and TransferError raised.
-      before_write: called once before the first process that writes into staging starts
-        (never when nothing changed and not `expect_growth`), so the caller can mark staging
-        as unpublished.
+      before_write: called once, with whether event files staged earlier may be appended to,
+        before the first process that writes into staging starts (never when nothing
+        changed and not `expect_growth`), so the caller can mark staging as unpublished.
       expect_growth: the source changed at its last sync (a job is writing): run the
         `--append` pass of event files beside the listing, one round instead of two.
       rsh: the `--rsh` value for a `host:dir` source (`ssh.SshConnections.rsh_for`, which
@@ -81,14 +81,14 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
         # process, and over ssh one session, instead of up to three: BENCHMARKS.md B6). New
         # event files need no --append; every file lands through --temp-dir.
         if before_write is not None:
-            before_write()
+            before_write(False)
         whole = run.start("files", ["--prune-empty-dirs"] + run.filters())
         return run.result(run.settle([whole]), restaged_phase="restage")
     if expect_growth:
         # An active source: its event files most likely grew, so the append pass runs beside
         # the listing (two walks, one round of wall time).
         if before_write is not None:
-            before_write()
+            before_write(True)
         listing = run.start("list", ["--dry-run"] + run.filters(), progress=False)
         events = run.start("events", ["--append", "--prune-empty-dirs"] +
                            run.filters(events=True))
@@ -100,7 +100,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
         (listing,) = run.settle([run.start("list", ["--dry-run"] + run.filters(),
                                            progress=False)])
         appended, first = set(), [listing]
-    append, whole, others, same_size = [], [], [], []
+    append, whole, others, same_size, grows = [], [], [], [], False
     for kind, length, _, path in listing.items:
         if kind[1:2] == "d":
             continue  # folders come with the files inside them
@@ -125,6 +125,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
             whole.append(path)  # shrank at the source, or not a file here: fetch whole
         elif staged.st_size < length:
             append.append(path)  # grew: only the new bytes move
+            grows = True
         else:
             # Same size, other mtime: --append would skip it. Reported, not fetched: a
             # corrupt record fixed in place at the source changes no size, and without this
@@ -132,7 +133,7 @@ def run_rsync(rsync_path, source, staging_dir, temp_dir, on_progress=None, cance
             same_size.append(path)
     jobs = []
     if (append or whole or others) and before_write is not None and not expect_growth:
-        before_write()
+        before_write(grows)
     # --append with an explicit list: no second walk; a file that grew again since the
     # listing is appended up to its current length (the publisher keeps whole records).
     if append:

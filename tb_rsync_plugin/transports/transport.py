@@ -15,7 +15,8 @@ def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_w
           rsh=None, expect_growth=False):
     """Bring `staging_dir` up to date with `source` (see `rsync.run_rsync`).
 
-    `before_write` is called before anything is written into staging; `rsh` is the shared
+    `before_write(grows)` is called before anything is written into staging, `grows` saying
+    whether event files staged earlier may be appended to; `rsh` is the shared
     ssh login's `--rsh` and `expect_growth` says the source changed at its last sync (rsync
     only: it then appends beside its listing).
     """
