@@ -43,7 +43,7 @@ def main(argv=None):
     common.add_report_options(parser)
     args = parser.parse_args(argv)
     objects = args.objects or (2000 if args.quick else 10000)
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or (3 if args.quick else 9)
     heads = max(objects // 10, 100)
     rclone = common.tool("rclone")
     with common.work_dir("b14") as root:
@@ -53,21 +53,21 @@ def main(argv=None):
             os.environ.update(server.env())
             os.environ.pop("AWS_CA_BUNDLE", None)
             main_rows = measure(root, server, rclone, objects, reps, ())
-            head_rows = measure(root, server, rclone, heads, min(reps, 3),
+            head_rows = measure(root, server, rclone, heads, min(reps, 5),
                                 ("--use-server-modtime=false",))
         finally:
             stop(proc)
             log.close()
-    header = ["competitor", "time", "time / not counted", "rclone CPU", "tb-rsync CPU",
+    header = ["competitor", "time (min-max)", "time / not counted", "rclone CPU", "tb-rsync CPU",
               "requests counted", "stderr rclone wrote", "lines kept"]
     body = (f"### A listing of {objects:,} objects, {reps} repetitions, medians\n\n"
             + common.table(header, main_rows)
             + f"\n\n### `--use-server-modtime=false` in rclone_flags: {heads:,} objects, "
-            f"{min(reps, 3)} repetitions, medians\n\n" + common.table(header, head_rows)
+            f"{min(reps, 5)} repetitions, medians\n\n" + common.table(header, head_rows)
             + "\n\n\"rclone CPU\" is the rclone process's user + system time, \"tb-rsync "
             "CPU\" this process's (reading stdout and stderr, parsing the listing and the "
-            "log lines). \"stderr rclone wrote\" is measured once, by running the same "
-            "command with its stderr into a file; \"lines kept\" is what tb-rsync keeps of "
+            "log lines). \"stderr rclone wrote\" is measured once more, by running the same "
+            "command alone and reading its stderr; \"lines kept\" is what tb-rsync keeps of "
             "it for an error's details (no debug line). S3 lists 1,000 keys per request. "
             "moto, a single Python process on the same 2 busy cores, answers every request.")
     common.report_section(args, "B14", "B14: counting rclone's requests (a listing of "
@@ -105,7 +105,9 @@ def measure(root, server, rclone, objects, reps, flags):
         job = last[name]
         wall = common.median([s[0] for s in samples[name]])
         stderr_bytes, stderr_lines = stderr_volume(job.args, name)
-        rows.append([name, common.fmt_s(wall), f"{wall / base:.2f}x",
+        times = [s[0] for s in samples[name]]
+        rows.append([name, f"{common.fmt_s(wall)} ({common.fmt_s(min(times))}-"
+                           f"{common.fmt_s(max(times))})", f"{wall / base:.2f}x",
                      common.fmt_s(common.median([s[1] for s in samples[name]])),
                      common.fmt_s(common.median([s[2] for s in samples[name]])),
                      "-" if job.log.requests is None else f"{job.log.requests:,}",

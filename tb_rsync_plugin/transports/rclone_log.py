@@ -34,6 +34,9 @@ _TEXT_LEVELS = {"warning": "NOTICE", "fatal": "CRITICAL", "panic": "EMERGENCY"}
 # What rclone prints at debug level before its JSON logger starts (flags and config values
 # read from the environment), whatever the date and time format.
 _PLAIN_DEBUG_RE = re.compile(r"^[\d/:. ]*DEBUG : ")
+# rclone's JSON log lines start with the level (Go sorts the keys); others are parsed.
+_DEBUG_START = '{"level":"debug",'
+_REQUEST_MSG = '"msg":"HTTP REQUEST'
 _JSON_TIME_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d:\d\d:\d\d)")
 
 
@@ -59,6 +62,11 @@ class StderrReader:
             return [line]
         if not line.startswith("{"):
             return [] if _PLAIN_DEBUG_RE.match(line) else [line]
+        if line.startswith(_DEBUG_START):
+            # Most lines at -vv; dropped unparsed (a quote inside a JSON value is escaped,
+            # so only the message itself can hold this text).
+            self.requests += _REQUEST_MSG in line
+            return []
         try:
             entry = json.loads(line)
             level, msg = entry["level"], entry["msg"]
