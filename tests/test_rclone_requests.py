@@ -13,7 +13,6 @@ from tb_rsync_plugin.config import Source
 from tb_rsync_plugin.engine import metrics as metrics_lib
 from tb_rsync_plugin.engine import service as service_lib
 from tb_rsync_plugin.engine import state as state_lib
-from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.tensorboard import reload as reload_lib
 from tb_rsync_plugin.transports import rclone_log
 from tests.events import scalar_bytes
@@ -132,8 +131,9 @@ def test_the_users_own_logging_means_unknown_never_zero(tmp_path, s3_env, monkey
     bucket = s3_env.new_bucket()
     s3_env.put(bucket, KEY, scalar_bytes(range(3), header=True))
     config_file = tmp_path / "sources.toml"
-    config_file.write_text(f'[[source]]\nname = "cloud"\nsource = "rclone:{REMOTE}:{bucket}/runs/"\n'
-                           f"rclone_flags = {json.dumps([f.format(log=log) for f in flags])}\n")
+    config_file.write_text(
+        f'[[source]]\nname = "cloud"\nsource = "rclone:{REMOTE}:{bucket}/runs/"\n'
+        f"rclone_flags = {json.dumps([f.format(log=log) for f in flags])}\n")
     service, metrics, _ = start_service(tmp_path, config_file=str(config_file))
     try:
         status = sync_once(service, "cloud")

@@ -37,6 +37,9 @@ class _SourceCounts:
     bytes_published: int = 0
     bytes_received: int = 0
     duration_sum_s: float = 0.0
+    # Cycles per bucket (not cumulative); the last one is +Inf.
+    duration_counts: list = dataclasses.field(
+        default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
     # rclone's HTTP requests: None until a cycle counted them; `requests_unknown` once a
     # cycle could not (the user's rclone flags set its logging): then never shown.
     api_requests: Optional[int] = None
@@ -47,9 +50,6 @@ class _SourceCounts:
             self.requests_unknown = True
         else:
             self.api_requests = (self.api_requests or 0) + requests
-    # Cycles per bucket (not cumulative); the last one is +Inf.
-    duration_counts: list = dataclasses.field(
-        default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
 
 
 class SyncMetrics:
