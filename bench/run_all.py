@@ -23,6 +23,7 @@ import b5_staging_overhead  # noqa: E402
 import b6_fleet  # noqa: E402
 import b7_idle_cost  # noqa: E402
 import b8_rclone  # noqa: E402
+import b14_rclone_requests  # noqa: E402
 import b10_probes_idle  # noqa: E402
 import b11_thousand_sources  # noqa: E402
 import b13_probe_walk  # noqa: E402
@@ -56,6 +57,7 @@ def main():
         (b1_publish_cost, ["--ssh"] if args.ssh else []), (b2_time_to_visible, []),
         (b2_browser, []),
         (b3_scale, []), (b4_status_latency, []), (b5_staging_overhead, []), (b8_rclone, []),
+        (b14_rclone_requests, []),
         (b12_compress, [])]
     plan += [(module, quick if args.quick else full) for module, full, quick in FLEET]
     started = time.monotonic()

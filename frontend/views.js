@@ -659,7 +659,26 @@ function nextCell(s, nowS) {
   } else {
     next.append(el('span', {cls: 'muted', text: 'on request'}));
   }
+  const requests = requestsLine(s.api_requests);
+  if (requests) next.append(requests);
   return next;
+}
+
+/**
+ * An rclone source's cost: its HTTP requests in the last hour (sources[].api_requests,
+ * docs/API.md); null for other sources, which have no such figure.
+ */
+export function requestsLine(r) {
+  if (!r || typeof r !== 'object') return null;
+  const known = isNum(r.last_hour);
+  const syncs = isNum(r.syncs) ? plural(r.syncs, 'sync') : 'the syncs';
+  const title = known ?
+    `HTTP requests rclone made to the storage for the ${syncs} that ended in the last ` +
+      'hour (a rolling hour, to the minute), failed syncs included.' :
+    'Not counted: this source\'s rclone_flags (or RCLONE_* variables) set rclone\'s ' +
+      'logging (-q, --log-level, --log-file, --syslog, --dump), which tb-rsync leaves alone.';
+  return el('div', {cls: 'small muted rs-sub', attrs: {'data-role': 'api-requests', title},
+    text: known ? `${r.last_hour.toLocaleString('en-US')} requests/h` : 'requests/h: unknown'});
 }
 
 function actionCell(s, ui) {
@@ -686,7 +705,7 @@ export const SOURCE_CELLS = Object.freeze([
   {name: 'result', key: (s) => JSON.stringify([s.state === 'error', s.last_result ?? null,
     s.last_change ?? null, s.last_ok_unix_s]), build: (s, nowS) => lastResultCell(s, nowS)},
   {name: 'next', key: (s) => JSON.stringify([s.interval_s, s.next_sync_unix_s, !!s.retrying,
-    s.idle_factor ?? 1, s.probe_mode ?? null, s.probe_detail ?? null]),
+    s.idle_factor ?? 1, s.probe_mode ?? null, s.probe_detail ?? null, s.api_requests ?? null]),
     build: (s, nowS) => nextCell(s, nowS)},
   {name: 'error', key: (s) => JSON.stringify([s.name, s.error ?? null, s.warnings ?? []]),
     build: (s, nowS) => errorCell(s, nowS)},

@@ -121,7 +121,7 @@ def format_status(snapshot, now, rewrites=()):
             (f", retrying in {retry - now:.0f} s" if retry > now else ", retrying now")
         found_by = f", found by {s['found_by']}" if s.get("found_by") else ""
         lines.append(f"source {s['name']} ({s['source']}): {s['state']}{retrying}, last sync "
-                     f"{_age(s['last_end_unix_s'], now)}{found_by}")
+                     f"{_age(s['last_end_unix_s'], now)}{found_by}{_requests(s, now)}")
         if s.get("error"):
             lines.append(f"  error: {s['error']['message']}")
     for rule in snapshot.get("discover", ()):
@@ -161,6 +161,20 @@ def _age(unix_s, now):
         if seconds >= size:
             return f"{seconds / size:.0f} {unit} ago"
     return f"{seconds:.0f} s ago"
+
+
+def _requests(source, now):
+    """", 42 rclone requests in the last hour (12 syncs)" for an rclone source (its
+    journalled minutes), "" for others."""
+    from tb_rsync_plugin.engine.source_status import requests_last_hour
+    counted = requests_last_hour(source["source"], source.get("api_request_minutes"), now)
+    if counted is None:
+        return ""
+    if counted["last_hour"] is None:
+        return (", rclone requests in the last hour unknown (rclone_flags or RCLONE_* "
+                "variables set rclone's logging)")
+    return (f", {counted['last_hour']} rclone request(s) in the last hour "
+            f"({counted['syncs']} sync(s))")
 
 
 def _bytes(n):

@@ -21,6 +21,10 @@ class ConfigError(SyncError):
 class TransferError(SyncError):
     """rsync or ssh failed; the logdir is untouched and the next sync retries."""
 
+    # HTTP requests made before it failed (rclone; None: not counted), like
+    # `TransferResult.api_requests`.
+    api_requests = 0
+
 
 class PublishError(SyncError):
     """Files could not be published into the logdir (permissions, disk full, ...)."""

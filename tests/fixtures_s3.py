@@ -8,9 +8,12 @@ whole, since objects cannot be appended to.
 
 import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -58,12 +61,40 @@ class S3Server:
         """Upload `data` whole (a re-upload replaces the object, as cloud writers do)."""
         self.client().put_object(Bucket=bucket, Key=key, Body=bytes(data))
 
+    def start_recording(self):
+        """Have moto record every request it serves from now on (its own request recorder,
+        `/moto-api/recorder/`), forgetting earlier ones."""
+        self._recorder("reset-recording", "POST")
+        self._recorder("start-recording", "POST")
+
+    def recorded(self, bucket, user_agent="rclone/"):
+        """Stop recording; [(method, path)] of the recorded requests to `bucket` whose
+        User-Agent starts with `user_agent` (rclone's, not the test's own boto3 uploads)."""
+        self._recorder("stop-recording", "POST")
+        requests = [json.loads(line) for line in
+                    self._recorder("download-recording", "GET").splitlines() if line]
+        out = []
+        for request in requests:
+            url = urllib.parse.urlsplit(request["url"])
+            agent = {k.lower(): v for k, v in request["headers"].items()}.get("user-agent", "")
+            if url.path.split("/")[1:2] == [bucket] and agent.startswith(user_agent):
+                out.append((request["method"], url.path))
+        return out
+
+    def _recorder(self, action, method):
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}",
+                                         method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read().decode("utf-8")
+
 
 def start_moto(tmp_dir, extra_env=None):
     port = free_port()
     log = open(os.path.join(tmp_dir, f"moto-{port}.log"), "wb")
     env = dict(os.environ, **(extra_env or {}))
     env.pop("AWS_CA_BUNDLE", None)
+    # What its request recorder writes (else a file in the current folder).
+    env["MOTO_RECORDER_FILEPATH"] = os.path.join(tmp_dir, f"moto-{port}-recording.jsonl")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env)

@@ -414,6 +414,31 @@ def test_sources_table_words_failures_and_timer_syncs(page):
     assert got["fallbackWhy"] == "The probe session stopped."
 
 
+def test_rclone_sources_show_their_requests_per_hour_and_others_none(page):
+    """An rclone source's API calls (sources[].api_requests): a count with what it covers
+    on hover, "unknown" (never 0) when not counted; other sources show no such line."""
+    sources = [
+        source_fixture("cloud", source="rclone:s3:bucket/runs/",
+                       api_requests={"last_hour": 1234, "syncs": 120}),
+        source_fixture("quiet", source="rclone:s3:bucket/other/",
+                       api_requests={"last_hour": None, "syncs": 3}, interval_s=0.0),
+        source_fixture("node", api_requests=None),
+    ]
+    got = page.evaluate("""(sources) => {
+      const table = window.views.buildSourcesTable(sources, %r);
+      const line = (n) => table.querySelector(`tr[data-source="${n}"] [data-role=api-requests]`);
+      const seen = (n) => line(n) && {text: line(n).textContent, title: line(n).title};
+      return {cloud: seen('cloud'), quiet: seen('quiet'), node: seen('node')};
+    }""" % NOW, sources)
+    assert got["cloud"]["text"] == "1,234 requests/h"
+    assert got["cloud"]["title"].startswith("HTTP requests rclone made to the storage for "
+                                            "the 120 syncs that ended in the last hour "
+                                            "(a rolling hour")
+    assert got["quiet"]["text"] == "requests/h: unknown"
+    assert "rclone_flags" in got["quiet"]["title"]
+    assert got["node"] is None
+
+
 def test_error_details_show_what_went_wrong_first(page, tmp_path):
     """The details of a real failed rsync: its stderr first, then the exit code, then the
     long command (it used to come first and push the stderr below the fold)."""

@@ -1,5 +1,6 @@
 """The state journals are shared by every process syncing into one staging root."""
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,61 @@ def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
     assert reader.source("n")["last_end_unix_s"] == now[0]
     reader.restore(folder)  # everything again: nothing older wins
     assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}
+
+
+def test_rclone_requests_of_the_last_hour_survive_a_restart_and_old_journals_load(tmp_path):
+    """An rclone source's requests are summed over the syncs that ended in the last hour
+    (per minute; failed ones included; unknown once one was not counted); the journal
+    keeps them for `tb-rsync status` and the next start. A journal line of an older
+    tb-rsync (without them) loads; a damaged one is skipped."""
+    from tb_rsync_plugin import config
+    from tb_rsync_plugin.cli_output import format_status
+    from tb_rsync_plugin.transports import transfer
+    now = [1000.0]
+    sources = [config.Source("c", "rclone:s3:bucket/"), config.Source("n", "/src/")]
+    state = state_lib.SyncState(sources, lambda source: 5.0, clock=lambda: now[0])
+    folder = str(tmp_path / "state")
+
+    def shown(s=state):
+        return {src["name"]: src["api_requests"] for src in s.snapshot()["sources"]}
+
+    assert shown() == {"c": {"last_hour": 0, "syncs": 0}, "n": None}
+    state.finish("c", transfer.TransferResult(api_requests=3), report_for([]), {})
+    now[0] = 1030.0
+    state.finish("c", transfer.TransferResult(api_requests=2), report_for([]), {})
+    now[0] = 1100.0
+    state.fail("c", "Sync of 'c' failed: there is no such bucket.", "", api_requests=4)
+    state.finish("n", transfer.TransferResult(), report_for([]), {})
+    state.fail("n", "Sync of 'n' failed.", "")
+    assert shown() == {"c": {"last_hour": 9, "syncs": 3}, "n": None}
+    state.save(folder)
+
+    again = state_lib.SyncState(sources, lambda source: 5.0, clock=lambda: now[0])
+    again.restore(folder)
+    assert shown(again)["c"] == {"last_hour": 9, "syncs": 3}
+    table = format_status(state_journal.load_snapshot(folder), now[0])
+    assert "source c (rclone:s3:bucket/): error, last sync 0 s ago, 9 rclone request(s) in " \
+        "the last hour (3 sync(s))" in table
+    assert "source n (/src/): error, last sync 0 s ago\n" in table
+    # An hour after the first minute, its syncs leave the sum.
+    now[0] = 960 + source_status.REQUESTS_WINDOW_S + 1
+    assert shown(again)["c"] == {"last_hour": 6, "syncs": 2}
+    assert "6 rclone request(s) in the last hour (2 sync(s))" in \
+        format_status(state_journal.load_snapshot(folder), now[0])
+    again.finish("c", transfer.TransferResult(api_requests=None), report_for([]), {})
+    assert shown(again)["c"] == {"last_hour": None, "syncs": 3}
+    again.save(folder)
+    assert "rclone requests in the last hour unknown (rclone_flags or RCLONE_* variables " \
+        "set rclone's logging)" in format_status(state_journal.load_snapshot(folder), now[0])
+
+    # An older tb-rsync's line (no such field), then a damaged one: the former is used.
+    path = state_journal.journal_path(folder, "c")
+    old = dict(state_journal.load_snapshot(folder)["sources"][0], last_end_unix_s=now[0] + 1)
+    del old["api_request_minutes"]
+    damaged = dict(old, last_end_unix_s=now[0] + 2, api_request_minutes=[[960, 1, -3, 0]])
+    with open(path, "a") as f:
+        f.write(json.dumps({"source": old}) + "\n" + json.dumps({"source": damaged}) + "\n")
+    restarted = state_lib.SyncState(sources, lambda source: 5.0, clock=lambda: now[0])
+    restarted.restore(folder)
+    assert restarted.snapshot()["sources"][0]["last_end_unix_s"] == now[0] + 1
+    assert shown(restarted)["c"] == {"last_hour": 0, "syncs": 0}

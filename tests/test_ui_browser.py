@@ -17,6 +17,7 @@ import pytest
 from playwright import sync_api as playwright_sync
 
 from tests.events import append_scalars, event_file_name
+from tests.fixtures_s3 import REMOTE
 from tests.fixtures_tensorboard import wait_until
 
 pytestmark = pytest.mark.slow
@@ -123,19 +124,22 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
+def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page, s3_server):
     tmp_path = short_tmp
     now = time.time()
     remote = tmp_path / "remote"
     make_remote(remote, now)
+    bucket = s3_server.new_bucket()  # an rclone source, for its requests per hour
+    s3_server.put(bucket, "notes.txt", b"lr=0.1")
     logdir = tmp_path / "logs"
     # A run TensorBoard already has, so it opens on its own dashboards, not on Sync.
     (logdir / "local").mkdir(parents=True)
     append_scalars(str(logdir / "local" / EVENTS), range(3), wall_time0=now - 100)
     tb = tensorboard_server(logdir, "--rsync_source", f"demo={remote}/",
                             "--rsync_source", "bad=/nonexistent/dir/",
+                            "--rsync_source", f"cloud=rclone:{REMOTE}:{bucket}/",
                             "--rsync_interval", "0", "--rsync_staging", tmp_path / "staging",
-                            "--load_fast=false")
+                            "--load_fast=false", env=s3_server.env())
 
     frame, how = open_sync_tab(page, tb)
     print(f"reached the Sync tab by: {how}")
@@ -196,6 +200,21 @@ def test_sync_tab_in_real_tensorboard(short_tmp, tensorboard_server, page):
     page.wait_for_timeout(1500)
     assert details.evaluate("d => d.open && d === window.__details") is True
     assert "1 file" in frame.locator("tr[data-source='demo'] .col-result").text_content()
+
+    # The rclone source: the HTTP requests of its syncs in the last hour, as the storage
+    # counted them; the others have no such figure.
+    requests = frame.locator("tr[data-source='cloud'] [data-role=api-requests]")
+    assert requests.text_content() == "0 requests/h"  # not synced yet
+    s3_server.start_recording()
+    cloud_button = frame.locator("button[data-source='cloud']")
+    cloud_button.click()
+    wait_until(lambda: cloud_button.get_attribute("aria-disabled") != "true", 30,
+               message="the cloud sync to finish")
+    served = s3_server.recorded(bucket)
+    wait_until(lambda: requests.text_content() == f"{len(served)} requests/h", 10,
+               message=f"the tab to show the {len(served)} requests moto served")
+    assert "ended in the last hour" in requests.get_attribute("title")
+    assert frame.locator("tr[data-source='demo'] [data-role=api-requests]").count() == 0
 
     # Filter and sort by age, by keyboard.
     frame.locator("input[data-role=filter]").fill("RESNET")

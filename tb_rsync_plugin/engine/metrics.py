@@ -7,13 +7,11 @@ restart. Each service has its own registry; nothing goes into prometheus_client'
 one (a process may hold several services, and the library's own process metrics are not
 ours to add). Label values are source and run names only, escaped by the library: no
 source addresses, hosts or error messages, so the page can be served without a login.
-
-rclone's API calls are not counted: rclone's one-line stats do not report them, and
-counting them would take its HTTP dump, which costs more than the sync.
 """
 
 import dataclasses
 import threading
+from typing import Optional
 
 from prometheus_client import exposition, registry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, \
@@ -42,6 +40,16 @@ class _SourceCounts:
     # Cycles per bucket (not cumulative); the last one is +Inf.
     duration_counts: list = dataclasses.field(
         default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
+    # rclone's HTTP requests: None until a cycle counted them; `requests_unknown` once a
+    # cycle could not (the user's rclone flags set its logging): then never shown.
+    api_requests: Optional[int] = None
+    requests_unknown: bool = False
+
+    def add_requests(self, requests):
+        if requests is None:
+            self.requests_unknown = True
+        else:
+            self.api_requests = (self.api_requests or 0) + requests
 
 
 class SyncMetrics:
@@ -73,8 +81,10 @@ class SyncMetrics:
                     counts.files_published += result.report.files_published
                     counts.bytes_published += result.report.bytes_published
                     counts.bytes_received += result.transfer.bytes_received
+                    counts.add_requests(result.transfer.api_requests)
             else:
                 counts.syncs_failed += 1
+                counts.add_requests(getattr(end.error, "api_requests", 0))
             counts.duration_sum_s += end.duration_s
             bucket = next((i for i, bound in enumerate(DURATION_BUCKETS_S)
                            if end.duration_s <= bound), len(DURATION_BUCKETS_S))
@@ -188,6 +198,10 @@ def _per_source(sources, runs, counts, now):
                                     "Bytes published into the logdir.", labels=["source"])
     received = CounterMetricFamily("tb_rsync_source_received_bytes",
                                    "Bytes rsync or rclone received.", labels=["source"])
+    requests = CounterMetricFamily(
+        "tb_rsync_source_api_requests", "HTTP requests rclone made to the storage (rclone "
+        "sources whose requests are counted: not when rclone_flags set rclone's logging).",
+        labels=["source"])
     duration = HistogramMetricFamily("tb_rsync_source_sync_duration_seconds",
                                      "How long sync cycles took.", labels=["source"])
     newest = {}
@@ -215,10 +229,13 @@ def _per_source(sources, runs, counts, now):
         files.add_metric([name], c.files_published)
         published.add_metric([name], c.bytes_published)
         received.add_metric([name], c.bytes_received)
+        if s["api_requests"] is not None and c.api_requests is not None and \
+                not c.requests_unknown:
+            requests.add_metric([name], c.api_requests)
         cumulative, buckets = 0, []
         for bound, n in zip((*map(floatToGoString, DURATION_BUCKETS_S), "+Inf"), c.duration_counts):
             cumulative += n
             buckets.append((bound, cumulative))
         duration.add_metric([name], buckets, c.duration_sum_s)
     yield from (state, probe, failures, last_ok, last_end, newest_age, syncs, files,
-                published, received, duration)
+                published, received, requests, duration)

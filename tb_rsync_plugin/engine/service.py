@@ -30,7 +30,7 @@ from tb_rsync_plugin.engine import locks as locks_lib
 from tb_rsync_plugin.engine import scheduler as scheduler_lib
 from tb_rsync_plugin.transports import ssh as ssh_lib
 from tb_rsync_plugin.transports import transport
-from tb_rsync_plugin.errors import SyncError
+from tb_rsync_plugin.errors import SyncError, TransferError
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class SyncService:
             raise SyncError(f"Source '{name}' is no longer configured.") from None
         self.state.begin(name)
         listeners = [f for f in (on_progress, self._on_progress) if f is not None]
+        transfer = None
 
         def progress(p):
             self.state.progress(name, p)
@@ -180,10 +181,14 @@ class SyncService:
                 self._refresh_loaded(list(report.runs))
             return outcome
         except SyncError as e:
+            # A failed transfer counted its requests, the cycle's earlier ones included;
+            # a later failure (publishing) made none beyond the transfer's.
+            if not isinstance(e, TransferError):
+                e.api_requests = 0 if transfer is None else transfer.api_requests
             if self._stop.is_set():
                 self.state.abandon(name)  # cancelled by stop(): not the source's failure
             else:
-                self.state.fail(name, str(e), getattr(e, "details", ""))
+                self.state.fail(name, str(e), getattr(e, "details", ""), e.api_requests)
             raise
         except Exception as e:
             self.state.fail(name, f"Internal error in tb-rsync ({type(e).__name__}: {e}); "
@@ -261,11 +266,20 @@ class SyncService:
         whole = sorted(set(transfer.same_size) | set(restarted))
         if whole:
             mark_unpublished()
-            again = self._ssh.run(source, lambda rsh: transport.refetch(
-                source, staging_dir, cfg.temp_dir, whole, on_progress=progress,
-                cancel=self._stop, rsh=rsh), cancel=self._stop)
-            transfer = _merge_transfers(transfer, again)
+            transfer = self._refetch(source, whole, progress, transfer)
         return transfer, retry
+
+    def _refetch(self, source, paths, progress, transfer):
+        """Fetch `paths` whole; returns `transfer` merged with that fetch. A failure carries
+        the requests of both (`TransferError.api_requests`)."""
+        try:
+            again = self._ssh.run(source, lambda rsh: transport.refetch(
+                source, self.config.staging_dir(source.name), self.config.temp_dir, paths,
+                on_progress=progress, cancel=self._stop, rsh=rsh), cancel=self._stop)
+        except TransferError as e:
+            e.api_requests = transfer_lib.add_requests(transfer.api_requests, e.api_requests)
+            raise
+        return _merge_transfers(transfer, again)
 
     def _restarted(self, source, transfer, query):
         """Grown event files whose first record (the writer's start) differs at the source.
@@ -298,13 +312,10 @@ class SyncService:
             # New bytes that do not continue the published records: the source rewrote the
             # file. Fetch those files whole and publish again; the publisher then decides
             # between "rewritten" (quarantine + republish) and "corrupt at the source".
-            again = self._ssh.run(source, lambda rsh: transport.refetch(
-                source, staging_dir, cfg.temp_dir, report.needs_restage, on_progress=progress,
-                cancel=self._stop, rsh=rsh), cancel=self._stop)
+            transfer = self._refetch(source, report.needs_restage, progress, transfer)
             second = publish_lib.publish(*publish_args, changed=list(report.needs_restage),
                                          restaged=tuple(report.needs_restage))
             report = _merge_reports(report, second)
-            transfer = _merge_transfers(transfer, again)
         # Files that failed to publish (a write error part-way, e.g. EFBIG) are staged
         # already, so rsync will not report them again: they are kept in the marker and
         # retried by the next cycle. Without this a half-appended record waited for the
@@ -482,4 +493,5 @@ def _merge_transfers(first, second):
         bytes_received=first.bytes_received + second.bytes_received,
         files_transferred=first.files_transferred + second.files_transferred,
         warnings=first.warnings + second.warnings,
-        duration_s=first.duration_s + second.duration_s)
+        duration_s=first.duration_s + second.duration_s,
+        api_requests=transfer_lib.add_requests(first.api_requests, second.api_requests))

@@ -15,9 +15,13 @@ _SCHEDULE_KEYS = ("next_sync_unix_s", "retrying", "failures", "found_by")
 # Source fields kept across restarts (the rest describe this process's schedule).
 _SAVED_SOURCE_KEYS = ("last_start_unix_s", "last_end_unix_s", "last_ok_unix_s",
                       "last_result", "error", "warnings", "next_sync_unix_s", "retrying",
-                      "failures", "appending", "last_change", "found_by")
+                      "failures", "appending", "last_change", "found_by",
+                      "api_request_minutes")
 # Run names kept in a source's `last_change` (the status is polled; a fleet has many).
 LAST_CHANGE_RUNS = 5
+# rclone's requests are shown for the syncs that ended in the last hour, kept per minute.
+REQUESTS_WINDOW_S = 3600
+_MINUTE_S = 60
 
 
 @dataclasses.dataclass
@@ -48,17 +52,24 @@ class SourceStatus:
     # rule's answer (its last sync is pending).
     found_by: Optional[str] = None
     leaving: bool = False
+    # rclone sources: [minute (Unix s), syncs, requests, syncs not counted] for the syncs
+    # that ended in the last hour (`api_requests` in the status sums them). Journalled,
+    # so another process (`tb-rsync status`) and the next start see them.
+    api_request_minutes: Optional[list] = None
 
-    def to_json(self):
-        """The status as JSON-ready values: what `dataclasses.asdict` gives, without its deep
-        copy (the status of a fleet is rebuilt every second or so; asdict took 22 ms for
-        1,000 sources, docs/BENCHMARKS.md B11). Its dicts are only ever replaced, never
-        changed in place, so one level of copying keeps a snapshot from changing."""
+    def to_json(self, now):
+        """The status at `now` as JSON-ready values: what `dataclasses.asdict` gives, without
+        its deep copy (the status of a fleet is rebuilt every second or so; asdict took 22 ms
+        for 1,000 sources, docs/BENCHMARKS.md B11). Its dicts are only ever replaced, never
+        changed in place, so one level of copying keeps a snapshot from changing. The
+        per-minute requests are summed into `api_requests`."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}
         out["warnings"] = list(self.warnings)
         for key in ("progress", "last_result", "last_change", "error"):
             if out[key] is not None:
                 out[key] = dict(out[key])
+        del out["api_request_minutes"]
+        out["api_requests"] = requests_last_hour(self.source, self.api_request_minutes, now)
         return out
 
     def succeeded(self, transfer, report, now):
@@ -66,6 +77,7 @@ class SourceStatus:
 
         Returns True if its journal line is due (see `meaningful`)."""
         before = self.saved_fields()
+        self._count_requests(transfer.api_requests, now)
         self.progress = None
         self.error = None
         self.failures = 0
@@ -92,12 +104,30 @@ class SourceStatus:
         return bool(report.runs or report.actions) or \
             _meaningful(before) != _meaningful(self.saved_fields())
 
-    def failed(self, message, details, now):
-        """A cycle failed at `now`."""
+    def failed(self, message, details, now, api_requests=0):
+        """A cycle failed at `now`, after `api_requests` (None: not counted)."""
+        self._count_requests(api_requests, now)
         self.progress = None
         self.failures += 1
         self.last_end_unix_s = now
         self.error = {"message": message, "details": details, "unix_s": now}
+
+    def _count_requests(self, requests, now):
+        """Add a sync's requests (None: not counted) to its minute; older minutes go."""
+        if not self.source.startswith(config.RCLONE_PREFIX):
+            return
+        minute = int(now // _MINUTE_S * _MINUTE_S)
+        kept = [m for m in self.api_request_minutes or () if m[0] > now - REQUESTS_WINDOW_S]
+        if not kept or kept[-1][0] != minute:
+            kept.append([minute, 0, 0, 0])
+        # A new list: a snapshot or a journal line may hold the old one.
+        last = kept[-1] = list(kept[-1])
+        last[1] += 1
+        if requests is None:
+            last[3] += 1
+        else:
+            last[2] += requests
+        self.api_request_minutes = kept
 
     def saved_fields(self):
         """What the journal keeps of this source (a `{"source": ...}` line)."""
@@ -123,6 +153,17 @@ class SourceStatus:
         if self.state not in ("queued", "syncing"):
             self.state = "error" if self.error else "idle"
         return True
+
+
+def requests_last_hour(source, minutes, now):
+    """The status's `api_requests` of an rclone source: {"last_hour": the requests of the
+    syncs that ended in the last hour (to the minute), None when some were not counted,
+    "syncs": how many syncs}; None for other sources (`minutes` as journalled)."""
+    if not source.startswith(config.RCLONE_PREFIX):
+        return None
+    recent = [m for m in minutes or () if m[0] > now - REQUESTS_WINDOW_S]
+    return {"last_hour": None if any(m[3] for m in recent) else sum(m[2] for m in recent),
+            "syncs": sum(m[1] for m in recent)}
 
 
 def _meaningful(fields):

@@ -299,13 +299,14 @@ class SyncState:
             self._runs.setdefault(run, RunFreshness(run, name)).file_errors[rel] = message
             self._unsaved_runs.add(run)
 
-    def fail(self, name, message, details=""):
+    def fail(self, name, message, details="", api_requests=0):
+        """Record a failed cycle (`api_requests`: what it asked of an rclone remote)."""
         with self._changing():
             status = self._status(name)
             if status is None:
                 return
             status.state = self._end_state(name, "error")
-            status.failed(message, details, self._clock())
+            status.failed(message, details, self._clock(), api_requests)
             # Journalled each time (with its retry time): failures back off, so this is rare.
             self._unsaved_sources.add(name)
 
@@ -315,7 +316,7 @@ class SyncState:
             status = self._status(name)
             if status is None:
                 raise KeyError(name)
-            return status.to_json()
+            return status.to_json(self._clock())
 
     # --- runs --------------------------------------------------------------------------
     def runs(self):
@@ -359,8 +360,9 @@ class SyncState:
 
     def _snapshot(self):
         runs = [self._run_json(r) for r in sorted(self._shown_runs(), key=lambda r: r.run)]
+        now = self._clock()
         return {
-            "server_unix_s": self._clock(),
+            "server_unix_s": now,
             "version": __version__,
             "logdir": self.logdir,
             "loader": self.loader,
@@ -370,7 +372,7 @@ class SyncState:
             "config_error": self.config_error,
             "discover": self.discover,
             "interval_s": max([s.interval_s for s in self._sources.values()] or [0.0]),
-            "sources": [s.to_json() for s in self._sources.values()],
+            "sources": [s.to_json(now) for s in self._sources.values()],
             "runs": runs,
         }
 

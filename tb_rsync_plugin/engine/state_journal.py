@@ -80,6 +80,15 @@ def _journal_bytes(source, runs):
 
 
 _OPTIONAL_TIME = disk_lines.optional(disk_lines.number)
+
+
+def _request_minute(value):
+    """One of a source's `api_request_minutes` (source_status.py): [minute, syncs,
+    requests, syncs not counted], whole numbers >= 0. Absent in older journals."""
+    return isinstance(value, list) and len(value) == 4 and \
+        all(disk_lines.integer(v) and v >= 0 for v in value)
+
+
 _SOURCE_LINE = {
     "name": disk_lines.text, "source": disk_lines.text, "interval_s": disk_lines.number,
     "state": disk_lines.text, "last_start_unix_s": _OPTIONAL_TIME,
@@ -97,6 +106,7 @@ _SOURCE_LINE = {
          "bytes_published": disk_lines.number, "runs_updated": disk_lines.number,
          "runs": disk_lines.list_of(disk_lines.text)})),
     "found_by": disk_lines.optional(disk_lines.text),
+    "api_request_minutes": disk_lines.optional(disk_lines.list_of(_request_minute)),
 }
 _RUN_LINE = {
     "run": disk_lines.text, "source": disk_lines.text, "source_wall_time": _OPTIONAL_TIME,

@@ -34,6 +34,7 @@ is written ``folder/**``.
 """
 
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -47,6 +48,7 @@ import time
 
 from tb_rsync_plugin.transports import process as process_lib
 from tb_rsync_plugin.transports import rclone_listing as listing
+from tb_rsync_plugin.transports import rclone_log
 from tb_rsync_plugin.config import FOREIGN_TEMP_PATTERNS, STAGING_FLAGS, is_event_file
 from tb_rsync_plugin.errors import TransferError
 from tb_rsync_plugin.transports.transfer import (VANISHED_TAIL, Progress, TransferResult,
@@ -68,32 +70,33 @@ def run_rclone(rclone_path, source, staging_dir, temp_dir, on_progress=None, can
     Args and errors as `rsync.run_rsync`; `rclone_path` is the local rclone binary.
     """
     run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
-    tails, whole, restaged = [], [], set()
-    for obj in run.list():
-        path = os.path.join(staging_dir, obj.rel)
-        try:
-            staged = os.lstat(path)
-        except FileNotFoundError:
-            whole.append(obj)
-            continue
-        if not stat.S_ISREG(staged.st_mode):
-            whole.append(obj)
-            restaged.add(obj.rel)
-        elif not is_event_file(obj.rel):
-            if (staged.st_size, staged.st_mtime_ns) != (obj.size, obj.mtime_ns) or \
-                    listing.replaced(path, obj):
+    with run.counted():
+        tails, whole, restaged = [], [], set()
+        for obj in run.list():
+            path = os.path.join(staging_dir, obj.rel)
+            try:
+                staged = os.lstat(path)
+            except FileNotFoundError:
                 whole.append(obj)
-        elif staged.st_size < obj.size:
-            tails.append((obj, staged.st_size))
-        elif staged.st_size > obj.size or staged.st_mtime_ns != obj.mtime_ns or \
-                listing.replaced(path, obj):
-            # Shrunk, or rewritten at the same size: no prefix of it can be trusted.
-            whole.append(obj)
-            restaged.add(obj.rel)
-    if (tails or whole) and before_write is not None:
-        before_write(bool(tails))
-    run.read_tails(tails)
-    run.fetch_whole(whole, restaged)
+                continue
+            if not stat.S_ISREG(staged.st_mode):
+                whole.append(obj)
+                restaged.add(obj.rel)
+            elif not is_event_file(obj.rel):
+                if (staged.st_size, staged.st_mtime_ns) != (obj.size, obj.mtime_ns) or \
+                        listing.replaced(path, obj):
+                    whole.append(obj)
+            elif staged.st_size < obj.size:
+                tails.append((obj, staged.st_size))
+            elif staged.st_size > obj.size or staged.st_mtime_ns != obj.mtime_ns or \
+                    listing.replaced(path, obj):
+                # Shrunk, or rewritten at the same size: no prefix of it can be trusted.
+                whole.append(obj)
+                restaged.add(obj.rel)
+        if (tails or whole) and before_write is not None:
+            before_write(bool(tails))
+        run.read_tails(tails)
+        run.fetch_whole(whole, restaged)
     return run.result()
 
 
@@ -105,8 +108,9 @@ def restage_files(rclone_path, source, staging_dir, temp_dir, paths, on_progress
     if not paths:
         return TransferResult()
     run = _Run(rclone_path, source, staging_dir, temp_dir, on_progress, cancel)
-    listed = [obj for obj in run.list() if obj.rel in paths]
-    run.fetch_whole(listed, paths, missing=len(paths) - len(listed))
+    with run.counted():
+        listed = [obj for obj in run.list() if obj.rel in paths]
+        run.fetch_whole(listed, paths, missing=len(paths) - len(listed))
     return run.result()
 
 
@@ -139,7 +143,8 @@ def _rclone_pattern(pattern):
 
 
 class _Job:
-    """One rclone process: stdout handed to `sink` in chunks, stderr kept for the details."""
+    """One rclone process: stdout handed to `sink` in chunks, stderr kept for the details
+    (without debug messages) and its HTTP requests counted (rclone_log.py)."""
 
     def __init__(self, run, args, sink, phase, expected_bytes=0):
         """`expected_bytes`: for a ranged read, its length; its stdout is then the progress
@@ -148,6 +153,7 @@ class _Job:
         self.expected_bytes = expected_bytes
         self.started = time.monotonic()
         self.stderr = collections.deque(maxlen=2000)
+        self.log = rclone_log.StderrReader(run.counting)
         self.bytes_done = 0
         self.write_error = None
         self.done = threading.Event()
@@ -155,13 +161,13 @@ class _Job:
 
     def _read_stderr(self):
         for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            self.stderr.append(line)
-            match = _STATS_RE.search(line) if self.phase != "list" else None
-            if match:
-                self.bytes_done = int(float(match.group(1)) * _UNITS[match.group(2)])
-                self.run.report(self, int(match.group(3)),
-                                float(match.group(4)) * _UNITS[match.group(5)])
+            for line in self.log.lines(raw.decode("utf-8", "replace").rstrip("\r\n")):
+                self.stderr.append(line)
+                match = _STATS_RE.search(line) if self.phase != "list" else None
+                if match:
+                    self.bytes_done = int(float(match.group(1)) * _UNITS[match.group(2)])
+                    self.run.report(self, int(match.group(3)),
+                                    float(match.group(4)) * _UNITS[match.group(5)])
 
     def _read_stdout(self):
         try:
@@ -236,6 +242,7 @@ class _Run:
         self.jobs = []
         self.changed, self.restaged, self.warnings = set(), set(), []
         self.bytes_received = 0
+        self.counting = rclone_log.can_count(source.rclone_flags)
         self._lock = threading.Lock()
         make_folders(source, staging_dir, temp_dir)
 
@@ -248,6 +255,8 @@ class _Run:
                  f"--timeout={int(min(max(source.timeout_s / 4, 10), 120))}s"]
         if source.bwlimit_kib:
             args.append(f"--bwlimit={source.bwlimit_kib}K")
+        if self.counting:
+            args += rclone_log.COUNTING_FLAGS
         # The user's flags last: rclone keeps the last value of a flag given twice.
         return args + list(options) + list(source.rclone_flags)
 
@@ -406,6 +415,20 @@ class _Run:
                 job.done.wait(5)
             raise
 
+    def requests(self):
+        """The HTTP requests of every rclone command of this sync so far (None: not counted);
+        a killed command's, up to where it was killed."""
+        return sum(job.log.requests for job in self.jobs) if self.counting else None
+
+    @contextlib.contextmanager
+    def counted(self):
+        """A `TransferError` raised inside carries the requests made up to then."""
+        try:
+            yield
+        except TransferError as e:
+            e.api_requests = self.requests()
+            raise
+
     def report(self, job, percent, rate):
         if self.on_progress is None:
             return
@@ -417,7 +440,8 @@ class _Run:
         return TransferResult(
             changed=tuple(sorted(self.changed)), restaged=tuple(sorted(self.restaged)),
             bytes_received=self.bytes_received, files_transferred=len(self.changed),
-            warnings=tuple(self.warnings), duration_s=time.monotonic() - self.started)
+            warnings=tuple(self.warnings), duration_s=time.monotonic() - self.started,
+            api_requests=self.requests())
 
     def _write_error(self, where, error):
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -432,48 +456,12 @@ class _Run:
             return TransferError(self._write_error(self.staging_dir, job.write_error),
                                  process_lib.details(job.args, job.proc.returncode,
                                                      job.stderr))
-        text, code = "\n".join(job.stderr), job.proc.returncode
-        remote = self.source.rclone_remote.partition(":")[0]
-        what = next((fix.format(remote=remote) for pattern, fix in _DIAGNOSES
-                     if re.search(pattern, text)), None)
-        if what is None:
-            what = f"rclone was killed by signal {-code}" if code < 0 else \
-                f"rclone failed with exit code {code}"
+        code = job.proc.returncode
+        what = rclone_log.explain("\n".join(job.stderr), code,
+                                  self.source.rclone_remote.partition(":")[0])
         return TransferError(
             f"Sync of '{self.source.name}' from '{self.source.source}' failed: {what}.",
             process_lib.details(job.args, code, job.stderr))
-
-
-# (stderr regex, what happened; what to do). The first match decides.
-_DIAGNOSES = [
-    (r"didn't find section in config file",
-     "rclone has no remote named '{remote}'; list them with 'rclone listremotes' (or set "
-     "'rclone_config' to the file that defines it)"),
-    (r"NoSuchBucket|bucket does not exist|The specified bucket does not exist",
-     "there is no such bucket; check the bucket name"),
-    (r"InvalidAccessKeyId|SignatureDoesNotMatch|InvalidClientTokenId|ExpiredToken|"
-     r"AccessDenied|Forbidden|status code: 40[13]|invalid_grant|AuthenticationFailed|"
-     r"Unauthorized",
-     "the storage refused rclone's credentials; check the keys in rclone's config or "
-     "environment ('rclone lsd {remote}:' must work)"),
-    (r"directory not found",
-     "there is no such bucket or folder at the source; check the bucket name and path "
-     "('rclone lsd {remote}:' lists the buckets)"),
-    (r"LoadCustomCABundleError",
-     "rclone could not use the CA bundle that AWS_CA_BUNDLE names; unset AWS_CA_BUNDLE for "
-     "tb-rsync, or give rclone its own with '--ca-cert=FILE' in 'rclone_flags'"),
-    (r"Failed to load filters",
-     "rclone rejected an 'include' or 'exclude' pattern; check them"),
-    (r"unknown flag|unknown shorthand flag|invalid argument .* for",
-     "rclone rejected a flag; check 'rclone_flags' (and 'rclone help flags')"),
-    (r"connection refused|no such host|i/o timeout|network is unreachable|"
-     r"dial tcp|TLS handshake timeout",
-     "the storage endpoint is unreachable; check the endpoint in rclone's config and the "
-     "network"),
-    (r"No space left on device|disk quota exceeded",
-     f"the disk holding the staging folder is full; free space or choose another staging "
-     f"folder {STAGING_FLAGS}"),
-]
 
 
 def _unlink(path):

@@ -6,7 +6,7 @@ types; the service reads only these, never which transport ran.
 
 import dataclasses
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 from tb_rsync_plugin.errors import TransferError
 
@@ -45,6 +45,8 @@ class TransferResult:
       grown: event files `--append` extended from an earlier staged copy (not new ones):
         the caller checks that their first records still match the source's (a restarted
         run reusing the name with the same record sizes would otherwise be spliced on).
+      api_requests: HTTP requests made to the storage (rclone, rclone_log.py); None when
+        not counted: rsync has none, or the user's rclone flags set its logging.
     """
 
     changed: Tuple[str, ...] = ()
@@ -55,6 +57,12 @@ class TransferResult:
     duration_s: float = 0.0
     same_size: Tuple[str, ...] = ()
     grown: Tuple[str, ...] = ()
+    api_requests: Optional[int] = None
+
+
+def add_requests(first, second):
+    """Two counts of requests summed; None (not counted) if either is."""
+    return None if first is None or second is None else first + second
 
 
 def make_folders(source, staging_dir, temp_dir):
