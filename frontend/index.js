@@ -8,8 +8,10 @@
 // another source's progress moves). Polling sleeps while nobody can see the tab, unless the
 // chart refresh (refresh.js) needs it: then it goes on while the user looks at a dashboard.
 
+import {keepFocus, replaceSlot} from './focus.js';
 import {Poller, idlePollMs, pageHidden, requestSync} from './model.js';
 import {ChartRefresher, savedReloadPeriodS} from './refresh.js';
+import {ensureStylesheet, followTheme} from './theme.js';
 import * as views from './views.js';
 
 const STORAGE_KEY = 'tb-rsync.ui.v1';
@@ -26,72 +28,9 @@ function loadUiState() {
   }
 }
 
-function ensureStylesheet() {
-  if (document.querySelector('link[data-tb-rsync-style]')) return;
-  const link = document.createElement('link');
-  link.rel = 'stylesheet';
-  link.href = './style.css';
-  link.setAttribute('data-tb-rsync-style', '');
-  document.head.appendChild(link);
-}
-
-/**
- * Follow TensorBoard's dark mode: it toggles `dark-mode` on its own <body>, which this
- * same-origin iframe can observe. Opened on its own (or if the parent is unreadable), follow
- * the system setting, which is also TensorBoard's default.
- */
-function followTheme(root) {
-  let host = null;
-  try {
-    if (window.parent !== window) host = window.parent.document.body;
-  } catch (e) {
-    host = null;  // a cross-origin embedder
-  }
-  if (host) {
-    const apply = () => root.classList.toggle('dark', host.classList.contains('dark-mode'));
-    new MutationObserver(apply).observe(host, {attributes: true, attributeFilter: ['class']});
-    apply();
-    return;
-  }
-  const query = window.matchMedia('(prefers-color-scheme: dark)');
-  const apply = () => root.classList.toggle('dark', query.matches);
-  query.addEventListener('change', apply);
-  apply();
-}
-
 /** A busy (aria-disabled) or disabled button: clicks on it do nothing. */
 function ignoresClicks(button) {
   return button.disabled || button.getAttribute('aria-disabled') === 'true';
-}
-
-/**
- * Replace a slot's content, keeping keyboard focus on the "same" element (by data-key).
- *
- * Keyboard users press Enter on "Sync" and stay where they were: the rebuilt button gets
- * focus back. (A `disabled` control cannot hold focus; `memo.key` then remembers it until it
- * is enabled again, unless the user focused something else meanwhile.)
- */
-function replaceSlot(slot, node, memo) {
-  keepFocus(slot, memo, () => slot.replaceChildren(node), slot);
-}
-
-/** Run `replace` (which swaps nodes inside `scope`), then put focus back by data-key. */
-function keepFocus(scope, memo, replace, searchIn) {
-  const active = document.activeElement;
-  let key = active && scope.contains(active) ? active.getAttribute('data-key') : null;
-  if (!key && memo.key && (!active || active === document.body)) key = memo.key;
-  const node = replace();
-  if (!key) return;
-  const root = searchIn || node;
-  const target = root.matches && root.matches(`[data-key="${CSS.escape(key)}"]`) ? root :
-    root.querySelector(`[data-key="${CSS.escape(key)}"]`);
-  if (!target) return;
-  if (target.disabled) {  // a disabled control cannot hold focus: give it back later
-    memo.key = key;
-  } else {
-    memo.key = null;
-    target.focus();
-  }
 }
 
 class SyncTab {

@@ -27,8 +27,12 @@ def test_wheel_ships_frontend_and_entry_points(wheel):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for module in ("index.js", "model.js", "views.js"):
-        assert f"tb_rsync_plugin/frontend/{module}" in names
+    # Every module and the stylesheet (test_plugin_wsgi: the plugin serves exactly these).
+    frontend = [name for name in os.listdir(os.path.join(ROOT, "frontend"))
+                if name.endswith((".js", ".css"))]
+    assert "views.js" in frontend and "format.js" in frontend
+    for name in frontend:
+        assert f"tb_rsync_plugin/frontend/{name}" in names
     assert "rsync = tb_rsync_plugin.tensorboard.plugin:RsyncPluginLoader" in entry_points
     assert "tb-rsync = tb_rsync_plugin.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)

@@ -141,6 +141,21 @@ def test_static_files_are_served(app):
     assert entry.status_code == 200 and b"index.js" in entry.get_data()
 
 
+def test_every_frontend_file_is_served(app):
+    """The allow-list is the frontend folder: a module split off views.js or index.js
+    that the list missed would be a 404 in TensorBoard, and the tab would stay blank."""
+    _, wsgi, _ = app
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "frontend")
+    shipped = {name for name in os.listdir(folder) if name.endswith((".js", ".css", ".html"))}
+    assert set(plugin_lib.STATIC_FILES) == shipped
+    for name in sorted(shipped):
+        response = client(wsgi).get(f"/data/plugin/rsync/{name}")
+        assert response.status_code == 200, name
+        with open(os.path.join(folder, name), "rb") as f:
+            assert response.get_data() == f.read(), name
+
+
 def test_twenty_concurrent_clicks_make_one_rsync_or_two(app):
     """Clicks before the sync starts join it; clicks while it runs make one sync after it."""
     plugin, wsgi, logdir = app

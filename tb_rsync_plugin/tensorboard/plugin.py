@@ -31,7 +31,10 @@ PLUGIN_NAME = "rsync"
 CONFIG_POLL_S = 2.0  # how often --rsync_config is checked for edits
 CSRF_HEADER = "X-TB-Rsync"
 MAX_BODY_BYTES = 4096
-STATIC_FILES = ("index.js", "model.js", "views.js", "refresh.js", "style.css")
+# Every file of frontend/ the Sync tab loads (tests/test_plugin_wsgi.py checks the list
+# against the folder): anything else is a 404.
+STATIC_FILES = ("index.js", "model.js", "refresh.js", "focus.js", "theme.js", "views.js",
+                "format.js", "dom.js", "header.js", "sources.js", "runs.js", "style.css")
 
 
 class RsyncPluginLoader(base_plugin.TBLoader):
