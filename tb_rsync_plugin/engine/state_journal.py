@@ -118,19 +118,42 @@ _DEFAULTS = {"warnings": [], "file_errors": {}, "retrying": False, "failures": 0
              "appending": False, "state_detail": ""}
 
 
-def journal_lines(data, path, name):
+# (key, default) of each kind's fields, in order: a line's dict is built in one pass.
+_FIELD_DEFAULTS = {kind: tuple((key, _DEFAULTS.get(key)) for key in fields)
+                   for kind, fields in _LINE_FIELDS.items()}
+# How every run line `append_journal` writes begins (compact separators, "run" first).
+RUN_LINE_START = b'{"run":{'
+
+
+def read_line(line, path, name):
+    """("source" | "run", fields) of one line (bytes, no newline) of source `name`'s journal
+    at `path`, or None for a damaged line (skipped: `disk_lines`)."""
+    entry = disk_lines.parse(line, path, _LINE, check=lambda e: _usable(e, name))
+    if entry is None:
+        return None
+    kind = "source" if entry["source"] is not None else "run"
+    saved = entry[kind]
+    return kind, {key: saved.get(key, default) for key, default in _FIELD_DEFAULTS[kind]}
+
+
+def journal_lines(data, path, name, runs_unread=False):
     """[("source" | "run", fields)] of the whole lines in `data`, from source `name`'s
-    journal at `path`; damaged lines are skipped (`disk_lines`)."""
+    journal at `path`; damaged lines are skipped (`disk_lines`).
+
+    With `runs_unread`, a line that begins as every run line tb-rsync writes does comes as
+    ("unread", line), for `read_line` once its run is needed: a run line is most of a
+    journal (one per run, one per source), and a sync that publishes nothing needs none.
+    """
     lines = []
     for line in data.split(b"\n"):
         if not line:
             continue
-        entry = disk_lines.parse(line, path, _LINE, check=lambda e: _usable(e, name))
+        if runs_unread and line.startswith(RUN_LINE_START):
+            lines.append(("unread", line))
+            continue
+        entry = read_line(line, path, name)
         if entry is not None:
-            kind = "source" if entry["source"] is not None else "run"
-            fields = _LINE_FIELDS[kind]
-            lines.append((kind, {key: entry[kind].get(key, _DEFAULTS.get(key))
-                                 for key in fields}))
+            lines.append(entry)
     return lines
 
 
@@ -148,7 +171,8 @@ class JournalFollower:
         self._read_to.pop(name, None)
 
     def new_lines(self, path, name):
-        """`journal_lines` of the whole lines appended to `path` since the last read.
+        """`journal_lines` of the whole lines appended to `path` since the last read, run
+        lines unread (`runs_unread`).
 
         A compaction writes a new file. Its inode number may be the one this process read
         last (freed by an earlier compaction, then reused), so the bytes just before the
@@ -177,7 +201,7 @@ class JournalFollower:
         elif offset == 0:
             tail = b""
         self._read_to[name] = (st.st_ino, offset + end, tail)
-        return journal_lines(data[:end], path, name)
+        return journal_lines(data[:end], path, name, runs_unread=True)
 
 
 def _usable(entry, name):
