@@ -137,3 +137,39 @@ def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
     assert reader.source("n")["last_end_unix_s"] == now[0]
     reader.restore(folder)  # everything again: nothing older wins
     assert {r["source_step"] for r in reader.snapshot()["runs"]} == {59}
+
+
+def test_run_lines_are_folded_when_a_run_is_first_needed_in_journal_order(tmp_path, caplog):
+    """A process starting on a journal takes in its source line at once and its run lines
+    (most of it) only once a run is needed, which a sync that publishes nothing never does:
+    then in the order they were written, lines followed meanwhile included, a damaged one
+    skipped with the one warning, and a line that only looks like a run's read for what it is.
+    """
+    import logging
+    from tb_rsync_plugin.transports import transfer
+    now = [1000.0]
+    writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    path = state_journal.journal_path(folder, "n")
+    writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/a", "n/b"]), {})
+    writer.save(folder)
+    now[0] += 1
+    writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/a"], 2.0), {})
+    writer.save(folder)
+    with open(path, "ab") as f:
+        f.write(b'{"run":{"run":"../secret","source":"n","state":"unknown"}}\n')
+        # Duplicate keys: the last "run" wins, so this is a source line (a hand edit, say).
+        f.write(b'{"run":{"run":"n/z"},"run":null,"source":{"source":"/src/","state":"idle",'
+                b'"last_end_unix_s":5000.0}}\n')
+    with caplog.at_level(logging.WARNING):
+        reader.restore(folder)
+        assert reader.source("n")["last_end_unix_s"] == 1001.0
+        assert not any("skipping damaged" in r.getMessage() for r in caplog.records)
+        now[0] += 1
+        writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/b"], 3.0), {})
+        writer.save(folder)
+        reader.follow(folder)
+        runs = {r["run"]: r["source_wall_time"] for r in reader.snapshot()["runs"]}
+    assert runs == {"n/a": 2.0, "n/b": 3.0}
+    assert sum("skipping damaged" in r.getMessage() for r in caplog.records) == 1
+    assert reader.source("n")["last_end_unix_s"] == 5000.0
