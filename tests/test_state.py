@@ -1,5 +1,6 @@
 """The state journals are shared by every process syncing into one staging root."""
 
+import math
 import os
 import subprocess
 import sys
@@ -84,6 +85,35 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
     again.restore(folder)
     assert {r["run"]: r["source_wall_time"] for r in again.snapshot()["runs"]} == \
         {run: 59.0 for run in runs}
+
+
+APPENDER = """
+import os, sys
+from tb_rsync_plugin.engine import state_journal
+path = sys.argv[1]
+reads = []
+sys.addaudithook(lambda event, args: event == "open" and args[:2] == (path, "r") and
+                 reads.append(args))
+appends = 0
+while not os.path.exists(path) or os.path.getsize(path) < 2 * state_journal.COMPACT_MIN_BYTES:
+    state_journal.append_journal(path, [{"run": {"run": f"n/run{appends}", "source": "n",
+                                                 "state": "unknown"}}])
+    appends += 1
+print(appends, len(reads))
+"""
+
+
+def test_an_append_reads_the_journal_back_only_at_check_points(tmp_path):
+    """Whether a journal needs compacting takes reading and checking all of it: a one-line
+    append (the heartbeat of a `tb-rsync sync` from cron) does that only when it takes the
+    journal past 64 KiB or past another eighth of growth, not every time."""
+    path = str(tmp_path / "n.jsonl")
+    result = subprocess.run([sys.executable, "-c", APPENDER, path], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    appends, reads = map(int, result.stdout.split())
+    growth = math.log(2) / math.log(state_journal.COMPACT_CHECK_GROWTH)
+    assert appends > 1000 and reads == 1 + int(growth), (appends, reads)
 
 
 def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(tmp_path):
