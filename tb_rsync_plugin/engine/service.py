@@ -348,7 +348,7 @@ class SyncService:
 
     def prune_if_due(self):
         """For one-shot syncs, once they are done: prune unless a process did within the
-        hour (prune.py), here and to the end (a daemon thread would die with the process)."""
+        hour (prune.py). In the caller's thread: a daemon thread would die with the process."""
         if prune_lib.due(self.config, self._clock()):
             self._log_pruned(lambda: prune_lib.prune(self.config, self._clock()))
 

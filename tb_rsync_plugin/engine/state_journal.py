@@ -139,7 +139,7 @@ _DEFAULTS = {"warnings": [], "file_errors": {}, "retrying": False, "failures": 0
 _FIELD_DEFAULTS = {kind: tuple((key, _DEFAULTS.get(key)) for key in fields)
                    for kind, fields in _LINE_FIELDS.items()}
 # How every run line `append_journal` writes begins (compact separators, "run" first).
-RUN_LINE_START = b'{"run":{'
+_RUN_LINE_START = b'{"run":{'
 
 
 def read_line(line, path, name):
@@ -165,7 +165,7 @@ def journal_lines(data, path, name, runs_unread=False):
     for line in data.split(b"\n"):
         if not line:
             continue
-        if runs_unread and line.startswith(RUN_LINE_START):
+        if runs_unread and line.startswith(_RUN_LINE_START):
             lines.append(("unread", line))
             continue
         entry = read_line(line, path, name)
