@@ -171,10 +171,10 @@ def test_a_process_follows_another_ones_journal_across_compactions(tmp_path):
 
 def test_run_lines_are_folded_when_a_run_is_first_needed_in_journal_order(tmp_path, caplog):
     """A process starting on a journal takes in its source line at once and its run lines
-    (most of it) only once a run is needed, which a sync that publishes nothing never does:
-    then in the order they were written, lines followed meanwhile included, a damaged one
-    skipped with the one warning, and a line that only looks like a run's read for what it is.
-    """
+    (most of it) only once a run is needed, which a sync that publishes nothing never does,
+    or once another process's run lines come (so they cannot pile up): then in the order
+    they were written, a damaged one skipped with the one warning, and a line that only
+    looks like a run's read for what it is."""
     import logging
     from tb_rsync_plugin.transports import transfer
     now = [1000.0]
@@ -191,15 +191,25 @@ def test_run_lines_are_folded_when_a_run_is_first_needed_in_journal_order(tmp_pa
         # Duplicate keys: the last "run" wins, so this is a source line (a hand edit, say).
         f.write(b'{"run":{"run":"n/z"},"run":null,"source":{"source":"/src/","state":"idle",'
                 b'"last_end_unix_s":5000.0}}\n')
+
+    def warned():
+        return sum("skipping damaged" in r.getMessage() for r in caplog.records)
+
     with caplog.at_level(logging.WARNING):
         reader.restore(folder)
-        assert reader.source("n")["last_end_unix_s"] == 1001.0
-        assert not any("skipping damaged" in r.getMessage() for r in caplog.records)
+        assert reader.source("n")["last_end_unix_s"] == 1001.0 and warned() == 0
+        now[0] += 1
+        writer.fail("n", "a source line only")
+        writer.save(folder)
+        reader.follow(folder)
+        assert reader.source("n")["error"]["message"] == "a source line only"
+        assert warned() == 0, "a heartbeat or a failure does not fold the run lines"
         now[0] += 1
         writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/b"], 3.0), {})
         writer.save(folder)
         reader.follow(folder)
+        assert warned() == 1, "another process's run lines fold what restore left first"
         runs = {r["run"]: r["source_wall_time"] for r in reader.snapshot()["runs"]}
     assert runs == {"n/a": 2.0, "n/b": 3.0}
-    assert sum("skipping damaged" in r.getMessage() for r in caplog.records) == 1
+    assert warned() == 1
     assert reader.source("n")["last_end_unix_s"] == 5000.0
