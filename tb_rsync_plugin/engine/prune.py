@@ -87,7 +87,7 @@ def prune(config, now, dry_run=False):
     stamp says when (not in a dry run)."""
     report = (_prune_quarantine(config, now, dry_run) +
               _reclaim_unconfigured(config, now, dry_run) + _compact_journals(config, dry_run))
-    if not dry_run:
+    if not dry_run and os.path.isdir(config.staging_root):  # none yet: nothing was pruned
         _touch(_stamp_path(config), now)
     return report
 
