@@ -278,6 +278,7 @@ def cmd_sync(args):
         service.request()
         _wait_interruptibly(service)
         report.raise_bug()
+        service.prune_if_due()
         finished = True
         failed = report.failing or any(rule.error for rule in rules)
         return EXIT_OK if not failed else EXIT_FAILED

@@ -54,8 +54,8 @@ def discover_now(config):
 
 def record(service, statuses):
     """What `discover_now` found, for the state journal and `tb-rsync status`."""
-    from tb_rsync_plugin.engine import discovery
     if statuses:
+        from tb_rsync_plugin.engine import discovery
         rules = [dataclasses.asdict(s) for s in statuses]
         service.state.set_discovery(rules, _found_by(statuses), set())
         discovery.save_rules(service.config.state_dir, rules)

@@ -329,6 +329,38 @@ def test_prune_dry_run_removes_nothing_then_prune_does(tmp_path):
     assert bad.stderr.strip() == "error: --quarantine-days must be a number of days >= 0, not '-1'."
 
 
+def test_a_one_shot_sync_prunes_when_no_process_did_within_the_hour(tmp_path):
+    """`tb-rsync sync` from cron every few minutes prunes once an hour, not at every run:
+    the stamp every prune leaves says when the staging root was last pruned."""
+    remote = tmp_path / "remote" / "kept"
+    (remote / "run").mkdir(parents=True)
+    append_scalars(str(remote / "run" / EVENTS), range(3))
+    config = make_config(tmp_path)
+    args = ("--logdir", config.logdir, "--staging", config.staging_root,
+            "--source", f"kept={remote}/")
+    now = __import__("time").time()
+    rel = os.path.join("run", EVENTS)
+    quarantine(config, "kept", now - DAY, rel)  # the newest version: kept
+    first = quarantine(config, "kept", now - 40 * DAY, rel)
+    assert prune.due(config, now), "never pruned"
+
+    assert tb_rsync("sync", *args).returncode == 0
+    assert not os.path.exists(first)
+    assert not prune.due(config, __import__("time").time())
+
+    second = quarantine(config, "kept", now - 50 * DAY, rel)
+    assert tb_rsync("sync", *args).returncode == 0
+    assert os.path.exists(second), "pruned less than an hour ago: not again"
+
+    stamp_path = os.path.join(config.staging_root, "pruned")
+    hours_ago = now - 2 * prune.PRUNE_EVERY_S
+    os.utime(stamp_path, (hours_ago, hours_ago))
+    assert prune.due(config, now)
+    assert tb_rsync("sync", *args).returncode == 0
+    assert not os.path.exists(second)
+    assert prune.due(config, now - 60), "a stamp from the future (clock set back) is due"
+
+
 def test_status_forget_reclaims_a_sources_staging_at_once(tmp_path):
     remote = tmp_path / "remote" / "n1"
     (remote / "run").mkdir(parents=True)

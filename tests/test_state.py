@@ -1,6 +1,7 @@
 """The state journals are shared by every process syncing into one staging root."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +86,35 @@ def test_journal_is_compacted_and_survives_a_cut_line(tmp_path):
     again.restore(folder)
     assert {r["run"]: r["source_wall_time"] for r in again.snapshot()["runs"]} == \
         {run: 59.0 for run in runs}
+
+
+APPENDER = """
+import os, sys
+from tb_rsync_plugin.engine import state_journal
+path = sys.argv[1]
+reads = []
+sys.addaudithook(lambda event, args: event == "open" and args[:2] == (path, "r") and
+                 reads.append(args))
+appends = 0
+while not os.path.exists(path) or os.path.getsize(path) < 2 * state_journal.COMPACT_MIN_BYTES:
+    state_journal.append_journal(path, [{"run": {"run": f"n/run{appends}", "source": "n",
+                                                 "state": "unknown"}}])
+    appends += 1
+print(appends, len(reads))
+"""
+
+
+def test_an_append_reads_the_journal_back_only_at_check_points(tmp_path):
+    """Whether a journal needs compacting takes reading and checking all of it: a one-line
+    append (the heartbeat of a `tb-rsync sync` from cron) does that only when it takes the
+    journal past 64 KiB or past another eighth of growth, not every time."""
+    path = str(tmp_path / "n.jsonl")
+    result = subprocess.run([sys.executable, "-c", APPENDER, path], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    appends, reads = map(int, result.stdout.split())
+    growth = math.log(2) / math.log(state_journal.COMPACT_CHECK_GROWTH)
+    assert appends > 1000 and reads == 1 + int(growth), (appends, reads)
 
 
 def test_last_change_says_when_a_source_last_moved_data_and_survives_a_restart(tmp_path):
@@ -196,3 +226,49 @@ def test_rclone_requests_of_the_last_hour_survive_a_restart_and_old_journals_loa
     restarted.restore(folder)
     assert restarted.snapshot()["sources"][0]["last_end_unix_s"] == now[0] + 1
     assert shown(restarted)["c"] == {"last_hour": 0, "syncs": 0}
+
+
+def test_run_lines_are_folded_when_a_run_is_first_needed_in_journal_order(tmp_path, caplog):
+    """A process starting on a journal takes in its source line at once and its run lines
+    (most of it) only once a run is needed, which a sync that publishes nothing never does,
+    or once another process's run lines come (so they cannot pile up): then in the order
+    they were written, a damaged one skipped with the one warning, and a line that only
+    looks like a run's read for what it is."""
+    import logging
+    from tb_rsync_plugin.transports import transfer
+    now = [1000.0]
+    writer, reader = make_state(lambda: now[0]), make_state(lambda: now[0])
+    folder = str(tmp_path / "state")
+    path = state_journal.journal_path(folder, "n")
+    writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/a", "n/b"]), {})
+    writer.save(folder)
+    now[0] += 1
+    writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/a"], 2.0), {})
+    writer.save(folder)
+    with open(path, "ab") as f:
+        f.write(b'{"run":{"run":"../secret","source":"n","state":"unknown"}}\n')
+        # Duplicate keys: the last "run" wins, so this is a source line (a hand edit, say).
+        f.write(b'{"run":{"run":"n/z"},"run":null,"source":{"source":"/src/","state":"idle",'
+                b'"last_end_unix_s":5000.0}}\n')
+
+    def warned():
+        return sum("skipping damaged" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING):
+        reader.restore(folder)
+        assert reader.source("n")["last_end_unix_s"] == 1001.0 and warned() == 0
+        now[0] += 1
+        writer.fail("n", "a source line only")
+        writer.save(folder)
+        reader.follow(folder)
+        assert reader.source("n")["error"]["message"] == "a source line only"
+        assert warned() == 0, "a heartbeat or a failure does not fold the run lines"
+        now[0] += 1
+        writer.finish("n", transfer.TransferResult(changed=("x",)), report_for(["n/b"], 3.0), {})
+        writer.save(folder)
+        reader.follow(folder)
+        assert warned() == 1, "another process's run lines fold what restore left first"
+        runs = {r["run"]: r["source_wall_time"] for r in reader.snapshot()["runs"]}
+    assert runs == {"n/a": 2.0, "n/b": 3.0}
+    assert warned() == 1
+    assert reader.source("n")["last_end_unix_s"] == 5000.0

@@ -23,6 +23,12 @@ root or inside the logdir). In the staging root:
 - journals: every `state/*.jsonl` and `rewrites.jsonl` that has grown past its compaction
   threshold is compacted (they also compact themselves as they are appended to).
 
+When: a long-lived service (TensorBoard, `tb-rsync watch`) prunes at its start and every
+`PRUNE_EVERY_S`; a one-shot `tb-rsync sync` only once its syncs are done, and only when no
+process pruned this staging root for `PRUNE_EVERY_S` (`due`: the `pruned` stamp file, which
+every `prune` touches). A sync from cron every few minutes then pays for it once an hour, not
+at every run (a prune reads every journal it may compact: docs/BENCHMARKS.md B3).
+
 Sizes are allocated bytes, as `du` counts them (staged event files are sparse).
 """
 
@@ -44,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 DAY_S = 86400.0
 GIB = 1024 ** 3
-PRUNE_EVERY_S = 3600.0  # a service prunes at start, then this often
+PRUNE_EVERY_S = 3600.0  # a service prunes at start, then this often; `due` after as long
 RECLAIM_AFTER_DAYS = 7.0
 TMP_MIN_AGE_S = 60.0
 # What our transfers write into tmp/: rsync's temporaries (config.FOREIGN_TEMP_PATTERNS'
@@ -77,9 +83,22 @@ class PruneReport:
 
 
 def prune(config, now, dry_run=False):
-    """Quarantine by age and size, unconfigured sources' staging, long journals."""
-    return (_prune_quarantine(config, now, dry_run) + _reclaim_unconfigured(config, now, dry_run)
-            + _compact_journals(config, dry_run))
+    """Quarantine by age and size, unconfigured sources' staging, long journals; then the
+    stamp says when (not in a dry run)."""
+    report = (_prune_quarantine(config, now, dry_run) +
+              _reclaim_unconfigured(config, now, dry_run) + _compact_journals(config, dry_run))
+    if not dry_run and os.path.isdir(config.staging_root):  # none yet: nothing was pruned
+        _touch(_stamp_path(config), now)
+    return report
+
+
+def due(config, now):
+    """True unless a process pruned this staging root less than `PRUNE_EVERY_S` before
+    `now` (a stamp from the future, the clock set back, counts as due)."""
+    try:
+        return not 0 <= now - os.stat(_stamp_path(config)).st_mtime < PRUNE_EVERY_S
+    except OSError:
+        return True
 
 
 def clean_tmp(config, now, dry_run=False):
@@ -307,6 +326,20 @@ def _compact_journals(config, dry_run):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def _stamp_path(config):
+    return os.path.join(config.staging_root, "pruned")
+
+
+def _touch(path, unix_s):
+    """An empty file at `path` whose mtime is `unix_s`; a failure only means pruning again."""
+    try:
+        with open(path, "a"):
+            pass
+        os.utime(path, (unix_s, unix_s))
+    except OSError as e:
+        logger.warning("tb-rsync: cannot write %s: %s", path, e)
+
+
 @contextlib.contextmanager
 def _held(config, names, dry_run=False):
     """Hold the source locks of `names` without waiting; yields the first name another

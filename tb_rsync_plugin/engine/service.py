@@ -357,17 +357,26 @@ class SyncService:
     # --- background threads ------------------------------------------------------------
     def start(self, timers=True):
         """Start scheduling (with `timers`, every timed source syncs now and then on its
-        interval), the loaded-data monitor and pruning (daemon threads)."""
+        interval, probes watch them and pruning runs hourly) and the loaded-data monitor
+        (daemon threads). Without `timers` (one-shot syncs), call `prune_if_due` at the end.
+        """
         # Before any cycle of ours writes there: leftovers of a killed process.
         self._log_pruned(lambda: prune_lib.clean_tmp(self.config, self._clock()))
         self.scheduler.start(timers)
         if timers:
             self.probes.start()
+            threading.Thread(target=self._prune_loop, name="tb-rsync-prune",
+                             daemon=True).start()
         if self.reloader.kind != "none":
             threading.Thread(target=self._loaded_loop, name="tb-rsync-loaded",
                              daemon=True).start()
-        threading.Thread(target=self._prune_loop, name="tb-rsync-prune", daemon=True).start()
         atexit.register(self.stop)
+
+    def prune_if_due(self):
+        """For one-shot syncs, once they are done: prune unless a process did within the
+        hour (prune.py). In the caller's thread: a daemon thread would die with the process."""
+        if prune_lib.due(self.config, self._clock()):
+            self._log_pruned(lambda: prune_lib.prune(self.config, self._clock()))
 
     def stop(self, keep_logins=False):
         """Cancel running rsyncs (their process groups are killed), stop threads, and

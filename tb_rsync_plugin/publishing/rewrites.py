@@ -26,10 +26,8 @@ import fcntl
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from typing import Optional
 
 from tb_rsync_plugin import disk_lines
@@ -74,7 +72,9 @@ class RewriteJournal:
 
     def __init__(self, path, clock=time.time):
         self.path = path
-        self.writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The host name gethostname() gives; not socket and uuid: their imports cost every
+        # `tb-rsync sync` ~3 ms of start-up (docs/BENCHMARKS.md B3).
+        self.writer = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
         self._clock = clock
         self._lock = threading.Lock()
         # This process's own rewrites, for the CLI to print (bounded: TensorBoard never takes).

@@ -22,7 +22,6 @@ exits when stdin closes (the connection went away), so nothing is left running.
 """
 
 import fnmatch
-import hashlib
 import json
 import os
 import select
@@ -39,6 +38,7 @@ def first_record_digest(path):
     """A digest of an event file's first TFRecord (a writer's `file_version` event, with the
     wall time it started), or of what there is of it. Two files whose digests differ are
     not versions of one growing file: a restarted run reused the name."""
+    import hashlib  # here and in tree_signature: a `tb-rsync sync` needs neither (start-up)
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12:
@@ -76,6 +76,7 @@ def tree_signature(root, excludes=()):
     Raises:
       OSError: `root` cannot be read (missing, not a folder, no permission).
     """
+    import hashlib
     digest = hashlib.sha1()
     excludes = [p for p in excludes if "/" not in p]
     pending = [""]

@@ -16,13 +16,11 @@ to a login of its own, so going over costs logins, not failures.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import select
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -266,6 +264,7 @@ class SshConnections:
         host = match.group("v6") or match.group("host")
         login = (["-l", match.group("user")] if match.group("user") else []) + [host]
         words = shlex.split(ssh_command(source.ssh))
+        import hashlib  # only for ssh sources: a local sync starts ~2 ms sooner without it
         key = hashlib.sha256(json.dumps([words, login]).encode()).hexdigest()[:16]
         with self._lock:  # not the key's lock, which `prepare` holds while logging in
             if key not in self._shares:
@@ -423,6 +422,7 @@ def _run(args):
 
 def _remove_if_stale(path):
     """Unlink a socket no master listens on (its master was killed); a live one stays."""
+    import socket  # only for ssh sources, as hashlib above
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)

@@ -7,8 +7,9 @@ not installed) sentences.
 """
 
 from tb_rsync_plugin import config as config_lib
-from tb_rsync_plugin.transports import rclone as rclone_lib
 from tb_rsync_plugin.transports import rsync as rsync_lib
+
+# rclone.py is imported where an rclone source runs: rsync-only syncs start without it.
 
 
 def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_write=None,
@@ -21,6 +22,7 @@ def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_w
     only: it then appends beside its listing).
     """
     if source.is_rclone:
+        from tb_rsync_plugin.transports import rclone as rclone_lib
         return rclone_lib.run_rclone(config_lib.find_rclone(), source, staging_dir, temp_dir,
                                      on_progress=on_progress, cancel=cancel,
                                      before_write=before_write)
@@ -33,6 +35,7 @@ def fetch(source, staging_dir, temp_dir, on_progress=None, cancel=None, before_w
 def refetch(source, staging_dir, temp_dir, paths, on_progress=None, cancel=None, rsh=None):
     """Fetch `paths` whole, replacing their staged copies (see `rsync.restage_files`)."""
     if source.is_rclone:
+        from tb_rsync_plugin.transports import rclone as rclone_lib
         return rclone_lib.restage_files(config_lib.find_rclone(), source, staging_dir,
                                          temp_dir, paths, on_progress=on_progress,
                                          cancel=cancel)
