@@ -350,7 +350,7 @@ def cli_run(tmp_path, sshd_server):
     remove_with_masters(runtime)
 
 
-@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 9)],
+@pytest.mark.parametrize("flags, expected_logins", [((), 1), (("--no-ssh-sharing",), 6)],
                          ids=["shared", "--no-ssh-sharing"])
 def test_tb_rsync_sync_from_cron_logs_in_once(sshd_server, cli_run, flags, expected_logins):
     """A finished sync leaves its shared login up (ControlPersist): the next sync rides it."""
@@ -361,7 +361,7 @@ def test_tb_rsync_sync_from_cron_logs_in_once(sshd_server, cli_run, flags, expec
                                 timeout=120, env=env)
         assert result.returncode == 0, result.stderr
     # Sharing: one login for both syncs. Without: one per rsync (a first sync is one rsync a
-    # source; the next, after a sync that brought event data, lists and appends side by side).
+    # source, a no-change sync one listing a source; neither asks for first records).
     assert logins(sshd_server) - before == expected_logins
     sockets = list(runtime.glob("tb-rsync/*"))
     assert len(sockets) == (1 if not flags else 0)
