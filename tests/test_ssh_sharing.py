@@ -431,6 +431,37 @@ def test_sigterm_on_tb_rsync_watch_stops_its_master(sshd_server, cli_run):
     wait_until(lambda: not masters(runtime), "ended (the master)")
 
 
+def test_a_sync_riding_an_earlier_syncs_master_asks_ssh_for_no_configuration(
+        tmp_path, sshd_server, cli_run):
+    """The next sync from cron finds the master: it runs no `ssh -G` (two processes fewer).
+    If that master has died (its socket left behind), the configuration is asked again
+    before the login, which happens once."""
+    command, env, runtime = cli_run
+    calls = tmp_path / "ssh-calls"
+    logging_ssh = tmp_path / "logging-ssh"
+    logging_ssh.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n'
+                           'exec ssh "$@"\n')
+    logging_ssh.chmod(0o755)
+    config = tmp_path / "sources.toml"
+    config.write_text(config.read_text().replace("ssh = 'ssh ", f"ssh = '{logging_ssh} "))
+
+    def sync():
+        calls.write_text("")
+        result = subprocess.run(command("sync"), capture_output=True, text=True,
+                                timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+        return sum("-G" in line.split() for line in calls.read_text().splitlines())
+
+    before = logins(sshd_server)
+    assert sync() == 2  # the user's configuration, then ours (one host, three sources)
+    assert sync() == 0
+    assert logins(sshd_server) - before == 1
+    (socket,) = runtime.glob("tb-rsync/*")
+    os.kill(master_pid(socket), signal.SIGKILL)
+    assert sync() == 2
+    assert logins(sshd_server) - before == 2
+
+
 def master_pid(socket_path):
     check = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={socket_path}",
                             "-O", "check", "x"], capture_output=True, text=True, timeout=10)

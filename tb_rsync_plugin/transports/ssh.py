@@ -21,6 +21,7 @@ import os
 import re
 import select
 import shlex
+import stat
 import subprocess
 import threading
 import time
@@ -118,6 +119,7 @@ class _Share:
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     checked_mono: float = float("-inf")  # when a master last answered (or was opened)
     master_pid: int = None  # the master that answered then
+    probed: bool = False  # `ssh -G` asked (`SshConnections._probe`)
 
     def options(self):
         """The ssh command without the host: rsync's `--rsh`."""
@@ -194,6 +196,10 @@ class SshConnections:
                     not os.path.exists(share.socket):
                 self._make_dir()
                 if not self._check(share):
+                    if not share.probed:  # the master found at the start has gone
+                        self._probe(share, share.socket)
+                        if share.socket is None:
+                            return  # the user's ssh configuration shares (or forbids) now
                     self._open(share, source, cancel)
                 share.checked_mono = time.monotonic()
             with self._lock:
@@ -268,8 +274,14 @@ class SshConnections:
         key = hashlib.sha256(json.dumps([words, login]).encode()).hexdigest()[:16]
         with self._lock:  # not the key's lock, which `prepare` holds while logging in
             if key not in self._shares:
-                self._shares[key] = _Share(words, login)
-                self._probe(self._shares[key], os.path.join(self.control_dir, key))
+                share = self._shares[key] = _Share(words, login)
+                socket = os.path.join(self.control_dir, key)
+                if _is_socket(socket):
+                    # An earlier tb-rsync probed this key and opened a master there (a sync
+                    # from cron): ride it; `ssh -G` runs only if a login is needed after all.
+                    share.socket = socket
+                else:
+                    self._probe(share, socket)
             return self._shares[key]
 
     def _probe(self, share, our_socket):
@@ -278,6 +290,7 @@ class SshConnections:
         then they open masters by hand) is ridden, not replaced. Options in the user's `ssh`
         value come before ours and win: `-o ControlMaster=no` or `-S none` there means no
         sharing (a master would never be opened, and the login would wait for nothing)."""
+        share.probed, share.socket = True, None
         config = _effective_config(share.words + ["-G"] + share.login)
         if config is None or config.get("controlpath", "none") != "none":
             return  # no config: a broken ssh command, which rsync reports as it always did
@@ -440,3 +453,10 @@ def _remove_if_stale(path):
 def _details(args, code, stderr):
     return process_lib.details(args, "none (stopped)" if code is None else code,
                                stderr.decode("utf-8", "replace").splitlines())
+
+
+def _is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
