@@ -7,13 +7,17 @@ from this process over loopback (connect, request, whole JSON body read).
 
 `--load`: the same requests while B6's fleet syncs (100 sources, 20 of them over one
 loopback sshd, 3 runs each: 300 runs) at `--rsync_interval 1`, once every source has ended
-its first sync; each answer's count of sources syncing or queued shows the load.
+its first sync. Change probes sync an idle source only every 5 min, so a writer appends a
+point to every source's event file each second, round-robin, meanwhile (a fleet of jobs
+that all log every second). The requests come every 50 ms (10 s of syncs); each answer's
+count of sources syncing or queued shows the load.
 """
 
 import argparse
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
 
@@ -22,6 +26,7 @@ import common  # noqa: E402
 import b3_scale  # noqa: E402
 import fleet as fleet_lib  # noqa: E402
 
+from tests.events import append_scalars  # noqa: E402
 from tests.fixtures_tensorboard import TensorBoardProcess  # noqa: E402
 
 
@@ -63,16 +68,46 @@ def measure_load(local, remote, runs, interval_s, requests, limit_flags):
             try:
                 settle_s, _ = fleet.wait_settled(tb)
                 print(f"  every source ended its first sync after {settle_s:.0f} s", flush=True)
-                return time_requests(tb, requests)
+                with Writers(fleet, runs):
+                    return time_requests(tb, requests, pace_s=0.05)
             finally:
                 tb.stop()
 
 
-def time_requests(tb, requests):
-    """-> (latencies, body bytes, sources syncing or queued per answer)."""
+class Writers:
+    """A point appended to one source's event file every 1/N s, round-robin over the N
+    sources (and their runs): every source gets new data about once a second."""
+
+    def __init__(self, fleet, runs):
+        self.fleet, self.runs = fleet, runs
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._write, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        self.thread.join()
+
+    def _write(self):
+        names, step = self.fleet.names, 1000
+        while not self.stop.is_set():
+            for name in names:
+                append_scalars(self.fleet.event_file(name, step % self.runs), [step])
+                if self.stop.wait(1.0 / len(names)):
+                    return
+            step += 1
+
+
+def time_requests(tb, requests, pace_s=0.0):
+    """-> (latencies, body bytes, sources syncing or queued per answer); a request every
+    `pace_s` at most (under load: spread over the syncs, not within one second)."""
     url = tb.url + "/data/plugin/rsync/status"
     latencies, busy, size = [], [], 0
     for _ in range(requests):
+        time.sleep(pace_s)
         started = time.perf_counter()
         with urllib.request.urlopen(url, timeout=30) as r:
             body = r.read()
