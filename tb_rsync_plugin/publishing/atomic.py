@@ -267,9 +267,13 @@ def _fallocate_function():
         _fallocate = False
         # Imported here: ctypes costs a sync that releases nothing ~1.5 ms of start-up.
         import ctypes
-        import ctypes.util
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # The process's own symbols hold libc's where Python links it (Linux); looking
+            # for libc by name runs `ldconfig -p`, a process more in every one-shot sync.
+            libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(libc, "fallocate"):
+                import ctypes.util
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
             function = getattr(libc, "fallocate64", None) or libc.fallocate
             function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
             function.restype = ctypes.c_int
