@@ -4,6 +4,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 import subprocess
 import sys
 
@@ -214,15 +215,20 @@ def make_tmp_leftovers(config, mtime):
     return files
 
 
-def test_tmp_leftovers_go_at_start_but_not_while_a_source_is_syncing(tmp_path):
-    """`tb-rsync sync` starts a service: it clears what a killed process left in tmp/,
-    except while another process syncs a source of this staging root."""
+def kept_source(tmp_path):
+    """A local source "kept" with one run -> (config, `tb-rsync` arguments, its folder)."""
     remote = tmp_path / "remote" / "kept"
     (remote / "run").mkdir(parents=True)
     append_scalars(str(remote / "run" / EVENTS), range(3))
     config = make_config(tmp_path)
-    args = ("--logdir", config.logdir, "--staging", config.staging_root,
-            "--source", f"kept={remote}/")
+    return config, ("--logdir", config.logdir, "--staging", config.staging_root,
+                    "--source", f"kept={remote}/"), remote
+
+
+def test_tmp_leftovers_go_at_start_but_not_while_a_source_is_syncing(tmp_path):
+    """`tb-rsync sync` starts a service: it clears what a killed process left in tmp/,
+    except while another process syncs a source of this staging root."""
+    config, args, remote = kept_source(tmp_path)
     old = os.path.getmtime(remote) - 3600
     leftovers = make_tmp_leftovers(config, old)
     holder = HeldLock(os.path.join(config.staging_root, "locks", "other.lock"))
@@ -300,7 +306,7 @@ def test_the_rewrite_journal_compacts_and_a_follower_reads_on(tmp_path):
 
 def test_prune_dry_run_removes_nothing_then_prune_does(tmp_path):
     config = make_config(tmp_path)
-    now = __import__("time").time()
+    now = time.time()
     old_version = quarantine(config, "kept", now - 40 * DAY, os.path.join("run", EVENTS))
     quarantine(config, "kept", now - 35 * DAY, os.path.join("run", EVENTS))
     unconfigured_source(config, "gone", now - 8 * DAY)
@@ -332,13 +338,8 @@ def test_prune_dry_run_removes_nothing_then_prune_does(tmp_path):
 def test_a_one_shot_sync_prunes_when_no_process_did_within_the_hour(tmp_path):
     """`tb-rsync sync` from cron every few minutes prunes once an hour, not at every run:
     the stamp every prune leaves says when the staging root was last pruned."""
-    remote = tmp_path / "remote" / "kept"
-    (remote / "run").mkdir(parents=True)
-    append_scalars(str(remote / "run" / EVENTS), range(3))
-    config = make_config(tmp_path)
-    args = ("--logdir", config.logdir, "--staging", config.staging_root,
-            "--source", f"kept={remote}/")
-    now = __import__("time").time()
+    config, args, remote = kept_source(tmp_path)
+    now = time.time()
     rel = os.path.join("run", EVENTS)
     quarantine(config, "kept", now - DAY, rel)  # the newest version: kept
     first = quarantine(config, "kept", now - 40 * DAY, rel)
