@@ -34,6 +34,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 10 MiB object, 3 repetitions")
     parser.add_argument("--reps", type=int, default=None)
+    common.add_report_options(parser)
     args = parser.parse_args(argv)
     size = (10 if args.quick else 100) * common.MiB
     reps = args.reps or (3 if args.quick else 5)
@@ -57,9 +58,8 @@ def main(argv=None):
             "the time ratio is small; the bytes moved are what a real network multiplies "
             "(at 1 Gbit/s the whole object alone is ~0.9 s, its 1 MiB tail ~9 ms). moto, a "
             "single Python process on the same 2 busy cores, serves every read.")
-    print(body)
-    common.write_section("B8", "B8: object storage through rclone (ranged tail reads)",
-                         common.command_line(), body)
+    common.report_section(args, "B8", "B8: object storage through rclone (ranged tail reads)",
+                          body)
 
 
 def measure(root, server, rclone, size, reps):
