@@ -91,6 +91,10 @@ def start(tmp_path, tensorboard_server, steps=5):
     logdir.mkdir()
     tb = tensorboard_server(logdir, "--rsync_source", f"node={remote}/", "--rsync_interval", "1",
                             "--rsync_staging", tmp_path / "staging", "--reload_interval", "1")
+    # A page lists TensorBoard's dashboards when it loads, and TensorBoard 2.10 files one
+    # without data under "Inactive" until a reload (which the shown Sync tab holds off): the
+    # tests open their page once TensorBoard serves the first sync.
+    wait_until(lambda: tb.scalars(RUN), 60, message="TensorBoard serving the first sync")
     return remote, tb
 
 
