@@ -117,7 +117,7 @@ class SourceStatus:
         if not self.source.startswith(config.RCLONE_PREFIX):
             return
         minute = int(now // _MINUTE_S * _MINUTE_S)
-        kept = [m for m in self.api_request_minutes or () if m[0] > now - REQUESTS_WINDOW_S]
+        kept = _last_hour(self.api_request_minutes, now)
         if not kept or kept[-1][0] != minute:
             kept.append([minute, 0, 0, 0])
         # A new list: a snapshot or a journal line may hold the old one.
@@ -161,9 +161,14 @@ def requests_last_hour(source, minutes, now):
     "syncs": how many syncs}; None for other sources (`minutes` as journalled)."""
     if not source.startswith(config.RCLONE_PREFIX):
         return None
-    recent = [m for m in minutes or () if m[0] > now - REQUESTS_WINDOW_S]
+    recent = _last_hour(minutes, now)
     return {"last_hour": None if any(m[3] for m in recent) else sum(m[2] for m in recent),
             "syncs": sum(m[1] for m in recent)}
+
+
+def _last_hour(minutes, now):
+    """The per-minute request totals (`api_request_minutes`) of the last hour."""
+    return [m for m in minutes or () if m[0] > now - REQUESTS_WINDOW_S]
 
 
 def _meaningful(fields):

@@ -125,10 +125,9 @@ class Probes:
         """A session for `first_records` of `source`, opened now (before its transfer) and
         asked after it, where no live probe session on its host will answer (`tb-rsync
         sync`); None where none is needed or none can run. The caller closes it."""
-        if not source.is_remote_shell or source.rsh:
+        if probe_kind(source) != PROBE:
             return None
-        with self._lock:
-            host = self._hosts.get(_group_key(source))
+        host = self._host(source)
         if host is not None and host.answers_first_records:
             return None
         return ssh_probe.FirstRecordQuery(self._ssh, source)
@@ -140,14 +139,19 @@ class Probes:
         if source.is_local:
             root = os.path.abspath(os.path.expanduser(source.source_dir))
             return probe_agent.first_record_digests(root, paths)
-        with self._lock:
-            host = self._hosts.get(_group_key(source))
+        host = self._host(source)
         digests = None if host is None else host.first_records(source, paths)
-        if digests is None and source.is_remote_shell and not source.rsh:
-            # The host's session went down since the transfer started: one session now.
+        if digests is None and probe_kind(source) == PROBE:
+            # No session answered (none was opened, or the host's went down since the
+            # transfer started): one session now.
             query = query or ssh_probe.FirstRecordQuery(self._ssh, source)
             digests = query.ask(paths)
         return digests
+
+    def _host(self, source):
+        """The `HostProbe` of `source`'s host, if one was started."""
+        with self._lock:
+            return self._hosts.get(_group_key(source))
 
     def _host_state(self, name, watched, detail):
         self._set_mode(name, PROBE if watched else LISTING, detail)
