@@ -622,41 +622,6 @@ def test_a_listed_file_gone_before_its_transfer_vanished_rather_than_unreadable(
                                "up what is left.",)
 
 
-GRPC_NEIGHBOUR = """
-import concurrent.futures, shutil, sys
-import grpc
-from tb_rsync_plugin import config
-from tb_rsync_plugin.transports import rsync
-from tb_rsync_plugin.errors import TransferError
-server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=10)
-src, staging, temp, count = sys.argv[1:5]
-failures = []
-for _ in range(int(count)):
-    try:
-        rsync.run_rsync(shutil.which("rsync"), config.Source("s", src + "/"), staging, temp)
-    except TransferError as e:
-        failures.append(str(e))
-print(len(failures), failures[:1])
-"""
-
-
-def test_rsync_starts_cleanly_beside_grpc(dirs):
-    """TensorBoard runs grpc threads; rsync must start without running Python fork handlers.
-
-    With a Python pre-exec hook, grpc's fork handler aborted about 1 in 150 children here
-    ("rsync failed with exit code -6"); 150 syncs (300 rsync starts) caught it most runs.
-    """
-    src, staging, temp = dirs
-    (src / "notes.txt").write_text("hello")
-    result = subprocess.run([sys.executable, "-c", GRPC_NEIGHBOUR, str(src), str(staging),
-                             str(temp), "150"], capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "0 []", result.stdout
-
-
 def test_a_failed_rsync_start_stops_the_ones_already_running(dirs, monkeypatch):
     """The third rsync of a sync cannot start (an injected Popen failure: EAGAIN cannot be
     caused safely here); the slow whole-file fetch already running must stop with it."""

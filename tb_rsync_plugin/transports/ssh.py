@@ -350,8 +350,8 @@ class SshConnections:
         limit_s = min(share.connect_timeout_s + _LOGIN_GRACE_S, source.timeout_s)
         deadline = time.monotonic() + limit_s
         try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            proc = process_lib.popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
             raise TransferError(
                 f"Sync of '{source.name}' could not start ssh '{args[0]}' ({e.strerror}); "
@@ -427,8 +427,16 @@ def _effective_config(args):
 def _run(args):
     """A quick local ssh (`-G`, `-O`): its CompletedProcess, or None if it could not run."""
     try:
-        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=_PROBE_TIMEOUT_S)
+        with process_lib.popen(args, new_session=False, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) as proc:
+            try:
+                out, err = proc.communicate(timeout=_PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return None
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
     except (OSError, subprocess.SubprocessError):
         return None
 

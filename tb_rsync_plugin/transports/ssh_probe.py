@@ -138,10 +138,10 @@ class FirstRecordQuery:
 def _open_session(ssh, source, program):
     """An ssh session to `source`'s host that starts a probe agent for `program` (whose
     bytes the caller then sends), in its own session and tied to our life."""
-    return subprocess.Popen(
+    return process_lib.popen(
         [*process_lib.die_with_parent(), *ssh.session_args(source),
          remote_command(len(program))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        stderr=subprocess.DEVNULL)
 
 
 def _end(proc):
