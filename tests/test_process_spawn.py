@@ -17,6 +17,7 @@ import pytest
 
 from tb_rsync_plugin.transports import process as process_lib
 from tests.fixtures_tensorboard import wait_until
+from tests.processes import process_table
 
 CHILDREN = 400  # measured with fork: 68 of 1,500 aborted, so about 18 of these
 
@@ -81,7 +82,8 @@ def test_a_spawned_child_leads_its_own_session_and_is_stopped_with_its_group(by_
     assert os.getpgid(grandchild) == proc.pid
     process_lib.kill_group(proc)
     assert proc.returncode == -signal.SIGTERM
-    wait_until(lambda: not _alive(grandchild), 30, message="the grandchild to end")
+    wait_until(lambda: grandchild not in process_table(), 30,
+               message="the grandchild to end")
     proc.stdout.close()
     proc.stderr.close()
 
@@ -107,10 +109,3 @@ def test_a_spawned_child_reads_and_writes_its_pipes(by_path):
     out, _ = proc.communicate(b"through posix_spawn\n", timeout=30)
     assert (proc.returncode, out) == (0, b"through posix_spawn\n")
 
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -35,16 +35,10 @@ def die_with_parent():
         return ()
     prefix = (setpriv, "--pdeathsig", "TERM", "--")
     try:
-        probe = popen([*prefix, "true"], new_session=False, stdin=subprocess.DEVNULL,
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        returncode = probe.wait(10)
-    except subprocess.TimeoutExpired:
-        probe.kill()
-        probe.wait()
-        return ()
+        probe = run([*prefix, "true"], 10, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return ()
-    return prefix if returncode == 0 else ()
+    return prefix if probe.returncode == 0 else ()
 
 
 # Python 3.9's subprocess forks the whole interpreter to start a child (3.10 and later use
@@ -77,6 +71,19 @@ def popen(args, new_session=True, env=None, **kwargs):
             return subprocess.Popen(args, env=env, start_new_session=True, **kwargs)
         args = [setsid, *args]
     return subprocess.Popen(args, env=env, close_fds=False, **kwargs)
+
+
+def run(args, timeout_s, **kwargs):
+    """`subprocess.run(args, timeout=timeout_s, **kwargs)` with no input, through `popen`
+    (no new session): a quick command, killed and `TimeoutExpired` past `timeout_s`."""
+    with popen(args, new_session=False, stdin=subprocess.DEVNULL, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 @functools.lru_cache(maxsize=None)

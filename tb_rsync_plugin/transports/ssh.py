@@ -427,16 +427,8 @@ def _effective_config(args):
 def _run(args):
     """A quick local ssh (`-G`, `-O`): its CompletedProcess, or None if it could not run."""
     try:
-        with process_lib.popen(args, new_session=False, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True) as proc:
-            try:
-                out, err = proc.communicate(timeout=_PROBE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                return None
-        return subprocess.CompletedProcess(args, proc.returncode, out, err)
+        return process_lib.run(args, _PROBE_TIMEOUT_S, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     except (OSError, subprocess.SubprocessError):
         return None
 
